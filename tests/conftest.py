@@ -1,0 +1,20 @@
+"Shared fixtures: where the real MedMNIST files live, and how a missing file is treated"
+import os
+from pathlib import Path
+import pytest
+
+def data_dir() -> Path:
+    "`$BMX_DATA` when set, else `shared/data` beside the project checkout"
+    env = os.environ.get('BMX_DATA')
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent/'shared'/'data'
+
+@pytest.fixture
+def real_data():
+    "Path to a real data file; skips when absent, but fails when `BMX_REQUIRE_DATA` is set (CI sets it)"
+    def _get(fname):
+        p = data_dir()/fname
+        if p.exists(): return p
+        msg = f"real data file {fname} not found in {data_dir()}: set BMX_DATA to the folder holding the MedMNIST .npz files"
+        if os.environ.get('BMX_REQUIRE_DATA'): pytest.fail(msg + " (BMX_REQUIRE_DATA is set, so this can't be skipped)")
+        pytest.skip(msg)
+    return _get
