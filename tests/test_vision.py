@@ -35,8 +35,16 @@ def test_vision_learner_end_to_end(image_folder, tmp_path):
     y = torch.cat(learn.partner_log.y).numpy()
     fct.test_eq(set(np.unique(y)), {0, 1, 2})  # the 4-item class is drawn as often as the others
     assert stats.chisquare(np.bincount(y, minlength=3)).pvalue > 1e-3
-    # export -> load_learner -> predict; the export holds no partner loader
+    # fastai's tta (train-time augmentations at test time) is never mixed: same result without the callback
     learn.remove_cb(PartnerLog)
+    with learn.no_bar():
+        set_seed(1); p_with, _ = learn.tta(n=2)
+        cb = learn.balanced_mix_up
+        learn.remove_cb(cb)
+        set_seed(1); p_without, _ = learn.tta(n=2)
+        learn.add_cb(cb)
+    fct.test_close(p_with, p_without, eps=1e-6)
+    # export -> load_learner -> predict; the export holds no partner loader
     learn.export(tmp_path/'bmx.pkl')
     learn2 = load_learner(tmp_path/'bmx.pkl')
     assert learn2.balanced_mix_up.partner_dl is None and learn2.balanced_mix_up.alpha == 0.2
