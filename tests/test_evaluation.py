@@ -223,13 +223,6 @@ def test_bootstrap_property_fast_equals_sklearn(k, n_items, seed, stratified):
     assert (df['lo'] <= df['mean'] + 1e-12).all() and (df['mean'] <= df['hi'] + 1e-12).all()
 
 
-def test_bootstrap_speed():
-    p, t = fake_preds(n=2000, k=5, seed=1)
-    t0 = time.perf_counter()
-    bootstrap_metrics(p, t, SK4, n=1000)
-    assert time.perf_counter() - t0 < 10
-
-
 def test_fmt_mean_std():
     p, t = fake_preds()
     df = bootstrap_metrics(p, t, SK4, n=20)
