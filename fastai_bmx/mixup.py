@@ -11,7 +11,6 @@ import torch
 from torch.distributions.beta import Beta
 from fastcore.basics import *
 from fastai.torch_core import tensor, unsqueeze, find_bs
-from fastai.data.core import TfmdDL
 from fastai.callback.mixup import MixHandler
 from .sampling import check_q, resampled_dl
 

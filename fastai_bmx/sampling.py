@@ -10,7 +10,6 @@ import math, numbers
 import numpy as np, torch
 from fastcore.basics import *
 from fastcore.foundation import L
-from fastcore.meta import delegates
 from fastai.data.load import DataLoader
 from fastai.data.core import TfmdDL, TfmdLists, Datasets, DataLoaders
 from fastai.callback.data import WeightedDL
