@@ -3,6 +3,7 @@ import os, math
 from pathlib import Path
 import numpy as np, pandas as pd, torch, pytest
 import fastcore.test as fct
+from fastai.torch_core import set_seed
 from hypothesis import given, settings, strategies as st
 from fastai.data.core import DataLoaders
 from fastai.torch_core import TensorImage
@@ -75,10 +76,12 @@ def test_resize_matches_torch_interpolate():
 def test_train_augmented_valid_not(tmp_path):
     arrs = write_npz(tmp_path/'a.npz', n=(64, 16, 16))
     dls = medmnist_dls(tmp_path/'a.npz', bs=64, shuffle=False, drop_last=False)
+    set_seed(0)
     xb, _ = dls.train.one_batch()
     ref = np_normalised(arrs['train_images'], arrs['train_images'])
     changed = np.abs(xb.numpy() - ref).max((1, 2, 3)) > 1e-3
-    assert 0.5 < changed.mean() < 1, changed.mean()  # p(flip or affine) is well above 1/2, but below 1
+    # p(flip or affine) is well above 1/2; when any image gets an affine, fastai resamples the whole batch, so all may change
+    assert changed.mean() > 0.5, changed.mean()
     no_aug = medmnist_dls(tmp_path/'a.npz', bs=64, shuffle=False, drop_last=False, batch_tfms=[])
     fct.test_close(no_aug.train.one_batch()[0].numpy(), ref, eps=1e-4)
 
