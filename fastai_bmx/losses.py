@@ -6,13 +6,13 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/losses.html.md"""
 
 # %% ../nbs/02_losses.ipynb #3cdf6678
 from __future__ import annotations
-import math, numbers, warnings
+import warnings
 import numpy as np, torch
 import torch.nn.functional as F
 from torch import Tensor
 from fastai.torch_core import Module
 from fastai.losses import BaseLoss
-from .sampling import get_labels
+from .sampling import _finite_real, get_labels
 
 # %% auto #0
 __all__ = ['WeightedFocalLoss', 'WeightedFocalLossFlat', 'check_beta', 'check_counts', 'class_counts', 'cb_weights',
@@ -21,7 +21,7 @@ __all__ = ['WeightedFocalLoss', 'WeightedFocalLossFlat', 'check_beta', 'check_co
 # %% ../nbs/02_losses.ipynb #8b69dc06
 def _check_gamma(gamma) -> float:
     "`gamma` as a float, or a clear error unless it is a finite number >= 0"
-    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not math.isfinite(gamma) or gamma < 0:
+    if not (_finite_real(gamma) and gamma >= 0):
         raise ValueError(f"gamma={gamma!r} is not a finite number >= 0. gamma=0 is plain (weighted) cross-entropy; "
                          "focal loss typically uses gamma=2.")
     return float(gamma)
@@ -91,7 +91,7 @@ class WeightedFocalLossFlat(BaseLoss):
 # %% ../nbs/02_losses.ipynb #7ccd1a3e
 def check_beta(beta) -> float:
     "Return `beta` as a float, or raise a clear error unless it is a finite number in [0, 1)"
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or not 0 <= beta < 1:
+    if not (_finite_real(beta) and 0 <= beta < 1):
         raise ValueError(f"beta={beta!r} is not a number in [0, 1). The effective number of n samples is "
                          "(1-beta**n)/(1-beta): beta=0 gives all classes weight 1, beta close to 1 (0.99, 0.999, 0.9999) "
                          "approaches inverse class frequency.")

@@ -27,17 +27,15 @@ def class_preds(
     n_classes:int|None=None, # Number of classes; default: C for scores, else 1 + the largest index seen
 ) -> tuple[np.ndarray, np.ndarray, int]:
     "Predicted and true class indices as int64 arrays, and the number of classes, checked"
-    p, t = _to_np(preds), check_labels(targs, what='targs')
+    p = _to_np(preds)
     if p.ndim == 2 and p.shape[1] > 1:
         if n_classes is not None and n_classes != p.shape[1]:
             raise ValueError(f"preds have scores for {p.shape[1]} classes but n_classes={n_classes}: pass matching values "
                              "(or leave n_classes=None to use the width of preds).")
         n_classes, p = p.shape[1], p.argmax(1)
-    p = check_labels(p, what='preds')
+    t, p = check_labels(targs, n_classes, 'targs'), check_labels(p, n_classes, 'preds')
     if len(p) != len(t): raise ValueError(f"Got {len(p)} predictions for {len(t)} targets: pass one prediction per target.")
-    if n_classes is None: n_classes = int(max(p.max(), t.max())) + 1
-    check_labels(p, n_classes, 'preds'), check_labels(t, n_classes, 'targs')
-    return p, t, int(n_classes)
+    return p, t, int(n_classes if n_classes is not None else max(p.max(), t.max()) + 1)
 
 def _nan_to(x, undefined:float) -> float:
     return undefined if np.isnan(x) else float(x)

@@ -6,13 +6,12 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/mixup.html.md"""
 
 # %% ../nbs/01_mixup.ipynb #20fe4c72
 from __future__ import annotations
-import math, numbers
 import torch
 from torch.distributions.beta import Beta
 from fastcore.basics import *
 from fastai.torch_core import tensor, unsqueeze, find_bs
 from fastai.callback.mixup import MixHandler
-from .sampling import check_q, resampled_dl
+from .sampling import _finite_real, check_q, resampled_dl
 
 # %% auto #0
 __all__ = ['check_alpha', 'lam_distrib', 'BalancedMixUp']
@@ -20,7 +19,7 @@ __all__ = ['check_alpha', 'lam_distrib', 'BalancedMixUp']
 # %% ../nbs/01_mixup.ipynb #34914f8f
 def check_alpha(alpha) -> float:
     "Return `alpha` as a float, or raise a clear error unless it is a finite number > 0"
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha) or alpha <= 0:
+    if not (_finite_real(alpha) and alpha > 0):
         raise ValueError(f"alpha={alpha!r} must be a finite number > 0: λ ~ Beta(α, 1) weighs the class-balanced batch, "
                          "and a larger α blends in more of it. The paper uses 0.1, 0.2 or 0.3.")
     return float(alpha)
@@ -39,9 +38,10 @@ class BalancedMixUp(MixHandler):
         q:float=0., # Partner batches draw class j with probability ∝ n_j**q; 0 is class-balanced, as in the paper
         labels=None, # Class index of every training item, when `get_labels` can't read them from `dls.train`
     ):
-        super().__init__(check_alpha(alpha))
+        alpha = check_alpha(alpha)
+        super().__init__(alpha)
         self._init_state()
-        self.distrib,self.alpha,self.per_sample,self.q,self.labels = lam_distrib(alpha),float(alpha),per_sample,check_q(q),labels
+        self.distrib,self.alpha,self.per_sample,self.q,self.labels = lam_distrib(alpha),alpha,per_sample,check_q(q),labels
 
     def _init_state(self):
         "No partner loader or batch yet: the state of a new callback, and of one read back by `load_learner`"

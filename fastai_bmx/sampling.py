@@ -74,9 +74,13 @@ def _n_classes(dl) -> int|None:
     except Exception: return None
 
 # %% ../nbs/00_sampling.ipynb #a34f294d
+def _finite_real(x) -> bool:
+    "Whether `x` is a finite real number (a bool is not): the shared test of every hyperparameter check"
+    return not isinstance(x, bool) and isinstance(x, numbers.Real) and math.isfinite(x)
+
 def check_q(q) -> float:
     "Return `q` as a float, or raise a clear error unless it is a finite number in [0, 1]"
-    if isinstance(q, bool) or not isinstance(q, numbers.Real) or not math.isfinite(q) or not 0 <= q <= 1:
+    if not (_finite_real(q) and 0 <= q <= 1):
         raise ValueError(f"q={q!r} is not a number in [0, 1]. Class j is drawn with probability ∝ n_j**q: "
                          "q=1 is instance sampling, q=0.5 square-root sampling and q=0 class-balanced sampling.")
     return float(q)
