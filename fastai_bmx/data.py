@@ -10,6 +10,8 @@ import os, random
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from fastcore.basics import *
+from fastcore.foundation import L
+import pandas as pd
 from fastcore.meta import delegates
 from fasttransform import Transform
 from fastai.data.core import Datasets, DataLoaders
@@ -22,7 +24,7 @@ from .sampling import check_labels, get_labels
 # %% auto #0
 __all__ = ['MEDMNIST_KEYS', 'DERMA_CLASSES', 'RETINA_CLASSES', 'bmx_data', 'load_medmnist', 'medmnist_classes', 'is_ordinal',
            'IndexedImage', 'IndexedLabel', 'default_augs', 'arrays_dls', 'medmnist_dls', 'longtail_counts',
-           'digits_splits', 'digits_dls']
+           'digits_splits', 'digits_dls', 'frame_dls', 'folder_dls', 'csv_dls']
 
 # %% ../nbs/05_data.ipynb #eaaa79ac
 _DATA_HINT = "Set the environment variable BMX_DATA to the folder that holds the MedMNIST .npz files"
@@ -279,3 +281,119 @@ def digits_dls(imbalance:float=10., # Ratio of the largest to the smallest class
     splits = digits_splits(imbalance, valid_pct, test_pct, seed)
     if batch_tfms is None: batch_tfms = default_augs(do_flip=False)
     return arrays_dls(splits, bs=bs, size=size, seed=seed, batch_tfms=batch_tfms, **kwargs)
+
+# %% ../nbs/05_data.ipynb #14691c36
+_SPLIT_NAMES = {'train': 'train', 'valid': 'valid', 'val': 'valid', 'test': 'test'}
+
+def _valid_mask(labels:np.ndarray, split:np.ndarray, valid_pct:float, seed:int|None, fold:int|None, k:int) -> np.ndarray:
+    "Which train/valid rows validate: the given split, else a stratified draw, or fold `fold` of a stratified k-fold"
+    from fastai_bmx.evaluation import stratified_kfold
+    if fold is not None:
+        if not 0 <= fold < k: raise ValueError(f"fold={fold} but folds are numbered 0..{k-1}.")
+        mask = np.zeros(len(labels), bool)
+        mask[stratified_kfold(np.unique(labels, return_inverse=True)[1], k, seed or 0)[fold][1]] = True
+        return mask
+    if (split == 'valid').any(): return split == 'valid'
+    from sklearn.model_selection import train_test_split
+    if not 0 < valid_pct < 1: raise ValueError(f"valid_pct={valid_pct!r} must be in (0, 1).")
+    try: _, va = train_test_split(np.arange(len(labels)), test_size=valid_pct, stratify=labels, random_state=seed or 0)
+    except ValueError as e:
+        raise ValueError(f"Can't draw a stratified validation split of {valid_pct:.0%} ({e}). Give every class at least "
+                         "2 images, or provide the split (a 'valid' folder or split column).") from None
+    mask = np.zeros(len(labels), bool); mask[va] = True
+    return mask
+
+def _check_frame_labels(labels, src:str) -> np.ndarray:
+    "Single-label class names as strings, or a clear error (missing, multi-label, or non-integer numbers)"
+    s = pd.Series(labels)
+    if s.isna().any(): raise ValueError(f"{src}: {int(s.isna().sum())} labels are missing (e.g. row {int(s.isna().values.argmax())}): every image needs one class.")
+    if pd.api.types.is_float_dtype(s):
+        if not np.all(s.values == np.round(s.values)):
+            raise ValueError(f"{src}: labels are non-integer numbers (e.g. {s[s != s.round()].iloc[0]}), which look like regression "
+                             "targets. Balanced-MixUp needs one class per image: a name or an integer index.")
+        s = s.astype(np.int64)
+    s = s.astype(str)
+    multi = s[s.str.contains(r'[;|]|\s', regex=True)]
+    if len(multi): raise ValueError(f"{src}: label {multi.iloc[0]!r} looks multi-label (it holds a separator); give one class per image.")
+    return s.values
+
+def _sort_vocab(names) -> list:
+    "Class names sorted numerically when they are all integers, else alphabetically"
+    names = sorted(set(names))
+    return sorted(names, key=int) if all(n.lstrip('-').isdigit() for n in names) else names
+
+def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label column and optionally a split column
+              folder:str|Path='.', # The paths in `fn_col` are relative to this folder
+              fn_col:str='fname', # Column of image paths
+              label_col:str='label', # Column of class names or indices (one per image)
+              split_col:str|None='split', # Column of 'train'/'valid' (or 'val')/'test'; missing: all rows train, valid drawn
+              bs:int=64, # Batch size
+              size:int=64, # Images are resized (`Resize`, center crop) to `size`×`size` as items
+              valid_pct:float=0.2, # Stratified fraction drawn for validation when the data gives no valid split
+              seed:int|None=None, # Seeds the validation draw or the folds, and the training loader's shuffling
+              fold:int|None=None, # With a fold number, train and valid are pooled and fold `fold` of `k` validates
+              k:int=5, # Number of folds, with `fold`
+              batch_tfms:list|None=None, # Augmentations; None is `default_augs()`, [] none
+              ordinal:bool=False, # Whether the classes are ordered grades (stored as `dls.ordinal`)
+              **kwargs, # Passed on to `ImageDataLoaders.from_df` (e.g. `num_workers`, `item_tfms`)
+             ) -> DataLoaders:
+    "`DataLoaders` (train, valid[, test]) of image files listed in `df`, built with fastai's `ImageDataLoaders.from_df`"
+    from fastai.vision.data import ImageDataLoaders
+    from fastai.vision.augment import Resize
+    from fastai.vision.core import imagenet_stats
+    missing = [c for c in (fn_col, label_col) if c not in df.columns]
+    if missing: raise ValueError(f"The table has no column {missing} (its columns: {list(df.columns)}): pass fn_col= and label_col=.")
+    if len(df) == 0: raise ValueError("The table has no rows: there are no images to load.")
+    df = df.reset_index(drop=True).copy()
+    df[label_col] = _check_frame_labels(df[label_col], 'labels')
+    if split_col is not None and split_col in df.columns:
+        bad = sorted(set(df[split_col].astype(str)) - set(_SPLIT_NAMES))
+        if bad: raise ValueError(f"Column {split_col!r} has values {bad}: use 'train', 'valid' (or 'val') and 'test'.")
+        split = df[split_col].astype(str).map(_SPLIT_NAMES).values
+    else: split = np.full(len(df), 'train', dtype=object)
+    pool, test = df[split != 'test'].reset_index(drop=True), df[split == 'test'].reset_index(drop=True)
+    vocab = _sort_vocab(pool[label_col])
+    if len(vocab) < 2: raise ValueError(f"The train and valid images have one class only ({vocab}): a classifier needs at least two.")
+    unseen = sorted(set(test[label_col]) - set(vocab))
+    if unseen: raise ValueError(f"Test labels {unseen} never occur in train/valid (classes {vocab}): a model can't learn them.")
+    pool['is_valid'] = _valid_mask(pool[label_col].values, split[split != 'test'], valid_pct, seed, fold, k)
+    from fastai.data.block import CategoryBlock
+    augs = default_augs() if batch_tfms is None else list(batch_tfms)
+    dls = ImageDataLoaders.from_df(pool, folder, fn_col=fn_col, label_col=label_col, valid_col='is_valid',
+                                   y_block=CategoryBlock(vocab=vocab, sort=False), bs=bs, seed=seed,
+                                   item_tfms=[Resize(size), *L(kwargs.pop('item_tfms', None))],
+                                   batch_tfms=[*augs, Normalize.from_stats(*imagenet_stats)], **kwargs)
+    if len(test): dls.loaders.append(dls.test_dl(test, with_labels=True))
+    if seed is not None: dls.train.rng = random.Random(seed)
+    dls.ordinal = ordinal
+    return dls
+
+# %% ../nbs/05_data.ipynb #7201ab7b
+def _image_files(d:Path) -> list:
+    from fastai.data.transforms import get_image_files
+    return list(get_image_files(d))
+
+@delegates(frame_dls, but=['df', 'folder', 'fn_col', 'label_col', 'split_col'])
+def folder_dls(path:str|Path, # A folder of class folders, or of `train/`, `valid/` (or `val/`) and `test/` folders of class folders
+               **kwargs,
+              ) -> DataLoaders:
+    "`DataLoaders` (train, valid[, test]) of an ImageNet-style folder: the class is the name of the image's parent folder"
+    path = Path(path)
+    if not path.is_dir(): raise FileNotFoundError(f"{path} is not a folder: pass a folder of class folders (or of train/valid/test folders).")
+    subs = {s: _SPLIT_NAMES[s] for s in _SPLIT_NAMES if (path/s).is_dir()}
+    parts = [(f, name) for s, name in subs.items() for f in _image_files(path/s)] if 'train' in subs else \
+            [(f, 'train') for f in _image_files(path)]
+    if not parts: raise ValueError(f"No image files under {path}: expected {path}/<class>/*.png (or .jpg, ...), or train/valid/test folders of them.")
+    df = pd.DataFrame({'fname': [str(f.relative_to(path)) for f, _ in parts], 'label': [f.parent.name for f, _ in parts],
+                       'split': [s for _, s in parts]})
+    return frame_dls(df, path, **kwargs)
+
+@delegates(frame_dls, but=['df'])
+def csv_dls(csv:str|Path, # A CSV file with a path column and a label column (and optionally a split column)
+            folder:str|Path|None=None, # Folder the paths are relative to; default: the CSV's folder
+            **kwargs,
+           ) -> DataLoaders:
+    "`DataLoaders` (train, valid[, test]) of the images listed in a CSV file (see `frame_dls` for the columns)"
+    csv = Path(csv)
+    if not csv.is_file(): raise FileNotFoundError(f"No CSV file at {csv}.")
+    return frame_dls(pd.read_csv(csv), csv.parent if folder is None else folder, **kwargs)

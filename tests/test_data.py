@@ -266,3 +266,60 @@ def test_real_data(real_data, fname, sizes, counts, vocab):
     fct.test_close(full.mean((0, 2, 3)), torch.zeros(3), eps=1e-3)
     fct.test_close(full.std((0, 2, 3)), torch.ones(3), eps=1e-3)
     fct.test_close(full.numpy(), np_normalised(spl['train'][0], spl['train'][0]), eps=1e-4)
+
+
+# --- image files: folder_dls, csv_dls, frame_dls -------------------------------------------------------------------
+
+def _png_table(root, counts={'train': (8, 3), 'valid': (2, 2), 'test': (2, 1)}):
+    from PIL import Image
+    g, rows = np.random.default_rng(0), []
+    root.mkdir(parents=True, exist_ok=True)
+    for split, per_class in counts.items():
+        for cls, n in zip(('a', 'b'), per_class):
+            for i in range(n):
+                fn = f'{split}_{cls}_{i}.png'
+                Image.fromarray(g.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(root/fn)
+                rows.append((fn, cls, split))
+    return pd.DataFrame(rows, columns=['fname', 'label', 'split'])
+
+
+def test_csv_dls_splits_and_labels(tmp_path):
+    df = _png_table(tmp_path)
+    df.to_csv(tmp_path/'labels.csv', index=False)
+    dls = csv_dls(tmp_path/'labels.csv', size=8, bs=4, seed=0)
+    fct.test_eq([len(dl.dataset) for dl in dls.loaders], [11, 4, 3])
+    fct.test_eq(np.bincount(get_labels(dls.train)), [8, 3])
+    fct.test_eq(get_labels(dls.test).tolist(), [0, 0, 1])
+    xb, yb = dls.valid.one_batch()
+    fct.test_eq(xb.shape, (4, 3, 8, 8))
+    assert not is_ordinal(dls)
+    assert is_ordinal(frame_dls(df, tmp_path, size=8, ordinal=True))
+
+
+def test_integer_labels_sort_numerically(tmp_path):
+    df = _png_table(tmp_path)
+    df['label'] = df.label.map({'a': 10, 'b': 2})
+    dls = frame_dls(df, tmp_path, size=8)
+    fct.test_eq(list(dls.vocab), ['2', '10'])
+
+
+@pytest.mark.parametrize('change, msg', [
+    (lambda d: d.assign(label=np.where(d.index % 2, 0.5, 1.5)), 'regression'),
+    (lambda d: d.assign(label='a|b'), 'multi-label'),
+    (lambda d: d.assign(label=[None] + list(d.label[1:])), 'missing'),
+    (lambda d: d.rename(columns={'fname': 'path'}), 'fn_col'),
+    (lambda d: d.assign(split=d.split.replace('valid', 'dev')), "'dev'"),
+    (lambda d: d.assign(label=np.where(d.split == 'test', 'c', d.label)), r"Test labels \['c'\] never occur"),
+    (lambda d: d[d.label == 'a'], 'one class'),
+    (lambda d: d.iloc[:0], 'no rows'),
+])
+def test_bad_tables_fail_before_any_image_is_read(tmp_path, change, msg):
+    df = _png_table(tmp_path)
+    for f in tmp_path.glob('*.png'): f.unlink()  # the error must come from the table alone
+    with pytest.raises(ValueError, match=msg): frame_dls(change(df), tmp_path, size=8)
+
+
+def test_folder_dls_needs_a_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match='is not a folder'): folder_dls(tmp_path/'nope')
+    (tmp_path/'empty').mkdir()
+    with pytest.raises(ValueError, match='No image files'): folder_dls(tmp_path/'empty')

@@ -1,0 +1,189 @@
+"`bmx-compare`: the CLI end to end on the built-in digits, resuming, folds, image folders and bad input"
+import json, subprocess, sys, warnings
+from pathlib import Path
+import numpy as np, pandas as pd, pytest, torch
+import fastcore.test as fct
+from PIL import Image
+import fastai_bmx.compare as cmp
+from fastai_bmx.compare import compare, compare_dls, expand_methods, method_setup, results_table, METRIC_NAMES
+from fastai_bmx.losses import ClassBalancedLoss, WeightedFocalLossFlat
+from fastai_bmx.mixup import BalancedMixUp
+from fastai_bmx.sampling import ResampledDL, get_labels
+
+warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')
+TINY = dict(epochs=1, arch='resnet10t', bs=32, show_bar=False)  # seconds per run on a CPU
+OUTPUTS = ['beta_densities.png', 'class_counts.png', 'confusion_matrix.png', 'per_class_recall.png', 'results.csv', 'results.md']
+
+
+def test_cli_end_to_end_writes_everything_and_resumes(tmp_path):
+    exe = Path(sys.executable).parent/'bmx-compare'
+    assert exe.exists(), "the console script is installed by `pip install -e .` ([project.scripts] in pyproject.toml)"
+    out = tmp_path/'cmp'
+    cmd = [str(exe), '--out', str(out), '--methods', 'instance', 'bmx', '--alphas', '0.2', '--seeds', '0',
+           '--epochs', '1', '--arch', 'resnet10t', '--bs', '32', '--quiet', '--threads', '1']
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for f in OUTPUTS: assert (out/f).stat().st_size > 0, f
+    for f in OUTPUTS[:4]: assert Image.open(out/f).size[0] > 100  # real images
+    res = pd.read_csv(out/'results.csv')
+    fct.test_eq(list(res.run), ['instance_seed0', 'bmx-0.2_seed0'])
+    assert res[list(METRIC_NAMES)].apply(lambda c: c.between(-1, 1)).all().all()
+    md = (out/'results.md').read_text()
+    assert '| instance | 1 |' in md and '| bmx-0.2 | 1 |' in md and 'without flip TTA' in md  # digits: no flip
+    fct.test_eq(json.loads((out/'settings.json').read_text())['monitor'], 'mcc')  # digits aren't ordered grades
+    for p in (out/'preds').glob('*.npz'): fct.test_eq(set(np.load(p)), {'probs', 'targs'})
+    assert '| instance |' in r.stdout  # the table is printed too
+    # a second call finds both runs done and trains nothing
+    r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert '2 runs already done, 0 to go' in r2.stdout
+    pd.testing.assert_frame_equal(pd.read_csv(out/'results.csv'), res)
+
+
+def test_cli_help_lists_the_options():
+    r = subprocess.run([str(Path(sys.executable).parent/'bmx-compare'), '--help'], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0
+    for opt in ('--data', '--methods', '--alphas', '--seeds', '--folds', '--arch', '--epochs', '--lr', '--bs', '--size',
+                '--out', '--monitor'): assert opt in r.stdout, opt
+
+
+def test_interrupted_comparison_keeps_finished_runs(tmp_path, monkeypatch):
+    out, calls, real = tmp_path/'cmp', [], cmp.train_eval
+    def flaky(dls, method, **kw):
+        calls.append(method)
+        if len(calls) == 2: raise KeyboardInterrupt  # the user presses Ctrl-C during the second run
+        return real(dls, method, **kw)
+    monkeypatch.setattr(cmp, 'train_eval', flaky)
+    with pytest.raises(KeyboardInterrupt): compare('digits', out, methods=['instance', 'focal'], seeds=[0], **TINY)
+    first = pd.read_csv(out/'results.csv')
+    fct.test_eq(list(first.run), ['instance_seed0'])
+    calls.clear()
+    compare('digits', out, methods=['instance', 'focal'], seeds=[0], **TINY)
+    fct.test_eq(calls, ['focal'])  # only the unfinished run trains again
+    res = pd.read_csv(out/'results.csv')
+    fct.test_eq(list(res.run), ['instance_seed0', 'focal_seed0'])
+    pd.testing.assert_frame_equal(res.iloc[:1], first)
+
+
+def test_adding_a_seed_trains_only_the_new_runs(tmp_path, monkeypatch):
+    out, calls, real = tmp_path/'cmp', [], cmp.train_eval
+    monkeypatch.setattr(cmp, 'train_eval', lambda dls, m, **kw: (calls.append(m), real(dls, m, **kw))[1])
+    compare('digits', out, methods=['instance'], seeds=[0], **TINY)
+    compare('digits', out, methods=['instance'], seeds=[0, 1], **TINY)
+    fct.test_eq(len(calls), 2)
+    fct.test_eq(list(pd.read_csv(out/'results.csv').run), ['instance_seed0', 'instance_seed1'])
+    assert '±' in (out/'results.md').read_text()  # two seeds: mean ± std
+
+
+def test_other_settings_are_refused(tmp_path):
+    out = tmp_path/'cmp'
+    compare('digits', out, methods=['instance'], seeds=[0], **TINY)
+    before = (out/'results.csv').read_text()
+    with pytest.raises(ValueError, match=r"other settings \(epochs: 1 there, 2 now\).*another --out"):
+        compare('digits', out, methods=['instance'], seeds=[0], **{**TINY, 'epochs': 2})
+    fct.test_eq((out/'results.csv').read_text(), before)  # nothing lost
+
+
+def test_folds_report_min_median_max(tmp_path):
+    out = tmp_path/'cmp'
+    tbl = compare('digits', out, methods=['instance'], seeds=[0], folds=2, **TINY)
+    res = pd.read_csv(out/'results.csv')
+    fct.test_eq(list(res.run), ['instance_seed0_fold0', 'instance_seed0_fold1'])
+    assert '←' in tbl.loc['instance', 'mcc'] and '→' in tbl.loc['instance', 'mcc']
+    assert 'min ← median → max over folds' in (out/'results.md').read_text()
+
+
+def test_folds_are_stratified_disjoint_and_keep_the_test_set():
+    dls = compare_dls('digits')
+    n_train, n_valid = len(dls.train.dataset), len(dls.valid.dataset)
+    counts = np.bincount(np.concatenate([get_labels(dls.train), get_labels(dls.valid)]))
+    folds = [compare_dls('digits', fold=f, k=3) for f in range(3)]
+    valid = np.stack([np.bincount(get_labels(f.valid), minlength=10) for f in folds])
+    fct.test_eq(valid.sum(0), counts)  # every pooled item validates exactly once
+    assert (np.abs(valid - counts / 3) <= 1).all()  # stratified
+    for f in folds:
+        fct.test_eq(len(f.train.dataset) + len(f.valid.dataset), n_train + n_valid)
+        fct.test_eq(get_labels(f.test), get_labels(dls.test))
+
+
+def test_method_setup_gives_each_baseline():
+    dls = compare_dls('digits', bs=16)
+    d, loss, cbs = method_setup('class', dls)
+    assert isinstance(d.train, ResampledDL) and loss is None and cbs == []
+    w = d.train.wgts.numpy() if isinstance(d.train.wgts, torch.Tensor) else np.asarray(d.train.wgts)
+    y = get_labels(dls.train)
+    fct.test_close(np.bincount(y, weights=w) / w.sum(), np.full(10, 0.1), eps=1e-6)  # q=0: classes equally likely
+    d, _, _ = method_setup('sqrt', dls)
+    w = np.asarray(d.train.wgts)
+    p = np.bincount(y, weights=w) / w.sum()
+    fct.test_close(p, np.sqrt(np.bincount(y)) / np.sqrt(np.bincount(y)).sum(), eps=1e-6)
+    assert isinstance(method_setup('focal', dls)[1], WeightedFocalLossFlat)
+    cb = method_setup('cb', dls)[1]
+    assert isinstance(cb, ClassBalancedLoss)
+    fct.test_eq(cb.class_counts, np.bincount(y))
+    (bmx,) = method_setup('bmx-0.3', dls)[2]
+    assert isinstance(bmx, BalancedMixUp) and bmx.alpha == 0.3
+    fct.test_eq(method_setup('instance', dls), (dls, None, []))
+
+
+def _image_folder(root, splits=(('train', (10, 4)), ('valid', (3, 2)), ('test', (3, 2)))):
+    g = np.random.default_rng(0)
+    for split, counts in splits:
+        for cls, n in zip(('common', 'rare'), counts):
+            (root/split/cls).mkdir(parents=True)
+            for i in range(n): Image.fromarray(g.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root/split/cls/f'{i}.png')
+    return root
+
+
+def test_compare_on_an_image_folder_and_a_csv(tmp_path):
+    root = _image_folder(tmp_path/'imgs')
+    tbl = compare(str(root), tmp_path/'cmp', methods=['bmx'], alphas=[0.2], seeds=[0], size=16, **{**TINY, 'bs': 4})
+    fct.test_eq(list(tbl.index), ['bmx-0.2'])
+    fct.test_eq(json.loads((tmp_path/'cmp'/'train_counts.json').read_text()), [10, 4])
+    fct.test_eq(np.load(tmp_path/'cmp'/'preds'/'bmx-0.2_seed0.npz')['targs'].tolist(), [0, 0, 0, 1, 1])
+    rows = [(str(f.relative_to(root)), f.parent.name, f.parent.parent.name) for f in sorted(root.rglob('*.png'))]
+    pd.DataFrame(rows, columns=['fname', 'label', 'split']).to_csv(root/'labels.csv', index=False)
+    dls = compare_dls(str(root/'labels.csv'), size=16, bs=4)
+    fct.test_eq([len(dl.dataset) for dl in dls.loaders], [14, 5, 5])
+
+
+def test_a_folder_without_a_test_split_is_refused(tmp_path):
+    root = _image_folder(tmp_path/'imgs', splits=(('train', (10, 4)), ('valid', (3, 2))))
+    with pytest.raises(ValueError, match='no test split'): compare_dls(str(root), size=16)
+
+
+@pytest.mark.parametrize('kwargs, msg', [
+    (dict(methods=['mixup']), 'Unknown method'),
+    (dict(methods=['bmx'], alphas=[0.]), 'alpha'),
+    (dict(methods=['bmx'], alphas=[float('nan')]), 'alpha'),
+    (dict(monitor='accuracy'), 'monitor'),
+    (dict(folds=1), 'folds=1'),
+    (dict(seeds=[]), 'No seeds'),
+    (dict(data='missing.npz'), 'No file'),
+    (dict(data='notes.txt'), "is not 'digits'"),
+    (dict(arch='no_such_net'), 'Unknown architecture'),
+])
+def test_bad_input_fails_before_training(tmp_path, kwargs, msg):
+    kw = {**dict(data='digits', methods=['instance'], seeds=[0]), **TINY, **kwargs}
+    data = kw.pop('data')
+    with pytest.raises(ValueError if 'No file' not in msg else FileNotFoundError, match=msg):
+        compare(data, tmp_path/'cmp', **kw)
+    assert not (tmp_path/'cmp'/'results.csv').exists()
+
+
+def test_results_table_bolds_the_best_and_handles_one_run():
+    res = pd.DataFrame(dict(run=list('abcde'), method=['x', 'x', 'y', 'y', 'z'], fold=np.nan,
+                            mcc=[.5, .7, .6, .62, .1]))
+    tbl = results_table(res)
+    fct.test_eq(tbl.mcc.tolist(), ['60.00 ± 14.14', '**61.00 ± 1.41**', '10.00'])
+    fct.test_eq(tbl.runs.tolist(), [2, 2, 1])
+
+
+def test_real_retinamnist_source(real_data):
+    dls = compare_dls(str(real_data('retinamnist.npz')))
+    assert dls.ordinal and dls.flip
+    fct.test_eq(np.bincount(get_labels(dls.train)).tolist(), [486, 128, 206, 194, 66])
+    fct.test_eq(len(dls.test.dataset), 400)
+    d = compare_dls(str(real_data('dermamnist_jpeg28.npz')))
+    assert not d.ordinal and d.flip
+    fct.test_eq(d.vocab, ['akiec', 'bcc', 'bkl', 'df', 'mel', 'nv', 'vasc'])
