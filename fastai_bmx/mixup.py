@@ -29,6 +29,11 @@ def lam_distrib(alpha:float) -> Beta:
     return Beta(tensor(check_alpha(alpha)), tensor(1.))
 
 # %% ../nbs/01_mixup.ipynb #8930677c
+def _shard(dl, partner):
+    "`partner` split across processes like the `DistributedDL` `dl`: rank 0 draws each pass, every rank takes its slice"
+    import fastai_bmx.distributed  # noqa: F401, patches `DistributedDL` to broadcast under gloo (CPU) as under nccl
+    return type(dl)(partner, rank=dl.rank, world_size=dl.world_size, device=dl.device)
+
 class BalancedMixUp(MixHandler):
     "Balanced-MixUp (Galdran et al., MICCAI 2021): blend each training batch with a class-balanced partner batch"
     _stateattrs = ('partner_dl', '_partner_it', '_src_dl', 'xb1', 'yb1', 'lam', 'balanced_lam', 'labels')
@@ -74,10 +79,11 @@ class BalancedMixUp(MixHandler):
     def _setup_partner(self):
         "The class-balanced copy of `dls.train`, built once and rebuilt when the training loader changes"
         dl = self.dls.train
-        if type(dl).__name__ == 'DistributedDL':  # fastai.distributed imports accelerate, so it isn't imported here
-            raise NotImplementedError("BalancedMixUp doesn't shard its partner loader across processes yet: train on one process.")
-        if not (self._src_dl is dl and self.partner_dl.bs == dl.bs and self.partner_dl.device == dl.device):
-            self.partner_dl,self._src_dl = resampled_dl(dl, self.q, self.labels),dl
+        distrib = type(dl).__name__ == 'DistributedDL'  # fastai.distributed imports accelerate, so it isn't imported here
+        src = dl.dl if distrib else dl  # under DDP, fastai wraps the training loader anew each fit; its inner loader stays
+        if not (self._src_dl is src and self.partner_dl.bs == dl.bs and self.partner_dl.device == dl.device):
+            self.partner_dl,self._src_dl = resampled_dl(src, self.q, self.labels),src
+            if distrib: self.partner_dl = _shard(dl, self.partner_dl)
         if len(self.partner_dl) == 0:
             raise ValueError(f"The training set has {len(dl.dataset)} items, fewer than one batch of {dl.bs} with "
                              "drop_last=True, so there is nothing to train on: lower the batch size.")
