@@ -101,7 +101,14 @@ def sampling_probs(labels, q:float=0.) -> np.ndarray:
 
 # %% ../nbs/00_sampling.ipynb #c614ccd0
 class ResampledDL(WeightedDL):
-    "A `WeightedDL` whose copies (`new`) keep its sampling weights while the dataset stays the same"
+    "A `WeightedDL` whose copies (`new`) keep its sampling weights, and whose draws take linear time"
+    def get_idxs(self):
+        "`n` indices drawn with replacement ∝ `wgts`: multinomial counts in a random order, O(n) (`np.random.choice` is O(n log n))"
+        if self.n == 0: return []
+        if not self.shuffle: return super().get_idxs()
+        counts = np.random.multinomial(self.n, self.wgts)
+        return np.random.permutation(np.repeat(np.arange(len(counts)), counts))
+
     def new(self, dataset=None, cls=None, **kwargs):
         if dataset is None and (cls is None or issubclass(cls, WeightedDL)): kwargs.setdefault('wgts', self.wgts)
         return super().new(dataset, cls, **kwargs)

@@ -235,3 +235,39 @@ def test_bad_training_data_fails_before_any_step(case):
     w0 = _params(learn)
     with pytest.raises((ValueError, TypeError), match=msg): fit(learn, 1, 1e-2)
     for a, p in zip(w0, learn.model.parameters()): fct.test_eq(a, p.detach())
+
+
+# --- precision --------------------------------------------------------------------------------------------------------
+
+class ToFloat(nn.Module):
+    def forward(self, x): return x.float()
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16, torch.float64])
+def test_mixing_happens_in_the_batch_dtype(dtype):
+    "Low-precision (or double) inputs are blended in their own dtype: no silent upcast, no extra float32 copy"
+    set_seed(0)
+    cast = lambda ds: torch.utils.data.TensorDataset(ds.tensors[0].to(dtype), ds.tensors[1])
+    dls = DataLoaders.from_dsets(cast(blobs((300, 80, 30, 10))), cast(blobs([20]*4, 1)), bs=32, device='cpu')
+    learn = Learner(dls, nn.Sequential(ToFloat(), nn.Linear(2, 4)), loss_func=CrossEntropyLossFlat(),
+                    cbs=[StepLog(order=-1), BalancedMixUp(0.3), StepLog(order=1)])
+    learn.remove_cb(ProgressCallback)
+    fit(learn, 1, 1e-2)
+    before, after = sorted([cb for cb in learn.cbs if isinstance(cb, StepLog)], key=lambda c: c.order)
+    for b, a in zip(before.rows, after.rows):
+        fct.test_eq(a['x'].dtype, dtype)
+        expected = ((1 - a['lam'].double()) * b['x'].double() + a['lam'].double() * a['x1'].double())
+        tol = {torch.float16: 2e-3, torch.bfloat16: 2e-2, torch.float64: 1e-6}[dtype]  # λ is drawn in float32
+        torch.testing.assert_close(a['x'].double(), expected, rtol=tol, atol=tol)
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="to_fp16 (CUDA AMP) needs a GPU; the dtype handling is tested on CPU above")
+def test_to_fp16_trains_on_cuda():
+    set_seed(0)
+    dls = DataLoaders.from_dsets(blobs((300, 80, 30, 10)), blobs([20]*4, 1), bs=32, device='cuda')
+    learn = Learner(dls, nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 4)), loss_func=CrossEntropyLossFlat(),
+                    cbs=[BalancedMixUp(0.2), StepLog(order=1)]).to_fp16()
+    learn.remove_cb(ProgressCallback)
+    fit(learn, 2, 1e-2)
+    rows = [cb for cb in learn.cbs if isinstance(cb, StepLog)][0].rows
+    assert all(r['x'].dtype == torch.float32 for r in rows)  # AMP keeps inputs in float32; autocast works inside the model
+    assert all(torch.isfinite(r['loss']) for r in rows)
+    assert isinstance(learn.loss_func, CrossEntropyLossFlat)

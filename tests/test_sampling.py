@@ -143,3 +143,22 @@ def test_resampled_dl_bad_input():
     with pytest.raises(ValueError, match='no items'): resampled_dl(TfmdDL(tensor_ds([0, 0]), bs=4))
     with pytest.raises(TypeError, match='needs a fastai TfmdDL'): resampled_dl(torch.utils.data.DataLoader(tensor_ds([3, 3])))
     with pytest.raises(ValueError, match='not a number in'): resampled_dl(dl, q=2)
+
+
+def test_resampled_draws_follow_any_weights_and_are_seeded():
+    "The O(n) draw (multinomial counts in random order) samples i.i.d. ∝ wgts, for weights that vary within a class too"
+    from scipy import stats
+    from fastai.data.core import TfmdDL
+    from fastai_bmx.sampling import ResampledDL
+    w = np.arange(1, 21, dtype=float)  # 20 items, item i drawn ∝ i+1
+    dl = ResampledDL(list(range(20)), bs=4, wgts=w, shuffle=True)
+    np.random.seed(0)
+    draws = np.concatenate([np.asarray(dl.get_idxs()) for _ in range(500)])
+    fct.test_eq(len(draws), 500 * 20)
+    assert stats.chisquare(np.bincount(draws, minlength=20), w / w.sum() * len(draws)).pvalue > 1e-3
+    np.random.seed(1); a = dl.get_idxs()
+    np.random.seed(1); b = dl.get_idxs()
+    fct.test_eq(a, b)
+    # the order is random, not grouped by item: consecutive draws are independent (a grouped order would be ~0.95)
+    assert np.mean(draws[1:] == draws[:-1]) < 0.2
+    fct.test_eq(ResampledDL(list(range(20)), bs=4, wgts=w, shuffle=False).get_idxs(), list(range(20)))
