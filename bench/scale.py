@@ -39,6 +39,7 @@ if __name__ == '__main__':
         counts = longtail_counts(n, args.classes, 100.)
         counts = np.maximum(1, np.round(counts * n / counts.sum())).astype(int)
         labels = np.repeat(np.arange(args.classes), counts)[:n]
+        labels = np.pad(labels, (0, n - len(labels)))  # rounding may leave a few short: they join class 0
         np.random.default_rng(0).shuffle(labels)
         ds = Counting(len(labels)); dl = TfmdDL(ds, bs=64)
         pdl, t_build, m_build = measure(lambda: resampled_dl(dl, 0., labels))

@@ -11,6 +11,8 @@ from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
+# torch deprecates `torch.jit.script`, which fastai.layers calls at import: keep that notice out of the CLI's output
+warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
 import numpy as np, pandas as pd, torch
 from fastcore.basics import *
 from fastcore.foundation import L
@@ -298,12 +300,16 @@ def _locked(path:Path):
 def _read_results(csv:Path) -> pd.DataFrame:
     return pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=['run'])
 
-def _append_result(csv:Path, row:dict):
-    "Add one run's row to `results.csv`, re-reading it under the lock, as another process may have added rows"
-    with _locked(csv.with_name('.results.lock')):
-        done = _read_results(csv)
+def _record_run(out:Path, row:dict, probs, targs) -> bool:
+    "Save a finished run's test predictions and its row of `results.csv`, unless a process sharing `out` recorded it first"
+    csv = out/'results.csv'
+    with _locked(out/'.results.lock'):
+        done = _read_results(csv)  # re-read under the lock: another process may have added rows
+        if row['run'] in set(done['run']): return False  # both trained it: the first result stands, so no run counts twice
+        np.savez_compressed(out/'preds'/f"{row['run']}.npz", probs=np.asarray(probs), targs=np.asarray(targs))
         rows = [r for r in (done, pd.DataFrame([row])) if len(r)]
         _write_atomic(csv, pd.concat(rows, ignore_index=True).to_csv(index=False))
+    return True
 
 def _run_name(method:str, seed:int, fold) -> str:
     return f'{method}_seed{seed}' + ('' if fold is None else f'_fold{fold}')
@@ -401,8 +407,8 @@ def compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder 
         dls = compare_dls(str(data), bs=bs, size=size, seed=s, fold=f, k=max(folds, 2))
         row, probs, targs = train_eval(dls, m, arch=arch, epochs=epochs, lr=lr, monitor=monitor, pretrained=pretrained,
                                        path=out, fname=run, keep_model=keep_models, show_bar=show_bar)
-        np.savez_compressed(out/'preds'/f'{run}.npz', probs=probs.numpy(), targs=targs.numpy())
-        _append_result(csv, dict(run=run, seed=s, fold=f, **row))
+        if not _record_run(out, dict(run=run, seed=s, fold=f, **row), probs, targs):
+            print(f"{run}: another process sharing {out.name} finished it first; its result is kept", flush=True); continue
         print(f"{run}: test {monitor} {100*row[monitor]:.2f}, best epoch {row['best_epoch']}, {row['train_s']:.0f} s", flush=True)
     tbl = write_report(out, alphas=[float(n[4:]) for n in names if n.startswith('bmx-')] or None)
     return tbl

@@ -201,3 +201,19 @@ def test_two_processes_can_share_an_output_folder(tmp_path):
         assert p.returncode == 0, err[-3000:]
     res = pd.read_csv(out/'results.csv')
     fct.test_eq(sorted(res.run), ['focal_seed0', 'focal_seed1', 'instance_seed0', 'instance_seed1'])
+
+
+def test_a_run_recorded_twice_counts_once(tmp_path):
+    "Two processes that both trained the same run: the first result stands, so the table never counts a run twice"
+    from fastai_bmx.compare import _record_run
+    (tmp_path/'preds').mkdir()
+    first, second = np.eye(3)[[0, 1, 2]], np.eye(3)[[2, 2, 2]]
+    row = dict(run='instance_seed0', seed=0, fold=None, method='instance', mcc=0.5)
+    assert _record_run(tmp_path, row, first, np.arange(3))
+    assert not _record_run(tmp_path, {**row, 'mcc': 0.1}, second, np.arange(3))
+    res = pd.read_csv(tmp_path/'results.csv')
+    fct.test_eq(list(res.run), ['instance_seed0'])
+    fct.test_eq(list(res.mcc), [0.5])
+    fct.test_eq(np.load(tmp_path/'preds'/'instance_seed0.npz')['probs'], first)
+    assert _record_run(tmp_path, {**row, 'run': 'instance_seed1', 'seed': 1}, second, np.arange(3))
+    fct.test_eq(list(pd.read_csv(tmp_path/'results.csv').run), ['instance_seed0', 'instance_seed1'])
