@@ -11,7 +11,8 @@ from fastai.callback.progress import ProgressCallback
 import fastai.callback.schedule  # patches in Learner.lr_find and fit_one_cycle
 from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat, FocalLossFlat
 from fastai.torch_core import set_seed
-from fastai_bmx.mixup import BalancedMixUp, lam_distrib, check_alpha
+from fastai_bmx.mixup import BalancedMixUp, lam_distrib, check_alpha, bmx_class_mass
+from fastai_bmx.sampling import class_probs
 
 def blobs(counts, seed=0, d=2):
     g = torch.Generator().manual_seed(seed)
@@ -71,6 +72,73 @@ def test_lam_in_training_follows_beta():
     lams = np.array([float(r['lam']) for r in learn.step_log.rows])
     assert len(lams) > 250
     assert stats.kstest(lams, lambda x: np.clip(x, 0, 1)**0.3).pvalue > 1e-3
+
+# --- class mass per step -----------------------------------------------------------------------------------------
+
+DERMA = [228, 359, 769, 80, 779, 4693, 99]  # DermaMNIST's training items per class; df (index 3) is the rarest
+P_DERMA = np.array(DERMA) / sum(DERMA)
+
+@pytest.mark.parametrize('alpha', [0.1, 0.2, 0.3, 2.])
+def test_class_mass_is_the_expected_loss_weight(alpha):
+    m = bmx_class_mass(DERMA, alpha)
+    assert m.shape == (7,) and m.dtype == np.float64
+    fct.test_close(m.sum(), 1, eps=1e-12)
+    fct.test_close(m, P_DERMA/(1 + alpha) + alpha/((1 + alpha)*7), eps=1e-12)  # E[1-λ]·n_j/N + E[λ]·1/C
+
+def test_class_mass_limits_and_trend():
+    fct.test_close(bmx_class_mass(DERMA, 1e-9), P_DERMA, eps=1e-8)         # α → 0: instance sampling
+    fct.test_close(bmx_class_mass(DERMA, 1e9), np.full(7, 1/7), eps=1e-8)  # α → ∞: class-balanced sampling
+    m = np.stack([bmx_class_mass(DERMA, a) for a in (0.05, 0.1, 0.2, 0.3, 1, 5)])
+    assert (np.diff(m[:, 3]) > 0).all()  # df, the rarest class, gains with α
+    assert (np.diff(m[:, 5]) < 0).all()  # nv, the largest, loses
+    fct.test_close(m[2, 3], 0.0333, eps=5e-4)  # the number the docs quote: 3.3% at α = 0.2, from 1.1%
+
+def test_class_mass_partner_q():
+    fct.test_close(bmx_class_mass(DERMA, 0.3, q=1), P_DERMA)  # instance-sampled partners change nothing
+    fct.test_close(bmx_class_mass(DERMA, 0.3, q=.5), (P_DERMA + 0.3*class_probs(DERMA, .5))/1.3)
+    with pytest.raises(ValueError, match='q=0.5 square-root'): bmx_class_mass(DERMA, 0.2, q=2)
+
+def test_class_mass_empty_class():
+    m = bmx_class_mass([30, 0, 10], 0.2)
+    assert m[1] == 0  # a class with no items is never drawn, not even by the balanced partner
+    fct.test_close(m, [(.75 + .1)/1.2, 0, (.25 + .1)/1.2])  # so C counts the 2 classes that have items
+    fct.test_close(bmx_class_mass([0, 5], 0.2), [0, 1])
+
+@pytest.mark.parametrize('counts', [tuple(DERMA), np.array(DERMA, dtype=np.uint16), torch.tensor(DERMA),
+                                    np.array(DERMA, dtype=float), P_DERMA])
+def test_class_mass_input_types(counts):
+    fct.test_close(bmx_class_mass(counts, 0.2), bmx_class_mass(DERMA, 0.2))  # proportions work too: only ratios matter
+
+@pytest.mark.parametrize('alpha', [0, -0.1, float('nan'), float('inf'), '0.2', None, True])
+def test_class_mass_bad_alpha(alpha):
+    with pytest.raises(ValueError, match='must be a finite number > 0'): bmx_class_mass(DERMA, alpha)
+
+@pytest.mark.parametrize('counts,err,msg', [
+    ([], ValueError, r'one item count per class .* shape \(0,\)'),
+    ([[1, 2], [3, 4]], ValueError, r'shape \(2, 2\)'),
+    (5, ValueError, r'shape \(\)'),
+    ([5, -1], ValueError, 'finite and ≥ 0'),
+    ([5, float('nan')], ValueError, 'finite and ≥ 0'),
+    ([5, float('inf')], ValueError, 'finite and ≥ 0'),
+    ([0, 0, 0], ValueError, 'Every count is 0'),
+    (['a', 'b'], TypeError, 'must be numbers'),
+    ([True, False], TypeError, 'must be numbers'),
+])
+def test_class_mass_bad_counts(counts, err, msg):
+    with pytest.raises(err, match=msg): bmx_class_mass(counts, 0.2)
+
+def test_class_mass_matches_training():
+    "Over a run, each class's share of the λ-weighted loss is what `bmx_class_mass` predicts"
+    counts = (300, 80, 30, 10)
+    learn = make_learn(make_dls(counts), cbs=[BalancedMixUp(0.3, per_sample=True), StepLog(order=1)])
+    fit(learn, 10, 1e-2)  # one λ per item: over 4,000 draws, so the mean weight is close to its expectation
+    w = np.zeros(4)
+    for r in learn.step_log.rows:
+        lam = r['lam'].double().numpy()
+        w += np.bincount(r['y'].numpy(), 1 - lam, minlength=4) + np.bincount(r['y1'].numpy(), lam, minlength=4)
+    m = bmx_class_mass(counts, 0.3)
+    fct.test_close(w/w.sum(), m, eps=0.015)
+    assert abs(w[3]/w.sum() - m[3]) < abs(w[3]/w.sum() - counts[3]/sum(counts))  # closer to it than to instance sampling
 
 # --- exact mixing -------------------------------------------------------------------------------------------------
 
