@@ -23,6 +23,7 @@ from fastai.torch_core import flatten_check
 import sklearn.metrics as skm
 from sklearn.model_selection import StratifiedKFold
 from .sampling import check_labels
+from .metrics import quadratic_kappa, mcc, balanced_accuracy, macro_f1
 
 # %% auto #0
 __all__ = ['PAPER_RECIPE', 'flip_dims', 'FlipCallback', 'flip_tta', 'bootstrap_metrics', 'fmt_mean_std', 'per_class_report',
@@ -93,10 +94,23 @@ def _metric_name(f) -> str:
     g, _ = _unpartial(f)
     return getattr(g, '__name__', None) or getattr(f, '__name__', None) or type(f).__name__
 
+# This package's metric functions, and the vectorised kind (`_fast_values`) that gives the same value. Their kappa
+# lists every class index (not only those seen), so 'kappa_all' keeps absent classes in the quadratic weights.
+_OWN_FAST = {quadratic_kappa: 'kappa_all', mcc: 'mcc', balanced_accuracy: 'bacc', macro_f1: 'f1_macro'}
+
+def _own_kind(m):
+    "The vectorised kind of one of this package's metrics, plain or as our `AccumMetric` (e.g. `MCC()`), else None"
+    if isinstance(m, AccumMetric):
+        plain = m.to_np and not m.invert_args and m.thresh is None and m.activation == ActivationType.No and not m.dim_argmax
+        if not plain: return None
+        m = m.func
+    f, _ = _unpartial(m)
+    return _OWN_FAST.get(f) if f is not None else None
+
 class _Metric:
     "A metric with `prep` (row-wise, applied once to all predictions) and `call` (on one resample)"
     def __init__(self, name, m):
-        self.name, self.m, self.fast = name, m, None
+        self.name, self.m, self.fast, self.own = name, m, None, _own_kind(m)
         if isinstance(m, AccumMetric):
             if m.invert_args and m.to_np and m.thresh is None and m.activation == ActivationType.No and m.dim_argmax:
                 f, kw = _unpartial(m.func)
@@ -107,6 +121,9 @@ class _Metric:
     def prep(self, p:np.ndarray):
         "Row-wise part of the metric's prediction transform (commutes with resampling rows)"
         m = self.m
+        if self.own:  # our metrics argmax scores themselves: doing it once gives the same values
+            q = _to_preds(p)
+            return torch.as_tensor(q) if isinstance(m, AccumMetric) else q
         if isinstance(m, AccumMetric):
             t = torch.as_tensor(p)
             if m.activation == ActivationType.BinarySoftmax: t = t[:, -1]
@@ -176,9 +193,11 @@ def _fast_values(kind:str, cm:np.ndarray) -> tuple:
     with np.errstate(divide='ignore', invalid='ignore'):
         if kind.startswith('kappa'):
             i = np.arange(k, dtype=np.float64)
-            w = {'kappa_None': 1 - np.eye(k), 'kappa_linear': np.abs(i[:, None] - i), 'kappa_quadratic': (i[:, None] - i)**2}[kind]
+            w = {'kappa_None': 1 - np.eye(k), 'kappa_linear': np.abs(i[:, None] - i), 'kappa_quadratic': (i[:, None] - i)**2,
+                 'kappa_all': (i[:, None] - i)**2}[kind]
             expected = t_sum[:, :, None] * p_sum[:, None, :] / n[:, None, None]
             den = (w * expected).sum((1, 2))
+            if kind == 'kappa_all': bad = np.zeros_like(bad)  # every class index is listed: absent classes change nothing
             return 1 - (w * cm).sum((1, 2)) / den, bad | (den == 0)
         if kind == 'mcc':
             cov_tp = diag.sum(1) * n - (t_sum * p_sum).sum(1)
@@ -217,11 +236,11 @@ def bootstrap_metrics(probs_or_preds, # probabilities `(N, C)` or predicted clas
     # fast path: label codes shared by all confusion-matrix metrics
     fast = {}
     for j, (m, q) in enumerate(zip(ms, preps)):
-        kind = _fast_kind(m.fast)
+        kind = m.own or _fast_kind(m.fast)
         if kind is None: continue
         q = np.asarray(q)
         if q.ndim != 1 or q.dtype.kind not in 'iub': continue
-        fast[j] = (kind, q)
+        fast[j] = (kind, q, np.arange(max(t.max(), q.max()) + 1) if kind == 'kappa_all' else np.unique(np.concatenate([t, q])))
     vals = np.empty((len(ms), n))
     chunk = max(1, 2_000_000 // len(t))
     n_warn = [0]*len(ms)
@@ -234,10 +253,9 @@ def bootstrap_metrics(probs_or_preds, # probabilities `(N, C)` or predicted clas
             for j, m in enumerate(ms):
                 todo = np.arange(len(idx))
                 if j in fast:
-                    kind, q = fast[j]
-                    key = id(q)
+                    kind, q, labels = fast[j]
+                    key = (id(q), len(labels))  # both kinds of labels hold t and q: of one length, they are the same
                     if key not in cms:
-                        labels = np.unique(np.concatenate([t, q]))
                         cms[key] = _confusions(np.searchsorted(labels, t), np.searchsorted(labels, q), idx, len(labels))
                     v, bad = _fast_values(kind, cms[key])
                     vals[j, cols] = v

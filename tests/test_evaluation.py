@@ -14,6 +14,8 @@ from fastai.optimizer import SGD
 from fastai.callback.progress import *  # Learner.no_bar
 from fastai_bmx.evaluation import *
 from fastai_bmx.evaluation import _draw
+import fastai_bmx.evaluation as ev
+from fastai_bmx.metrics import quadratic_kappa, mcc, balanced_accuracy, macro_f1, QuadraticKappa, MCC, BalancedAccuracy, MacroF1
 
 QK = functools.partial(skm.cohen_kappa_score, weights='quadratic')
 MF1 = functools.partial(skm.f1_score, average='macro')
@@ -341,3 +343,23 @@ def test_real_retinamnist_pipeline(real_data, tmp_path):
     fct.test_close(df['point'].values, [f(y.numpy(), probs.argmax(1).numpy()) for f in SK4.values()], eps=1e-12)
     rep = per_class_report(probs, targs)
     fct.test_eq(rep['support'].values, np.bincount(y.numpy(), minlength=5))
+
+
+OWN = dict(quadratic_kappa=quadratic_kappa, mcc=mcc, balanced_accuracy=balanced_accuracy, macro_f1=macro_f1)
+
+@pytest.mark.parametrize('case', ['random', 'middle_class_absent', 'never_predicted', 'constant_preds'])
+def test_bootstrap_own_metrics_take_the_fast_path_with_the_same_values(case):
+    "This package's metrics, plain or as fastai metrics, are bootstrapped on confusion matrices: same values as one call per resample"
+    rng = np.random.default_rng(1)
+    t = rng.integers(0, 5, 300)
+    probs = torch.softmax(torch.randn(300, 5) + 2 * F.one_hot(torch.as_tensor(t), 5) * (rng.random(300) < .5)[:, None], 1)
+    if case == 'middle_class_absent':  # grade 2 neither true nor predicted: kappa's quadratic weights must keep it
+        t = np.where(t == 2, 3, t); probs[:, 2] = 0
+    if case == 'never_predicted': probs[:, 4] = 0
+    if case == 'constant_preds': probs = torch.zeros(300, 5).index_fill_(1, torch.tensor([1]), 1.)
+    slow = bootstrap_metrics(probs, t, {k: (lambda f: lambda p, y: f(p, y))(f) for k, f in OWN.items()}, n=200, seed=3)
+    for metrics in (OWN, [QuadraticKappa(), MCC(), BalancedAccuracy(), MacroF1()]):
+        fast = bootstrap_metrics(probs, t, metrics, n=200, seed=3)
+        np.testing.assert_allclose(fast.values, slow.values, atol=1e-12)
+    assert all(ev._Metric(k, f).own for k, f in OWN.items())  # it did take the fast path
+
