@@ -14,7 +14,7 @@ It runs `nbdev-proc-nbs` (nbdev's doc processing into `_proc/`: front matter, `s
 renders the real site (`nbdev-docs`); this is a close look at the same content where Quarto isn't available.
 
 It exits 1 and lists the problems if `nbdev-proc-nbs` fails on a notebook, a sidebar entry has no notebook, or a
-page shows an error output (a traceback, an `...Error:` line). A notebook nbdev can't process is still previewed, as
+page shows an error output (a traceback, an `...Error:` line) or links to a local image that doesn't exist. A notebook nbdev can't process is still previewed, as
 saved in `nbs/`, with the error on top of its page.
 """
 import argparse, re, shutil, subprocess, sys, tempfile
@@ -136,6 +136,21 @@ def page_errors(fn):
     p.feed(fn.read_text(encoding='utf-8'))
     return [l.strip() for o in p.outs for l in o.splitlines() if _err_re.search(l)]
 
+_img_re = re.compile(r'<img[^>]*\bsrc="([^"]+)"')
+
+def missing_images(fn):
+    "Local images that page `fn` links to but that don't exist (embedded `data:` images and web links aren't checked)"
+    srcs = [s for s in _img_re.findall(fn.read_text(encoding='utf-8')) if not s.startswith(('data:', 'http:', 'https:'))]
+    return [s for s in srcs if not (fn.parent/s).exists()]
+
+def copy_assets(src, dst):
+    "Copy the files that pages link to (images, result tables) from `src` to `dst`, so relative links resolve as on the site"
+    for f in src.rglob('*'):
+        rel = f.relative_to(src)
+        if f.is_file() and f.suffix != '.ipynb' and not any(o.startswith(('_', '.')) for o in rel.parts):
+            (dst/rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, dst/rel)
+
 def _chrome(chrome, url, *args, timeout=120):
     "Run headless `chrome` on `url` with a fresh profile"
     with tempfile.TemporaryDirectory() as prof:
@@ -188,6 +203,7 @@ def main():
     if not args.no_proc:
         print('nbdev-proc-nbs ...', flush=True)
         errs.update(proc_nbs(pages, args.n_workers))
+    copy_assets(nbs_path, args.out)
     for p in pages:
         if p not in errs and not (proc_path/p).exists(): errs[p] = 'not in _proc/: run nbdev-proc-nbs'
         html = args.out/Path(p).with_suffix('.html')
@@ -197,6 +213,7 @@ def main():
         png,h = screenshot(chrome, html, args.width)
         print(f'{p}: {png.relative_to(args.out)} ({args.width}x{h})', flush=True)
         if e := page_errors(html): errs[p] = errs.get(p, '') + '\nerror output in the page:\n' + '\n'.join(e[:20])
+        if m := missing_images(html): errs[p] = errs.get(p, '') + '\nimages the page links to but that are missing:\n' + '\n'.join(m)
     if errs:
         print(f'\n{len(errs)} problem(s):', file=sys.stderr)
         for k,v in errs.items(): print(f'\n== {k}\n{v}', file=sys.stderr)
