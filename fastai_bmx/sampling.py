@@ -85,9 +85,21 @@ def check_q(q) -> float:
                          "q=1 is instance sampling, q=0.5 square-root sampling and q=0 class-balanced sampling.")
     return float(q)
 
+def _check_counts(counts) -> np.ndarray:
+    "`counts` as a 1-D float array, or an error that says what is wrong: one count ≥ 0 per class, not all 0"
+    c = np.asarray(counts.detach().cpu() if isinstance(counts, torch.Tensor) else counts)
+    if c.ndim != 1 or c.size == 0:
+        raise ValueError(f"counts must hold one item count per class (1-D, not empty), got shape {c.shape}. "
+                         "From class indices, use `np.bincount(labels)`.")
+    if c.dtype.kind not in 'iuf': raise TypeError(f"counts must be numbers of items, got dtype {c.dtype}.")
+    c = c.astype(np.float64)
+    if not (np.isfinite(c).all() and (c >= 0).all()): raise ValueError(f"counts must be finite and ≥ 0, got {c.tolist()}.")
+    if not (c > 0).any(): raise ValueError("Every count is 0: with no training items there is nothing to sample.")
+    return c
+
 def class_probs(counts, q:float=0.) -> np.ndarray:
     "Probability p_j ∝ n_j**q of drawing class j, given its number of items `counts[j]`; empty classes get 0"
-    counts,q = np.asarray(counts, dtype=np.float64),check_q(q)
+    counts,q = _check_counts(counts),check_q(q)
     mass = np.zeros_like(counts)
     mass[counts > 0] = counts[counts > 0]**q
     return mass / mass.sum()

@@ -162,3 +162,10 @@ def test_resampled_draws_follow_any_weights_and_are_seeded():
     # the order is random, not grouped by item: consecutive draws are independent (a grouped order would be ~0.95)
     assert np.mean(draws[1:] == draws[:-1]) < 0.2
     fct.test_eq(ResampledDL(list(range(20)), bs=4, wgts=w, shuffle=False).get_idxs(), list(range(20)))
+
+
+@pytest.mark.parametrize('counts,err', [([], 'not empty'), ([[1, 2]], '1-D'), (['a', 'b'], 'numbers'), ([3, -1], '≥ 0'),
+                                        ([3, np.nan], 'finite'), ([0, 0], 'Every count is 0')])
+def test_class_probs_bad_counts(counts, err):
+    "Counts that can't be sampled from get an error naming the problem, not NaN probabilities"
+    with pytest.raises((ValueError, TypeError), match=err): class_probs(counts, 0.5)
