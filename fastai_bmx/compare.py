@@ -272,7 +272,7 @@ def to_markdown(df:pd.DataFrame) -> str:
     return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)] + ['| ' + ' | '.join(r) + ' |' for r in rows])
 
 def _write_atomic(path:Path, text:str):
-    tmp = path.with_name(path.name + '.tmp')
+    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')  # a name of this process's own: others may write `path` too
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -391,11 +391,13 @@ def compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder 
     out = Path(out); (out/'preds').mkdir(parents=True, exist_ok=True)
     settings = dict(data=str(data), arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, monitor=monitor, folds=folds,
                     pretrained=pretrained)
-    with _locked(out/'.results.lock'): _check_settings(out, settings)
     _arch(arch)
     vocab = [str(v) for v in dls0.vocab]
-    _write_atomic(out/'classes.json', json.dumps(vocab))
-    _write_atomic(out/'train_counts.json', json.dumps(np.bincount(get_labels(dls0.train), minlength=len(vocab)).tolist()))
+    counts = np.bincount(get_labels(dls0.train), minlength=len(vocab)).tolist()
+    with _locked(out/'.results.lock'):  # processes sharing `out` write its files in turn
+        _check_settings(out, settings)
+        _write_atomic(out/'classes.json', json.dumps(vocab))
+        _write_atomic(out/'train_counts.json', json.dumps(counts))
     csv = out/'results.csv'
     done = set(_read_results(csv)['run'])
     todo = [(m, s, f) for s in seeds for f in (range(folds) if folds else [None]) for m in names if _run_name(m, s, f) not in done]
@@ -410,7 +412,7 @@ def compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder 
         if not _record_run(out, dict(run=run, seed=s, fold=f, **row), probs, targs):
             print(f"{run}: another process sharing {out.name} finished it first; its result is kept", flush=True); continue
         print(f"{run}: test {monitor} {100*row[monitor]:.2f}, best epoch {row['best_epoch']}, {row['train_s']:.0f} s", flush=True)
-    tbl = write_report(out, alphas=[float(n[4:]) for n in names if n.startswith('bmx-')] or None)
+    with _locked(out/'.results.lock'): tbl = write_report(out, alphas=[float(n[4:]) for n in names if n.startswith('bmx-')] or None)
     return tbl
 
 # %% ../nbs/06_compare.ipynb #adeabe3f
