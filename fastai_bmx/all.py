@@ -4,4 +4,9 @@ from .mixup import *
 from .losses import *
 from .metrics import *
 from .evaluation import *
+from .bootstrap import *
 from .data import *
+from .files import *
+from .splits import *
+from .training import *
+from .report import *

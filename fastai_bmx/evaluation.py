@@ -1,4 +1,4 @@
-"""Flip test-time augmentation, stratified bootstrap confidence intervals, per-class reports, stratified k-fold and the paper's training recipe
+"""Evaluation: flip test-time augmentation, the confusion matrix and the per-class report
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/evaluation.html.md"""
 
@@ -6,28 +6,16 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/evaluation.html.md"""
 
 # %% ../nbs/04_evaluation.ipynb #2ed4b93c
 from __future__ import annotations
-import functools, numbers, warnings
-from collections.abc import Mapping
+import functools
 import numpy as np, pandas as pd, torch
 import torch.nn.functional as F
 from fastcore.basics import *
-from fastcore.foundation import L
 from fastai.learner import Learner
 from fastai.callback.core import Callback
-from fastai.callback.schedule import ParamScheduler, SchedCos, combine_scheds
-from fastai.callback.tracker import SaveModelCallback
-from fastai.data.transforms import IndexSplitter
-from fastai.metrics import AccumMetric, ActivationType
-from fastai.optimizer import SGD
-from fastai.torch_core import flatten_check
-import sklearn.metrics as skm
-from sklearn.model_selection import StratifiedKFold
-from .sampling import check_labels
-from .metrics import quadratic_kappa, mcc, balanced_accuracy, macro_f1
+from .sampling import check_labels, as_np
 
 # %% auto #0
-__all__ = ['PAPER_RECIPE', 'flip_dims', 'FlipCallback', 'flip_tta', 'bootstrap_metrics', 'fmt_mean_std', 'per_class_report',
-           'stratified_kfold', 'kfold_splitter', 'fold_summary', 'fit_paper_recipe']
+__all__ = ['flip_dims', 'FlipCallback', 'flip_tta', 'confusion_matrix', 'per_class_report']
 
 # %% ../nbs/04_evaluation.ipynb #a1f8e685
 _FLIPS = {'h': (-1,), 'v': (-2,), 'hv': (-2, -1)}
@@ -75,217 +63,34 @@ def flip_tta(learn:Learner, # a trained `Learner` whose inputs are float images
     probs = torch.stack([p for p,_ in passes])
     return (probs.mean(0), targs, probs) if with_passes else (probs.mean(0), targs)
 
-# %% ../nbs/04_evaluation.ipynb #5617f942
-def _unpartial(f):
-    "The function under nested `functools.partial`s, with their merged keywords (None if any positional args are bound)"
-    kw = {}
-    while isinstance(f, functools.partial):
-        if f.args: return None, None
-        kw = {**f.keywords, **kw}
-        f = f.func
-    return f, kw
-
-def _is_sklearn(f) -> bool:
-    g, _ = _unpartial(f)
-    return g is not None and (getattr(g, '__module__', '') or '').startswith('sklearn.metrics')
-
-def _metric_name(f) -> str:
-    if isinstance(f, AccumMetric): return f.name
-    g, _ = _unpartial(f)
-    return getattr(g, '__name__', None) or getattr(f, '__name__', None) or type(f).__name__
-
-# This package's metric functions, and the vectorised kind (`_fast_values`) that gives the same value. Their kappa
-# lists every class index (not only those seen), so 'kappa_all' keeps absent classes in the quadratic weights.
-_OWN_FAST = {quadratic_kappa: 'kappa_all', mcc: 'mcc', balanced_accuracy: 'bacc', macro_f1: 'f1_macro'}
-
-def _own_kind(m):
-    "The vectorised kind of one of this package's metrics, plain or as our `AccumMetric` (e.g. `MCC()`), else None"
-    if isinstance(m, AccumMetric):
-        plain = m.to_np and not m.invert_args and m.thresh is None and m.activation == ActivationType.No and not m.dim_argmax
-        if not plain: return None
-        m = m.func
-    f, _ = _unpartial(m)
-    return _OWN_FAST.get(f) if f is not None else None
-
-class _Metric:
-    "A metric with `prep` (row-wise, applied once to all predictions) and `call` (on one resample)"
-    def __init__(self, name, m):
-        self.name, self.m, self.fast, self.own = name, m, None, _own_kind(m)
-        if isinstance(m, AccumMetric):
-            if m.invert_args and m.to_np and m.thresh is None and m.activation == ActivationType.No and m.dim_argmax:
-                f, kw = _unpartial(m.func)
-                self.fast = None if f is None else (f, {**kw, **m.kwargs})
-        elif _is_sklearn(m): self.fast = _unpartial(m)
-        elif not callable(m): raise TypeError(f"Metric {name!r} is a {type(m).__name__}, not a callable or fastai AccumMetric.")
-
-    def prep(self, p:np.ndarray):
-        "Row-wise part of the metric's prediction transform (commutes with resampling rows)"
-        m = self.m
-        if self.own:  # our metrics argmax scores themselves: doing it once gives the same values
-            q = _to_preds(p)
-            return torch.as_tensor(q) if isinstance(m, AccumMetric) else q
-        if isinstance(m, AccumMetric):
-            t = torch.as_tensor(p)
-            if m.activation == ActivationType.BinarySoftmax: t = t[:, -1]
-            elif m.activation == ActivationType.No and m.dim_argmax and t.ndim > 1: t = t.argmax(dim=m.dim_argmax)
-            if m.thresh: t = t >= m.thresh
-            return t
-        return _to_preds(p) if _is_sklearn(m) else p
-
-    def call(self, p, t:np.ndarray) -> float:
-        m = self.m
-        if isinstance(m, AccumMetric):
-            t = torch.as_tensor(t)
-            if m.flatten: p, t = flatten_check(p, t)
-            if m.to_np: p, t = p.numpy(), t.numpy()
-            return float(m.func(t, p, **m.kwargs) if m.invert_args else m.func(p, t, **m.kwargs))
-        return float(m(t, p) if _is_sklearn(m) else m(p, t))
-
-def _as_metrics(metrics) -> list:
-    if isinstance(metrics, Mapping): items = list(metrics.items())
-    elif isinstance(metrics, (list, tuple, L)): items = [(_metric_name(m), m) for m in metrics]
-    else: items = [(_metric_name(metrics), metrics)]
-    if not items: raise ValueError("No metrics given: pass a callable, an AccumMetric, a list of them or a dict {name: metric}.")
-    names = [n for n,_ in items]
-    if len(set(names)) != len(names):
-        raise ValueError(f"Duplicate metric names {names}: pass a dict {{name: metric}} to name them apart.")
-    return [_Metric(n, m) for n,m in items]
-
+# %% ../nbs/04_evaluation.ipynb #8782a31d
 def _to_preds(p) -> np.ndarray:
     "Class indices from probabilities `(N, C)` (argmax) or from class indices `(N,)`"
-    p = np.asarray(p.detach().cpu() if isinstance(p, torch.Tensor) else p)
+    p = as_np(p)
     if p.ndim == 2: return p.argmax(1)
     return check_labels(p, what='predictions')
 
 def _check_inputs(probs_or_preds, targs):
-    p = probs_or_preds.detach().cpu().numpy() if isinstance(probs_or_preds, torch.Tensor) else np.asarray(probs_or_preds)
-    t = check_labels(targs, what='targs')
+    "Predictions as a numpy array and targets as checked class indices, aligned"
+    p, t = as_np(probs_or_preds), check_labels(targs, what='targs')
     if p.ndim == 0 or len(p) != len(t):
         raise ValueError(f"probs_or_preds has {len(p) if p.ndim else 0} rows but targs has {len(t)} items: "
                          "they must be aligned, one prediction (or row of probabilities) per target.")
     return p, t
 
-# %% ../nbs/04_evaluation.ipynb #93fea28f
-def _fast_kind(spec):
-    "Name of the vectorised implementation for `(func, kwargs)`, or None"
-    if spec is None: return None
-    f, kw = spec
-    if f is None: return None
-    if f is skm.cohen_kappa_score and set(kw) <= {'weights'} and kw.get('weights') in (None, 'linear', 'quadratic'):
-        return 'kappa_' + str(kw.get('weights'))
-    if f is skm.matthews_corrcoef and not kw: return 'mcc'
-    if f is skm.balanced_accuracy_score and set(kw) <= {'adjusted'} and not kw.get('adjusted', False): return 'bacc'
-    if f is skm.f1_score and kw.get('average') == 'macro' and set(kw) <= {'average', 'zero_division'}: return 'f1_macro'
-    if f is skm.accuracy_score and set(kw) <= {'normalize'} and kw.get('normalize', True): return 'acc'
-    return None
-
-def _confusions(t:np.ndarray, p:np.ndarray, idx:np.ndarray, k:int) -> np.ndarray:
-    "Confusion matrices `(B, k, k)` (rows: true) of codes `t`, `p` in 0..k-1, for each row of resample indices `idx`"
-    codes = t[idx]*k + p[idx] + (np.arange(len(idx))*k*k)[:, None]
-    return np.bincount(codes.ravel(), minlength=len(idx)*k*k).reshape(len(idx), k, k).astype(np.float64)
-
-def _fast_values(kind:str, cm:np.ndarray) -> tuple:
-    "Metric `kind` for a batch of confusion matrices, and a mask of those it can't compute (left to sklearn)"
-    k = cm.shape[-1]
-    t_sum, p_sum, n = cm.sum(2), cm.sum(1), cm.sum((1, 2))
-    diag = np.diagonal(cm, axis1=1, axis2=2)
-    bad = ((t_sum + p_sum) == 0).any(1)  # a class absent from the resample: sklearn would use fewer labels
-    with np.errstate(divide='ignore', invalid='ignore'):
-        if kind.startswith('kappa'):
-            i = np.arange(k, dtype=np.float64)
-            w = {'kappa_None': 1 - np.eye(k), 'kappa_linear': np.abs(i[:, None] - i), 'kappa_quadratic': (i[:, None] - i)**2,
-                 'kappa_all': (i[:, None] - i)**2}[kind]
-            expected = t_sum[:, :, None] * p_sum[:, None, :] / n[:, None, None]
-            den = (w * expected).sum((1, 2))
-            if kind == 'kappa_all': bad = np.zeros_like(bad)  # every class index is listed: absent classes change nothing
-            return 1 - (w * cm).sum((1, 2)) / den, bad | (den == 0)
-        if kind == 'mcc':
-            cov_tp = diag.sum(1) * n - (t_sum * p_sum).sum(1)
-            cov_pp, cov_tt = n**2 - (p_sum**2).sum(1), n**2 - (t_sum**2).sum(1)
-            den = cov_pp * cov_tt
-            return cov_tp / np.sqrt(den), bad | (den == 0)
-        if kind == 'bacc': return (diag / t_sum).mean(1), bad | (t_sum == 0).any(1)
-        if kind == 'f1_macro': return (2*diag / (t_sum + p_sum)).mean(1), bad
-        if kind == 'acc': return diag.sum(1) / n, bad
-    raise ValueError(kind)
-
-def _draw(rng, n_items:int, groups:list|None) -> np.ndarray:
-    "One resample of indices: within each group of indices if `groups`, else over all `n_items`"
-    if groups is None: return rng.integers(0, n_items, n_items)
-    return np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
-
-# %% ../nbs/04_evaluation.ipynb #189d6c3a
-def bootstrap_metrics(probs_or_preds, # probabilities `(N, C)` or predicted class indices `(N,)`
-                      targs, # true class indices `(N,)`
-                      metrics, # a metric, a list of them or a dict {name: metric} (callables or fastai `AccumMetric`s)
-                      n:int=1000, # number of bootstrap resamples
-                      stratified:bool=True, # resample within each class (class counts kept), as in the paper
-                      seed:int=0, # seed of the resampling; same seed, same result
-                      ci:float=0.95, # coverage of the percentile interval `lo`..`hi`
-                     ) -> pd.DataFrame:
-    "Bootstrap each metric: one row per metric with the full-set `point` estimate and the resamples' `mean`, `std`, `lo`, `hi`"
-    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n={n!r}: the number of bootstrap resamples must be an integer >= 1 (the paper uses 1000).")
-    if not 0 < ci < 1: raise ValueError(f"ci={ci!r}: the interval's coverage must be in (0, 1), e.g. 0.95.")
+def confusion_matrix(probs_or_preds, # probabilities `(N, C)` or predicted class indices `(N,)`
+                     targs, # true class indices `(N,)`
+                     n_classes:int|None=None, # number of classes; default: the width of the probabilities, or the largest index + 1
+                    ) -> np.ndarray:
+    "Counts `(C, C)`: row `i`, column `j` is the number of items of class `i` predicted as `j`"
     p, t = _check_inputs(probs_or_preds, targs)
-    ms = _as_metrics(metrics)
-    preps = [m.prep(p) for m in ms]
-    points = [m.call(q, t) for m, q in zip(ms, preps)]
-    rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(t == c) for c in np.unique(t)] if stratified else None
-    # fast path: label codes shared by all confusion-matrix metrics
-    fast = {}
-    for j, (m, q) in enumerate(zip(ms, preps)):
-        kind = m.own or _fast_kind(m.fast)
-        if kind is None: continue
-        q = np.asarray(q)
-        if q.ndim != 1 or q.dtype.kind not in 'iub': continue
-        fast[j] = (kind, q, np.arange(max(t.max(), q.max()) + 1) if kind == 'kappa_all' else np.unique(np.concatenate([t, q])))
-    vals = np.empty((len(ms), n))
-    chunk = max(1, 2_000_000 // len(t))
-    n_warn = [0]*len(ms)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        for start in range(0, n, chunk):
-            idx = np.stack([_draw(rng, len(t), groups) for _ in range(min(chunk, n - start))])
-            cols = slice(start, start + len(idx))
-            cms = {}
-            for j, m in enumerate(ms):
-                todo = np.arange(len(idx))
-                if j in fast:
-                    kind, q, labels = fast[j]
-                    key = (id(q), len(labels))  # both kinds of labels hold t and q: of one length, they are the same
-                    if key not in cms:
-                        cms[key] = _confusions(np.searchsorted(labels, t), np.searchsorted(labels, q), idx, len(labels))
-                    v, bad = _fast_values(kind, cms[key])
-                    vals[j, cols] = v
-                    todo = np.flatnonzero(bad)
-                for b in todo:
-                    n0 = len(caught)
-                    vals[j, start + b] = m.call(preps[j][idx[b]], t[idx[b]])
-                    n_warn[j] += len(caught) > n0
-    for j, m in enumerate(ms):
-        if n_warn[j]: warnings.warn(f"{m.name}: {n_warn[j]} of {n} bootstrap resamples raised warnings (e.g. an undefined metric).")
-    a = (1 - ci) / 2
-    lo, hi = np.quantile(vals, [a, 1 - a], axis=1)
-    df = pd.DataFrame(dict(point=points, mean=vals.mean(1), std=vals.std(1, ddof=1) if n > 1 else np.nan, lo=lo, hi=hi),
-                      index=pd.Index([m.name for m in ms], name='metric'))
-    df.attrs.update(n=n, stratified=stratified, seed=seed, ci=ci)
-    return df
-
-# %% ../nbs/04_evaluation.ipynb #d8ad24a8
-def fmt_mean_std(df:pd.DataFrame, # the result of `bootstrap_metrics`
-                 scale:float=100, # multiply by this (100: percent, as in the paper)
-                 digits:int=2, # decimals shown
-                 with_ci:bool=False, # append the percentile interval "[lo, hi]"
-                ) -> pd.Series:
-    "Format a `bootstrap_metrics` table as 'mean ± std' strings (print with `.to_string()`)"
-    missing = {'mean', 'std'} - set(df.columns) | ({'lo', 'hi'} - set(df.columns) if with_ci else set())
-    if missing: raise ValueError(f"df lacks columns {sorted(missing)}: pass the DataFrame returned by `bootstrap_metrics`.")
-    f = lambda v: f'{v*scale:.{digits}f}'
-    s = pd.Series([f'{f(r.mean)} ± {f(r.std)}' + (f' [{f(r.lo)}, {f(r.hi)}]' if with_ci else '') for r in df.itertuples()],
-                  index=df.index, name='mean ± std')
-    return s
+    pred = _to_preds(p)
+    k = max(int(t.max()), int(pred.max())) + 1
+    if p.ndim == 2: k = max(k, p.shape[1])
+    if n_classes is not None:
+        if n_classes < k: raise ValueError(f"{n_classes} classes (n_classes, or the length of vocab) but there are classes up to index {k-1}: pass one name per class.")
+        k = n_classes
+    return np.bincount(t*k + pred, minlength=k*k).reshape(k, k)
 
 # %% ../nbs/04_evaluation.ipynb #67a49308
 def per_class_report(probs_or_preds, # probabilities `(N, C)` or predicted class indices `(N,)`
@@ -294,74 +99,11 @@ def per_class_report(probs_or_preds, # probabilities `(N, C)` or predicted class
                      zero_division:float=0.0, # value of a precision/recall/F1 whose denominator is 0 (np.nan to mark it)
                     ) -> pd.DataFrame:
     "Per-class precision, recall, F1 and support (one row per class, absent classes included), without warnings"
-    p, t = _check_inputs(probs_or_preds, targs)
-    pred = _to_preds(p)
-    k = max(int(t.max()), int(pred.max())) + 1
-    if p.ndim == 2: k = max(k, p.shape[1])
-    if vocab is not None:
-        vocab = list(vocab)
-        if len(vocab) < k: raise ValueError(f"vocab has {len(vocab)} names but there are classes up to index {k-1}: pass one name per class.")
-        k = len(vocab)
-    cm = np.bincount(t*k + pred, minlength=k*k).reshape(k, k)
+    vocab = None if vocab is None else list(vocab)
+    cm = confusion_matrix(probs_or_preds, targs, None if vocab is None else len(vocab))
+    k = len(cm)
     tp, support, n_pred = np.diag(cm), cm.sum(1), cm.sum(0)
     def div(a, b):
         with np.errstate(divide='ignore', invalid='ignore'): return np.where(b > 0, a / np.maximum(b, 1), zero_division)
     return pd.DataFrame(dict(precision=div(tp, n_pred), recall=div(tp, support), f1=div(2*tp, support + n_pred),
                              support=support), index=pd.Index(vocab if vocab is not None else range(k), name='class'))
-
-# %% ../nbs/04_evaluation.ipynb #d6131c8b
-def stratified_kfold(labels, # class index of every item
-                     k:int=5, # number of folds
-                     seed:int=0, # seed of the shuffle; same seed, same folds
-                    ) -> list:
-    "List of `k` `(train_idx, valid_idx)` pairs; each class is spread over the folds as evenly as possible"
-    y = check_labels(labels)
-    if not isinstance(k, numbers.Integral) or k < 2: raise ValueError(f"k={k!r}: k-fold needs an integer k >= 2.")
-    if k > len(y): raise ValueError(f"k={k} folds but only {len(y)} items: use k <= {len(y)}.")
-    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [(tr, va) for tr, va in skf.split(np.zeros(len(y)), y)]
-
-def kfold_splitter(labels, fold:int, k:int=5, seed:int=0):
-    "fastai `IndexSplitter` whose validation set is fold `fold` of `stratified_kfold(labels, k, seed)`"
-    if not 0 <= fold < k: raise ValueError(f"fold={fold} but folds are numbered 0..{k-1}.")
-    return IndexSplitter(stratified_kfold(labels, k, seed)[fold][1])
-
-# %% ../nbs/04_evaluation.ipynb #d3edbe1e
-def fold_summary(results:pd.DataFrame, # one row per (method, fold), one column per metric
-                 by:str='method', # column that names the method
-                 metrics:list|None=None, # metric columns; defaults to every numeric column but `by` and 'fold'
-                 scale:float=100, # multiply by this (100: percent)
-                 digits:int=2, # decimals shown
-                 fmt:bool=True, # strings 'min ← median → max'; False: numeric min/median/max columns
-                ) -> pd.DataFrame:
-    "min, median and max of each metric over the folds, per method, as in the paper's cross-validation tables"
-    if by not in results.columns: raise ValueError(f"results has no column {by!r}: pass `by=` naming the method column.")
-    if metrics is None: metrics = [c for c in results.select_dtypes('number').columns if c not in (by, 'fold')]
-    stats = results.groupby(by, sort=False)[list(metrics)].agg(['min', 'median', 'max']) * scale
-    if not fmt: return stats
-    f = lambda v: f'{v:.{digits}f}'
-    return pd.DataFrame({m: [f'{f(a)} ← {f(b)} → {f(c)}' for a, b, c in stats[m].values] for m in metrics}, index=stats.index)
-
-# %% ../nbs/04_evaluation.ipynb #8d27f509
-PAPER_RECIPE = dict(bs=8, lr=0.01, opt_func=SGD, wd=0., flips='h',
-                    monitor={'ordinal': 'quadratic kappa', 'long-tailed': 'MCC'})
-
-def fit_paper_recipe(learn:Learner, # a `Learner`, ideally created with `opt_func=SGD` and `bs=8` DataLoaders
-                     n_cycles:int=2, # number of cosine-annealing cycles (restarts between them)
-                     cycle_len:int=1, # epochs in the first cycle
-                     lr:float=0.01, # maximum learning rate of each cycle
-                     cycle_mult:int=1, # each cycle is `cycle_mult` times longer than the previous one (fastai's `fit_sgdr` uses 2)
-                     monitor:str='valid_loss', # recorder column that picks the best epoch, e.g. the name of a kappa or MCC metric
-                     comp=None, # np.greater or np.less; None: inferred from `monitor` (loss: lower is better)
-                     fname:str='best_model', # checkpoint name under `learn.path/learn.model_dir`
-                     cbs=None, # extra callbacks for this fit
-                    ) -> Learner:
-    "Train with cosine annealing and warm restarts, keeping (and finally reloading) the epoch with the best `monitor`"
-    if n_cycles < 1 or cycle_len < 1 or cycle_mult < 1:
-        raise ValueError(f"n_cycles={n_cycles}, cycle_len={cycle_len}, cycle_mult={cycle_mult}: all must be integers >= 1.")
-    save = SaveModelCallback(monitor=monitor, comp=comp, fname=fname)
-    if cycle_mult > 1: learn.fit_sgdr(n_cycles, cycle_len, lr_max=lr, cycle_mult=cycle_mult, cbs=L(save) + L(cbs))
-    else:
-        sched = {'lr': combine_scheds([1/n_cycles]*n_cycles, [SchedCos(lr, 0) for _ in range(n_cycles)])}
-        learn.fit(n_cycles*cycle_len, lr=lr, cbs=L(ParamScheduler(sched), save) + L(cbs))
-    return learn

@@ -12,11 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from fastai.torch_core import Module
 from fastai.losses import BaseLoss
-from .sampling import _finite_real, get_labels
+from .sampling import _finite_real, get_labels, as_np, check_counts
 
 # %% auto #0
-__all__ = ['WeightedFocalLoss', 'WeightedFocalLossFlat', 'check_beta', 'check_counts', 'class_counts', 'cb_weights',
-           'ClassBalancedLoss']
+__all__ = ['WeightedFocalLoss', 'WeightedFocalLossFlat', 'check_beta', 'class_counts', 'cb_weights', 'ClassBalancedLoss']
 
 # %% ../nbs/02_losses.ipynb #8b69dc06
 def _check_gamma(gamma) -> float:
@@ -29,7 +28,7 @@ def _check_gamma(gamma) -> float:
 def _check_weight(weight) -> Tensor|None:
     "Class weights as a 1-D float tensor of finite values >= 0 (or None)"
     if weight is None: return None
-    w = torch.as_tensor(np.asarray(weight.detach().cpu() if isinstance(weight, Tensor) else weight, dtype=np.float64), dtype=torch.float32)
+    w = torch.as_tensor(as_np(weight).astype(np.float64), dtype=torch.float32)
     if w.ndim != 1 or len(w) == 0:
         raise ValueError(f"weight must hold one number per class (a 1-D sequence), got shape {tuple(w.shape)}.")
     if not torch.isfinite(w).all() or (w < 0).any():
@@ -96,21 +95,6 @@ def check_beta(beta) -> float:
                          "(1-beta**n)/(1-beta): beta=0 gives all classes weight 1, beta close to 1 (0.99, 0.999, 0.9999) "
                          "approaches inverse class frequency.")
     return float(beta)
-
-def check_counts(class_counts) -> np.ndarray:
-    "Return `class_counts` as a 1-D float64 array of whole numbers >= 0 with at least one > 0, or raise a clear error"
-    if isinstance(class_counts, Tensor): class_counts = class_counts.detach().cpu().numpy()
-    c = np.asarray(class_counts)
-    if c.ndim != 1 or len(c) == 0:
-        raise ValueError(f"class_counts must hold one count per class (1-D), got shape {c.shape}. From labels use "
-                         "`class_counts(dls.train)` or `np.bincount(labels, minlength=n_classes)`.")
-    if c.dtype.kind not in 'iufb': raise TypeError(f"class_counts must be numbers, got dtype {c.dtype}.")
-    c = c.astype(np.float64)
-    if not np.isfinite(c).all() or (c != np.round(c)).any():
-        raise ValueError(f"class_counts must be whole numbers of items, got {c.tolist()}.")
-    if (c < 0).any(): raise ValueError(f"class_counts can't be negative, got {c.tolist()}.")
-    if c.sum() == 0: raise ValueError("class_counts are all 0: the training set has no items.")
-    return c
 
 def class_counts(dl_or_labels, n_classes:int|None=None) -> np.ndarray:
     "Number of items per class of a fastai DataLoader/Datasets or label array (via `get_labels`, no input is loaded)"

@@ -7,27 +7,26 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/metrics.html.md"""
 # %% ../nbs/03_metrics.ipynb #5c4cad25
 from __future__ import annotations
 import warnings
+from typing import Callable, NamedTuple
 import numpy as np, torch
 import sklearn.metrics as skm
 import scipy.stats as scs
 from fastai.metrics import AccumMetric
-from .sampling import check_labels
+from .sampling import check_labels, as_np
 
 # %% auto #0
-__all__ = ['class_preds', 'quadratic_kappa', 'mcc', 'kendall_tau', 'balanced_accuracy', 'macro_f1', 'QuadraticKappa', 'MCC',
-           'KendallTau', 'BalancedAccuracy', 'MacroF1']
+__all__ = ['PAPER_METRICS', 'class_preds', 'quadratic_kappa', 'mcc', 'kendall_tau', 'balanced_accuracy', 'macro_f1',
+           'QuadraticKappa', 'MCC', 'KendallTau', 'BalancedAccuracy', 'MacroF1', 'PaperMetric', 'paper_metrics',
+           'paper_scores']
 
 # %% ../nbs/03_metrics.ipynb #2d5a616e
-def _to_np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
 def class_preds(
     preds, # Class indices (N,), or scores/logits/probabilities (N, C) whose argmax is the class
     targs, # True class indices (N,) (or (N, 1), as MedMNIST stores them)
     n_classes:int|None=None, # Number of classes; default: C for scores, else 1 + the largest index seen
 ) -> tuple[np.ndarray, np.ndarray, int]:
     "Predicted and true class indices as int64 arrays, and the number of classes, checked"
-    p = _to_np(preds)
+    p = as_np(preds)
     if p.ndim == 2 and p.shape[1] > 1:
         if n_classes is not None and n_classes != p.shape[1]:
             raise ValueError(f"preds have scores for {p.shape[1]} classes but n_classes={n_classes}: pass matching values "
@@ -124,3 +123,35 @@ def BalancedAccuracy(n_classes:int|None=None) -> AccumMetric:
 def MacroF1(n_classes:int|None=None) -> AccumMetric:
     "Macro-averaged F1 (classes absent from preds and targets left out) as a fastai metric named 'macro_f1'"
     return _metric(macro_f1, 'macro_f1', n_classes)
+
+# %% ../nbs/03_metrics.ipynb #b2a46445
+class PaperMetric(NamedTuple):
+    "One metric of the paper: its `name`, pure `func`, fastai metric factory (None: not recorded) and whether it needs ordered classes"
+    name:str # column name in results and recorder
+    func:Callable # pure function `(preds, targs) -> float`
+    learn_metric:Callable|None # factory of the fastai `AccumMetric`; None: not recorded during training
+    ordinal:bool # only meaningful for ordered classes (grades)
+
+def _accuracy(preds, targs, n_classes:int|None=None) -> float:
+    "Fraction of items whose predicted class is the true one"
+    p, t, _ = class_preds(preds, targs, n_classes)
+    return float((p == t).mean())
+
+PAPER_METRICS = (PaperMetric('quadratic_kappa', quadratic_kappa, QuadraticKappa, True),
+                 PaperMetric('mcc', mcc, MCC, False),
+                 PaperMetric('kendall_tau', kendall_tau, KendallTau, True),
+                 PaperMetric('balanced_accuracy', balanced_accuracy, BalancedAccuracy, False),
+                 PaperMetric('macro_f1', macro_f1, MacroF1, False),
+                 PaperMetric('accuracy', _accuracy, None, False))
+
+def paper_metrics(ordinal:bool=True, # ordered classes? False leaves out the metrics that need them
+                  monitored:bool=False, # only those a `Learner` records (and so can monitor)
+                 ) -> list:
+    "The entries of `PAPER_METRICS` that apply, in table order"
+    return [m for m in PAPER_METRICS if (ordinal or not m.ordinal) and (m.learn_metric or not monitored)]
+
+def paper_scores(probs, # probabilities or scores `(N, C)`, or class indices `(N,)`
+                 targs, # true class indices `(N,)`
+                ) -> dict:
+    "Every metric of `PAPER_METRICS` on one set of predictions, as floats"
+    return {m.name: m.func(probs, targs) for m in PAPER_METRICS}

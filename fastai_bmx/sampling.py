@@ -15,18 +15,23 @@ from fastai.data.core import TfmdDL, TfmdLists, Datasets, DataLoaders
 from fastai.callback.data import WeightedDL
 
 # %% auto #0
-__all__ = ['check_labels', 'get_labels', 'check_q', 'class_probs', 'sampling_probs', 'ResampledDL', 'resampled_dl']
+__all__ = ['as_np', 'check_labels', 'get_labels', 'check_q', 'check_counts', 'class_probs', 'sampling_probs', 'ResampledDL',
+           'resampled_dl']
 
 # %% ../nbs/00_sampling.ipynb #9b6bdca9
+def as_np(x) -> np.ndarray:
+    "`x` as a numpy array: a tensor is detached and moved to the CPU first"
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
 def _multi_msg(what, shape=None):
     return (f"{what} must hold one class index per item{'' if shape is None else f', but have shape {shape}'}. Multi-label "
             "or one-hot targets can't be class-balanced: pass single-label class indices (for one-hot, `y.argmax(1)`).")
 
 def check_labels(labels, n_classes:int|None=None, what:str='labels') -> np.ndarray:
     "Return `labels` as a 1-D int64 array of class indices, or raise an error that says what is wrong and how to fix it"
-    if isinstance(labels, torch.Tensor): labels = labels.detach().cpu().numpy()
+    if isinstance(labels, torch.Tensor): labels = as_np(labels)
     if isinstance(labels, (list, tuple, L)) and len(labels) and isinstance(labels[0], (torch.Tensor, np.ndarray)):
-        labels = [np.asarray(o.detach().cpu() if isinstance(o, torch.Tensor) else o) for o in labels]  # e.g. TensorCategory items
+        labels = [as_np(o) for o in labels]  # e.g. TensorCategory items
         if any(o.size != 1 for o in labels): raise ValueError(_multi_msg(what))
     arr = np.asarray(labels)
     if arr.ndim == 2 and arr.shape[1] == 1: arr = arr[:, 0]  # MedMNIST stores labels as (N, 1)
@@ -85,21 +90,24 @@ def check_q(q) -> float:
                          "q=1 is instance sampling, q=0.5 square-root sampling and q=0 class-balanced sampling.")
     return float(q)
 
-def _check_counts(counts) -> np.ndarray:
-    "`counts` as a 1-D float array, or an error that says what is wrong: one count ≥ 0 per class, not all 0"
-    c = np.asarray(counts.detach().cpu() if isinstance(counts, torch.Tensor) else counts)
+def check_counts(counts, # items (or proportions) per class
+                 whole:bool=True, # must they be whole numbers of items? False accepts proportions, whose ratios alone matter
+                ) -> np.ndarray:
+    "`counts` as a 1-D float64 array of numbers ≥ 0, not all 0, or an error that says what is wrong"
+    c = as_np(counts)
     if c.ndim != 1 or c.size == 0:
-        raise ValueError(f"counts must hold one item count per class (1-D, not empty), got shape {c.shape}. "
-                         "From class indices, use `np.bincount(labels)`.")
+        raise ValueError(f"counts must hold one count per class, that is one item count per class in a 1-D array (not empty); got shape {c.shape}. "
+                         "From class indices, use `np.bincount(labels)` (or `class_counts(dls.train)`).")
     if c.dtype.kind not in 'iuf': raise TypeError(f"counts must be numbers of items, got dtype {c.dtype}.")
     c = c.astype(np.float64)
-    if not (np.isfinite(c).all() and (c >= 0).all()): raise ValueError(f"counts must be finite and ≥ 0, got {c.tolist()}.")
-    if not (c > 0).any(): raise ValueError("Every count is 0: with no training items there is nothing to sample.")
+    if not (np.isfinite(c).all() and (c >= 0).all()): raise ValueError(f"counts must be finite and ≥ 0 (they can't be negative), got {c.tolist()}.")
+    if whole and (c != np.round(c)).any(): raise ValueError(f"counts must be whole numbers of items, got {c.tolist()}.")
+    if not (c > 0).any(): raise ValueError("Every count is 0: the training set has no items, so there is nothing to sample or weight.")
     return c
 
 def class_probs(counts, q:float=0.) -> np.ndarray:
     "Probability p_j ∝ n_j**q of drawing class j, given its number of items `counts[j]`; empty classes get 0"
-    counts,q = _check_counts(counts),check_q(q)
+    counts,q = check_counts(counts, whole=False),check_q(q)
     mass = np.zeros_like(counts)
     mass[counts > 0] = counts[counts > 0]**q
     return mass / mass.sum()

@@ -5,13 +5,19 @@ import numpy as np, pandas as pd, pytest, torch
 import fastcore.test as fct
 from PIL import Image
 import fastai_bmx.compare as cmp
-from fastai_bmx.compare import compare, compare_dls, expand_methods, method_setup, results_table, METRIC_NAMES
+from fastai_bmx.compare import compare
+from fastai_bmx.sources import load_source
+from fastai_bmx.methods import get_method
+from fastai_bmx.report import results_table
+from fastai_bmx.store import RunFolder
+from fastai_bmx.metrics import PAPER_METRICS
 from fastai_bmx.losses import ClassBalancedLoss, WeightedFocalLossFlat
 from fastai_bmx.mixup import BalancedMixUp
 from fastai_bmx.sampling import ResampledDL, get_labels
 
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')
 TINY = dict(epochs=1, arch='resnet10t', bs=32, show_bar=False)  # seconds per run on a CPU
+METRIC_NAMES = [m.name for m in PAPER_METRICS]
 OUTPUTS = ['beta_densities.png', 'class_counts.png', 'confusion_matrix.png', 'per_class_recall.png', 'results.csv', 'results.md']
 
 
@@ -49,10 +55,10 @@ def test_cli_help_lists_the_options():
 
 def test_interrupted_comparison_keeps_finished_runs(tmp_path, monkeypatch):
     out, calls, real = tmp_path/'cmp', [], cmp.train_eval
-    def flaky(dls, method, **kw):
+    def flaky(dls, rec, method, **kw):
         calls.append(method)
         if len(calls) == 2: raise KeyboardInterrupt  # the user presses Ctrl-C during the second run
-        return real(dls, method, **kw)
+        return real(dls, rec, method, **kw)
     monkeypatch.setattr(cmp, 'train_eval', flaky)
     with pytest.raises(KeyboardInterrupt): compare('digits', out, methods=['instance', 'focal'], seeds=[0], **TINY)
     first = pd.read_csv(out/'results.csv')
@@ -67,7 +73,7 @@ def test_interrupted_comparison_keeps_finished_runs(tmp_path, monkeypatch):
 
 def test_adding_a_seed_trains_only_the_new_runs(tmp_path, monkeypatch):
     out, calls, real = tmp_path/'cmp', [], cmp.train_eval
-    monkeypatch.setattr(cmp, 'train_eval', lambda dls, m, **kw: (calls.append(m), real(dls, m, **kw))[1])
+    monkeypatch.setattr(cmp, 'train_eval', lambda dls, rec, m, **kw: (calls.append(m), real(dls, rec, m, **kw))[1])
     compare('digits', out, methods=['instance'], seeds=[0], **TINY)
     compare('digits', out, methods=['instance'], seeds=[0, 1], **TINY)
     fct.test_eq(len(calls), 2)
@@ -94,10 +100,10 @@ def test_folds_report_min_median_max(tmp_path):
 
 
 def test_folds_are_stratified_disjoint_and_keep_the_test_set():
-    dls = compare_dls('digits')
+    dls, _ = load_source('digits')
     n_train, n_valid = len(dls.train.dataset), len(dls.valid.dataset)
     counts = np.bincount(np.concatenate([get_labels(dls.train), get_labels(dls.valid)]))
-    folds = [compare_dls('digits', fold=f, k=3) for f in range(3)]
+    folds = [load_source('digits', fold=f, k=3)[0] for f in range(3)]
     valid = np.stack([np.bincount(get_labels(f.valid), minlength=10) for f in folds])
     fct.test_eq(valid.sum(0), counts)  # every pooled item validates exactly once
     assert (np.abs(valid - counts / 3) <= 1).all()  # stratified
@@ -106,24 +112,24 @@ def test_folds_are_stratified_disjoint_and_keep_the_test_set():
         fct.test_eq(get_labels(f.test), get_labels(dls.test))
 
 
-def test_method_setup_gives_each_baseline():
-    dls = compare_dls('digits', bs=16)
-    d, loss, cbs = method_setup('class', dls)
-    assert isinstance(d.train, ResampledDL) and loss is None and cbs == []
+def test_each_method_changes_what_it_says():
+    dls, rec = load_source('digits', bs=16)
+    d = get_method('class').train_dls(dls, rec)
+    assert isinstance(d.train, ResampledDL)
     w = d.train.wgts.numpy() if isinstance(d.train.wgts, torch.Tensor) else np.asarray(d.train.wgts)
     y = get_labels(dls.train)
     fct.test_close(np.bincount(y, weights=w) / w.sum(), np.full(10, 0.1), eps=1e-6)  # q=0: classes equally likely
-    d, _, _ = method_setup('sqrt', dls)
-    w = np.asarray(d.train.wgts)
+    w = np.asarray(get_method('sqrt').train_dls(dls, rec).train.wgts)
     p = np.bincount(y, weights=w) / w.sum()
     fct.test_close(p, np.sqrt(np.bincount(y)) / np.sqrt(np.bincount(y)).sum(), eps=1e-6)
-    assert isinstance(method_setup('focal', dls)[1], WeightedFocalLossFlat)
-    cb = method_setup('cb', dls)[1]
+    assert isinstance(get_method('focal').loss_func(rec), WeightedFocalLossFlat)
+    cb = get_method('cb').loss_func(rec)
     assert isinstance(cb, ClassBalancedLoss)
     fct.test_eq(cb.class_counts, np.bincount(y))
-    (bmx,) = method_setup('bmx-0.3', dls)[2]
+    (bmx,) = get_method('bmx-0.3').cbs(rec)
     assert isinstance(bmx, BalancedMixUp) and bmx.alpha == 0.3
-    fct.test_eq(method_setup('instance', dls), (dls, None, []))
+    m = get_method('instance')
+    fct.test_eq((m.train_dls(dls, rec), m.loss_func(rec), m.cbs(rec)), (dls, None, []))
 
 
 def _image_folder(root, splits=(('train', (10, 4)), ('valid', (3, 2)), ('test', (3, 2)))):
@@ -140,16 +146,17 @@ def test_compare_on_an_image_folder_and_a_csv(tmp_path):
     tbl = compare(str(root), tmp_path/'cmp', methods=['bmx'], alphas=[0.2], seeds=[0], size=16, **{**TINY, 'bs': 4})
     fct.test_eq(list(tbl.index), ['bmx-0.2'])
     fct.test_eq(json.loads((tmp_path/'cmp'/'train_counts.json').read_text()), [10, 4])
+    fct.test_eq(RunFolder(tmp_path/'cmp').record.counts, (10, 4))
     fct.test_eq(np.load(tmp_path/'cmp'/'preds'/'bmx-0.2_seed0.npz')['targs'].tolist(), [0, 0, 0, 1, 1])
     rows = [(str(f.relative_to(root)), f.parent.name, f.parent.parent.name) for f in sorted(root.rglob('*.png'))]
     pd.DataFrame(rows, columns=['fname', 'label', 'split']).to_csv(root/'labels.csv', index=False)
-    dls = compare_dls(str(root/'labels.csv'), size=16, bs=4)
+    dls, _ = load_source(str(root/'labels.csv'), size=16, bs=4)
     fct.test_eq([len(dl.dataset) for dl in dls.loaders], [14, 5, 5])
 
 
 def test_a_folder_without_a_test_split_is_refused(tmp_path):
     root = _image_folder(tmp_path/'imgs', splits=(('train', (10, 4)), ('valid', (3, 2))))
-    with pytest.raises(ValueError, match='no test split'): compare_dls(str(root), size=16)
+    with pytest.raises(ValueError, match='no test split'): load_source(str(root), size=16)
 
 
 @pytest.mark.parametrize('kwargs, msg', [
@@ -180,13 +187,13 @@ def test_results_table_bolds_the_best_and_handles_one_run():
 
 
 def test_real_retinamnist_source(real_data):
-    dls = compare_dls(str(real_data('retinamnist.npz')))
-    assert dls.ordinal and dls.flip
-    fct.test_eq(np.bincount(get_labels(dls.train)).tolist(), [486, 128, 206, 194, 66])
+    dls, rec = load_source(str(real_data('retinamnist.npz')))
+    assert rec.ordinal and rec.flip and dls.ordinal
+    fct.test_eq(rec.counts, (486, 128, 206, 194, 66))
     fct.test_eq(len(dls.test.dataset), 400)
-    d = compare_dls(str(real_data('dermamnist_jpeg28.npz')))
-    assert not d.ordinal and d.flip
-    fct.test_eq(d.vocab, ['akiec', 'bcc', 'bkl', 'df', 'mel', 'nv', 'vasc'])
+    d, rec = load_source(str(real_data('dermamnist_jpeg28.npz')))
+    assert not rec.ordinal and rec.flip and rec.monitor == 'mcc'
+    fct.test_eq(rec.classes, ('akiec', 'bcc', 'bkl', 'df', 'mel', 'nv', 'vasc'))
 
 
 def test_two_processes_can_share_an_output_folder(tmp_path):
@@ -205,15 +212,54 @@ def test_two_processes_can_share_an_output_folder(tmp_path):
 
 def test_a_run_recorded_twice_counts_once(tmp_path):
     "Two processes that both trained the same run: the first result stands, so the table never counts a run twice"
-    from fastai_bmx.compare import _record_run
-    (tmp_path/'preds').mkdir()
+    folder = RunFolder(tmp_path)
     first, second = np.eye(3)[[0, 1, 2]], np.eye(3)[[2, 2, 2]]
     row = dict(run='instance_seed0', seed=0, fold=None, method='instance', mcc=0.5)
-    assert _record_run(tmp_path, row, first, np.arange(3))
-    assert not _record_run(tmp_path, {**row, 'mcc': 0.1}, second, np.arange(3))
+    assert folder.add_run(row, first, np.arange(3))
+    assert not folder.add_run({**row, 'mcc': 0.1}, second, np.arange(3))
     res = pd.read_csv(tmp_path/'results.csv')
     fct.test_eq(list(res.run), ['instance_seed0'])
     fct.test_eq(list(res.mcc), [0.5])
     fct.test_eq(np.load(tmp_path/'preds'/'instance_seed0.npz')['probs'], first)
-    assert _record_run(tmp_path, {**row, 'run': 'instance_seed1', 'seed': 1}, second, np.arange(3))
+    assert folder.add_run({**row, 'run': 'instance_seed1', 'seed': 1}, second, np.arange(3))
     fct.test_eq(list(pd.read_csv(tmp_path/'results.csv').run), ['instance_seed0', 'instance_seed1'])
+
+
+# --- bugs of the old layout, each with a test that failed before the redesign -------------------------------------
+
+def test_flip_tta_is_the_same_for_every_method(tmp_path, monkeypatch):
+    "Bug: class and sqrt sampling got flip TTA on the digits (the flag was an attribute lost by dls.resampled)"
+    from fastai_bmx.evaluation import FlipCallback
+    flipped, real = [], FlipCallback.before_batch
+    monkeypatch.setattr(FlipCallback, 'before_batch', lambda self: (flipped.append(1), real(self))[1])
+    compare('digits', tmp_path/'digits', methods=['instance', 'class', 'sqrt'], seeds=[0], **TINY)
+    fct.test_eq(len(flipped), 0)  # a mirrored digit is another symbol: no method may flip
+    assert 'without flip TTA' in (tmp_path/'digits'/'results.md').read_text()
+    root = _image_folder(tmp_path/'imgs')
+    n = []
+    for m in ('instance', 'class', 'sqrt'):
+        flipped.clear()
+        compare(str(root), tmp_path/'imgs_cmp', methods=[m], seeds=[0], size=16, **{**TINY, 'bs': 4})
+        n.append(len(flipped))
+    assert n[0] > 0 and n == [n[0]] * 3, n  # images: every method flips, the same number of batches
+
+
+def test_ordinal_survives_resampling_on_file_sources(tmp_path):
+    "Bug: `ordinal` was a loose attribute on folder and CSV DataLoaders, lost by `.resampled()`"
+    from fastai_bmx.files import folder_dls
+    from fastai_bmx.data import is_ordinal
+    dls = folder_dls(_image_folder(tmp_path/'imgs'), size=16, bs=4, ordinal=True)
+    assert is_ordinal(dls) and is_ordinal(dls.resampled(0.)) and is_ordinal(dls.resampled(0.5))
+
+
+def test_folds_depend_on_the_split_seed_not_the_training_seed(tmp_path):
+    "Bug: k-fold was written three times; a folder got other folds for each training seed, the digits didn't"
+    from fastai_bmx.files import folder_dls
+    root = _image_folder(tmp_path/'imgs', splits=(('train', (12, 6)), ('valid', (4, 2)), ('test', (3, 2))))
+    valid = lambda **kw: sorted(map(str, folder_dls(root, size=16, bs=4, **kw).valid.items.fname))
+    fct.test_eq(valid(fold=1, k=3, seed=0), valid(fold=1, k=3, seed=1))
+    fct.test_ne(valid(fold=1, k=3, split_seed=0), valid(fold=1, k=3, split_seed=1))
+    # the same labels give the same folds for an array source and a file source
+    from fastai_bmx.splits import valid_mask
+    labels = np.array(['common'] * 16 + ['rare'] * 8)
+    fct.test_eq(valid_mask(labels, fold=1, k=3), valid_mask((labels == 'rare').astype(int), fold=1, k=3))

@@ -9,6 +9,7 @@ from fastai.data.core import DataLoaders
 from fastai.torch_core import TensorImage
 from fastai_bmx.data import *
 from fastai_bmx.data import MEDMNIST_KEYS
+from fastai_bmx.files import *
 from fastai_bmx.sampling import get_labels
 
 
