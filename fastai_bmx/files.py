@@ -6,9 +6,11 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/files.html.md"""
 
 # %% ../nbs/08_files.ipynb #da3da99f
 from __future__ import annotations
-import random
+import multiprocessing, os, random
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 import numpy as np, pandas as pd
+from PIL import Image
 from fastcore.foundation import L
 from fastcore.meta import delegates
 from fastai.data.core import DataLoaders
@@ -17,7 +19,7 @@ from .data import default_augs, mark_ordinal
 from .splits import valid_mask
 
 # %% auto #0
-__all__ = ['frame_dls', 'folder_dls', 'csv_dls']
+__all__ = ['frame_dls', 'folder_table', 'csv_table', 'folder_dls', 'csv_dls', 'image_problems']
 
 # %% ../nbs/08_files.ipynb #5da59e31
 _SPLIT_NAMES = {'train': 'train', 'valid': 'valid', 'val': 'valid', 'test': 'test'}
@@ -93,20 +95,34 @@ def _image_files(d:Path) -> list:
     from fastai.data.transforms import get_image_files
     return list(get_image_files(d))
 
-@delegates(frame_dls, but=['df', 'folder', 'fn_col', 'label_col', 'split_col'])
-def folder_dls(path:str|Path, # A folder of class folders, or of `train/`, `valid/` (or `val/`) and `test/` folders of class folders
-               **kwargs,
-              ) -> DataLoaders:
-    "`DataLoaders` (train, valid[, test]) of an ImageNet-style folder: the class is the name of the image's parent folder"
+def folder_table(path:str|Path, # A folder of class folders, or of `train/`, `valid/` (or `val/`) and `test/` folders of class folders
+                ) -> pd.DataFrame:
+    "One row per image file of an ImageNet-style folder: its path relative to `path` (`fname`), its class (`label`, the parent folder's name) and `split`"
     path = Path(path)
     if not path.is_dir(): raise FileNotFoundError(f"{path} is not a folder: pass a folder of class folders (or of train/valid/test folders).")
     subs = {s: _SPLIT_NAMES[s] for s in _SPLIT_NAMES if (path/s).is_dir()}
     parts = [(f, name) for s, name in subs.items() for f in _image_files(path/s)] if 'train' in subs else \
             [(f, 'train') for f in _image_files(path)]
     if not parts: raise ValueError(f"No image files under {path}: expected {path}/<class>/*.png (or .jpg, ...), or train/valid/test folders of them.")
-    df = pd.DataFrame({'fname': [str(f.relative_to(path)) for f, _ in parts], 'label': [f.parent.name for f, _ in parts],
-                       'split': [s for _, s in parts]})
-    return frame_dls(df, path, **kwargs)
+    return pd.DataFrame({'fname': [str(f.relative_to(path)) for f, _ in parts], 'label': [f.parent.name for f, _ in parts],
+                         'split': [s for _, s in parts]})
+
+def csv_table(csv:str|Path, # A CSV file with a path column and a label column (and optionally a split column)
+             ) -> pd.DataFrame:
+    "The rows of a CSV of image paths and labels, or a clear error if it can't be read as a table"
+    csv = Path(csv)
+    if not csv.is_file(): raise FileNotFoundError(f"No CSV file at {csv}.")
+    try: return pd.read_csv(csv)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ValueError(f"{csv} can't be read as a CSV table ({type(e).__name__}: {' '.join(str(e).split())}): "
+                         "give one row per image with a path column and a label column.") from None
+
+@delegates(frame_dls, but=['df', 'folder', 'fn_col', 'label_col', 'split_col'])
+def folder_dls(path:str|Path, # A folder of class folders, or of `train/`, `valid/` (or `val/`) and `test/` folders of class folders
+               **kwargs,
+              ) -> DataLoaders:
+    "`DataLoaders` (train, valid[, test]) of an ImageNet-style folder: the class is the name of the image's parent folder"
+    return frame_dls(folder_table(path), path, **kwargs)
 
 @delegates(frame_dls, but=['df'])
 def csv_dls(csv:str|Path, # A CSV file with a path column and a label column (and optionally a split column)
@@ -114,6 +130,30 @@ def csv_dls(csv:str|Path, # A CSV file with a path column and a label column (an
             **kwargs,
            ) -> DataLoaders:
     "`DataLoaders` (train, valid[, test]) of the images listed in a CSV file (see `frame_dls` for the columns)"
-    csv = Path(csv)
-    if not csv.is_file(): raise FileNotFoundError(f"No CSV file at {csv}.")
-    return frame_dls(pd.read_csv(csv), csv.parent if folder is None else folder, **kwargs)
+    return frame_dls(csv_table(csv), Path(csv).parent if folder is None else folder, **kwargs)
+
+# %% ../nbs/08_files.ipynb #52125c18
+def _image_problem(path:Path) -> str|None:
+    "None if the image file at `path` exists and decodes, else what is wrong with it"
+    try:
+        with Image.open(path) as im: im.load()
+    except FileNotFoundError: return 'missing'
+    except IsADirectoryError: return 'a folder, not an image'
+    except Exception as e: return f"doesn't decode: {type(e).__name__}: {' '.join(str(e).split())[:80]}"
+    return None
+
+def _problems(paths:list) -> list: return [_image_problem(p) for p in paths]
+
+def image_problems(paths, # image file paths
+                   workers:int|None=None, # processes; default: one per CPU core (1: no subprocess)
+                   chunk:int=1000, # files per task of a process
+                  ) -> dict:
+    "`{path: problem}` for every file in `paths` that is missing or doesn't decode as an image ({} when all are fine)"
+    paths = [Path(p) for p in paths]
+    chunks = [paths[i:i+chunk] for i in range(0, len(paths), chunk)]
+    workers = min(workers or os.cpu_count() or 1, len(chunks))
+    if workers <= 1: found = _problems(paths)
+    else:
+        ctx = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else None)
+        with ProcessPoolExecutor(workers, mp_context=ctx) as ex: found = [r for rs in ex.map(_problems, chunks) for r in rs]
+    return {p: r for p, r in zip(paths, found) if r is not None}

@@ -51,13 +51,18 @@ class RunFolder:
     def read_json(self, fname:str): return json.loads((self.path/fname).read_text())
 
     def check_settings(self, settings:dict):
-        "Save `settings`, or check them against those of the runs already in the folder"
-        if not (self.path/'settings.json').exists(): return self.write('settings.json', json.dumps(settings, indent=1))
+        "Raise unless the runs already in the folder were made with `settings` (writes nothing)"
+        if not (self.path/'settings.json').exists(): return
         old = {**_NEW_SETTINGS, **self.read_json('settings.json')}
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if diff:
             raise ValueError(f"{self.path} holds runs made with other settings ({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}). "
                              "Their results wouldn't be comparable: use another --out folder, or delete this one to start again.")
+
+    def save_settings(self, settings:dict):
+        "Check `settings` against the folder's, and save them if it has none yet (hold the lock)"
+        self.check_settings(settings)
+        if not (self.path/'settings.json').exists(): self.write('settings.json', json.dumps(settings, indent=1))
 
     def save_record(self, rec:RunRecord):
         "Write the data's `RunRecord`, and its class names and counts on their own"
