@@ -45,6 +45,7 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
                  out:str|Path='bmx_compare', # output folder (created; an existing one is resumed)
                  methods=None, # run names or families (see `expand_methods`); None: every registered method
                  alphas=None, # α values of 'bmx'; None: its default grid
+                 taus=None, # τ values of 'la'; None: its default grid
                  seeds=(0, 1, 2), # training seeds
                  folds:int=0, # >= 2: stratified k-fold over train+valid (each seed runs every fold); 0: the data's own split
                  split_seed:int=0, # seeds the folds; fixed per output folder, so every method and seed sees the same folds
@@ -60,7 +61,7 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
                 ) -> Plan:
     "Check everything a comparison needs before any training, writing nothing; raise a clear error for bad input"
     check_options(epochs=epochs, lr=lr, bs=bs, size=size, seeds=seeds, folds=folds, split_seed=split_seed)
-    names, seeds, data = expand_methods(methods, alphas), [int(s) for s in L(seeds)], str(data)
+    names, seeds, data = expand_methods(methods, alphas, tau=taus), [int(s) for s in L(seeds)], str(data)
     check_out(out)
     get_arch(arch)
     check_images(data)
@@ -106,9 +107,11 @@ def compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder 
     return run_plan(plan_compare(data, out, **kwargs))
 
 # %% ../nbs/15_compare.ipynb #720b29f7
-_METHODS_HELP = (f"methods: {' '.join(METHODS)}; a method with a knob runs once per value of its grid "
-                 "(bmx: per --alphas value), or names one value (bmx-0.2)")
+_METHODS_HELP = (f"methods: {' '.join(METHODS)} (default: {' '.join(n for n, m in METHODS.items() if m.default)}); a method with "
+                 "a knob runs once per value of its grid (bmx: per --alphas value), or names one value (bmx-0.2); "
+                 "'+' combines methods that change different steps (bmx-0.2+la)")
 _ALPHAS_HELP = f"alpha values of bmx (default: {' '.join(f'{a:g}' for a in METHODS['bmx'].grid)})"
+_TAUS_HELP = f"tau values of la (default: {' '.join(f'{a:g}' for a in METHODS['la'].grid)})"
 
 def refuse(e:Exception):
     "Print the one line of an input error to stderr and exit with status 2"
@@ -122,6 +125,7 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
                 out:str='bmx_compare', # output folder (created; an existing one is resumed)
                 methods:Annotated[str, {'nargs': '+', 'help': _METHODS_HELP}]=None, # (help from the method registry)
                 alphas:Annotated[float, {'nargs': '+', 'help': _ALPHAS_HELP}]=None, # (help from the method registry)
+                taus:Annotated[float, {'nargs': '+', 'help': _TAUS_HELP}]=None, # (help from the method registry)
                 seeds:Annotated[int, {'nargs': '+'}]=(0, 1, 2), # training seeds
                 folds:int=0, # >= 2: stratified k-fold over train+valid; 0: the data's own split
                 split_seed:int=0, # seeds the folds, the same for every method and seed
@@ -141,7 +145,7 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
     t0 = time.time()
     try:
         check_options(threads=threads)
-        plan = plan_compare(data=data, out=out, methods=methods, alphas=alphas, seeds=seeds, folds=folds, split_seed=split_seed,
+        plan = plan_compare(data=data, out=out, methods=methods, alphas=alphas, taus=taus, seeds=seeds, folds=folds, split_seed=split_seed,
                             arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, monitor=monitor, pretrained=pretrained,
                             keep_models=keep_models, show_bar=not quiet)
     except Exception as e:

@@ -12,10 +12,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from fastai.torch_core import Module
 from fastai.losses import BaseLoss
+from fastai.callback.core import Callback
 from .sampling import _finite_real, get_labels, as_np, check_counts
 
 # %% auto #0
-__all__ = ['WeightedFocalLoss', 'WeightedFocalLossFlat', 'check_beta', 'class_counts', 'cb_weights', 'ClassBalancedLoss']
+__all__ = ['WeightedFocalLoss', 'WeightedFocalLossFlat', 'check_beta', 'class_counts', 'cb_weights', 'ClassBalancedLoss',
+           'DeferredReweight']
 
 # %% ../nbs/02_losses.ipynb #8b69dc06
 def _check_gamma(gamma) -> float:
@@ -142,3 +144,33 @@ class ClassBalancedLoss(WeightedFocalLossFlat):
         return cls(class_counts(dl, n_classes), beta=beta, gamma=gamma, **kwargs)
 
     def __repr__(self) -> str: return f"ClassBalancedLoss(beta={self.beta}, gamma={self.gamma}, counts={self.class_counts.tolist()})"
+
+# %% ../nbs/02_losses.ipynb #1d2c757b
+class DeferredReweight(Callback):
+    "Deferred re-weighting (Cao et al.): the learner's own loss until `start`, then class-balanced weights"
+    order = -10 # before mixup callbacks wrap the loss
+    def __init__(self,
+        start:float=0.8, # fraction of training after which the classes are re-weighted
+        beta:float=0.9999, # effective-number hyperparameter of `cb_weights`
+        class_counts=None, # training items per class; default: read from `dls.train`
+    ):
+        if not (_finite_real(start) and 0 <= start <= 1): raise ValueError(f"start={start!r} must be a fraction of training in [0, 1].")
+        self.start,self.beta,self.counts = float(start),check_beta(beta),class_counts
+
+    def before_fit(self):
+        "Find the loss whose class weights will change (`get_preds` runs this too, so nothing heavy here)"
+        self.weighted_loss,self.reweighted = getattr(self.learn.loss_func, 'func', self.learn.loss_func),False
+        if not hasattr(self.weighted_loss, 'weight'):
+            raise TypeError(f"DeferredReweight needs a loss with class weights, such as CrossEntropyLossFlat or "
+                            f"WeightedFocalLossFlat; {type(self.learn.loss_func).__name__} has none.")
+
+    def before_batch(self):
+        "Switch to the class-balanced weights of the training counts once training reaches `start`"
+        if not self.training or self.reweighted or self.pct_train < self.start: return
+        counts = class_counts(self.dls.train, getattr(self.dls, 'c', None)) if self.counts is None else self.counts
+        self.old_weight,self.reweighted = self.weighted_loss.weight,True
+        self.weighted_loss.weight = torch.as_tensor(cb_weights(counts, self.beta), dtype=torch.float32, device=self.dls.device)
+
+    def after_fit(self):
+        "Put the loss's own weights back"
+        if self.reweighted: self.weighted_loss.weight,self.reweighted = self.old_weight,False

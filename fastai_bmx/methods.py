@@ -6,13 +6,16 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/methods.html.md"""
 
 # %% ../nbs/10_methods.ipynb #cfc16363
 from __future__ import annotations
+import itertools, math
 from fastcore.foundation import L
 from .mixup import BalancedMixUp, check_alpha
-from .losses import WeightedFocalLossFlat, ClassBalancedLoss
+from .losses import WeightedFocalLossFlat, ClassBalancedLoss, DeferredReweight
+from .adjust import LogitAdjustedLoss
 
 # %% auto #0
 __all__ = ['METHODS', 'Method', 'register', 'Instance', 'ClassSampling', 'SqrtSampling', 'Focal', 'ClassBalanced',
-           'BalancedMixUpMethod', 'get_method', 'expand_methods', 'describe_methods']
+           'BalancedMixUpMethod', 'LogitAdjusted', 'DeferredReweighting', 'Combined', 'get_method', 'expand_methods',
+           'describe_methods']
 
 # %% ../nbs/10_methods.ipynb #10bb1263
 class Method:
@@ -20,6 +23,7 @@ class Method:
     name:str = '' # the registry key, and the run name when there is no knob
     knob:str|None = None # the one hyperparameter, e.g. 'alpha'; None: none
     grid:tuple = () # the knob's values when the bare name is asked for
+    default:bool = True # run when no method is named
 
     def __init__(self, value:float|None=None): # the knob's value (None for a method without a knob)
         if (self.knob is None) != (value is None):
@@ -86,12 +90,48 @@ class BalancedMixUpMethod(Method):
     def check(self, value) -> float: return check_alpha(value)
     def cbs(self, rec) -> list: return [BalancedMixUp(self.value)]
 
+# %% ../nbs/10_methods.ipynb #084f008f
+@register
+class LogitAdjusted(Method):
+    "Logit-adjusted cross-entropy, CE(z + τ·log π), raw logits at test; τ = 1 is Balanced Softmax (Menon et al.)"
+    name, knob, grid, default = 'la', 'tau', (1.,), False
+    def check(self, value) -> float:
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0): raise ValueError(f"tau={value!r} must be a number >= 0.")
+        return float(value)
+    def loss_func(self, rec): return LogitAdjustedLoss(rec.counts, tau=self.value)
+
+@register
+class DeferredReweighting(Method):
+    "Deferred re-weighting: cross-entropy, class-balanced weights (β = 0.9999) for the last 20% of training (Cao et al.)"
+    name, default = 'drw', False
+    def cbs(self, rec) -> list: return [DeferredReweight(start=0.8, beta=0.9999, class_counts=rec.counts)]
+
 # %% ../nbs/10_methods.ipynb #91c1e51f
+class Combined(Method):
+    "Several methods at once, each changing its own step: 'bmx-0.2+la' mixes with Balanced-MixUp and trains with the LA loss"
+    def __init__(self, parts:list): # the `Method`s combined, in order
+        for step in ('train_dls', 'loss_func'):
+            own = [p.run_name for p in parts if getattr(type(p), step) is not getattr(Method, step)]
+            if len(own) > 1: raise ValueError(f"{' and '.join(own)} both change the {step.replace('_', ' ')}: combine methods that change different steps.")
+        self.parts,self.value = parts,None
+
+    @property
+    def run_name(self) -> str: return '+'.join(p.run_name for p in self.parts)
+
+    def train_dls(self, dls, rec):
+        for p in self.parts: dls = p.train_dls(dls, rec)
+        return dls
+    def loss_func(self, rec): return next((l for l in (p.loss_func(rec) for p in self.parts) if l is not None), None)
+    def cbs(self, rec) -> list: return [cb for p in self.parts for cb in p.cbs(rec)]
+    def after_fit(self, learn, rec):
+        for p in self.parts: p.after_fit(learn, rec)
+
 def get_method(name:str) -> Method:
-    "The `Method` of a run name: 'instance', or 'bmx-0.2' for a method with a knob"
+    "The `Method` of a run name: 'instance', 'bmx-0.2' for a method with a knob, or 'bmx-0.2+la-1' for a combination"
     name = str(name).strip().lower()
+    if '+' in name: return Combined([get_method(n) for n in name.split('+')])
     cls = METHODS.get(name)
-    if cls is not None: return cls()
+    if cls is not None: return cls(cls.grid[0]) if cls.knob and len(cls.grid) == 1 else cls()  # 'la': its one default τ
     base, _, value = name.rpartition('-')
     if base in METHODS and METHODS[base].knob:
         try: return METHODS[base](float(value))
@@ -99,20 +139,20 @@ def get_method(name:str) -> Method:
     raise ValueError(f"Unknown method {name!r}: choose from {list(METHODS)}, "
                      "with a value for a method with a knob (e.g. bmx-0.2).")
 
-def expand_methods(methods=None, # names; a method with a knob expands over its grid ('bmx'), or names one value ('bmx-0.2'); None: all
+def expand_methods(methods=None, # names; a method with a knob expands over its grid ('bmx'), or names one value ('bmx-0.2'); '+' combines; None: the default set
                    alphas=None, # the α grid of 'bmx'; None: its default
-                   **grids, # the grids of other knobs, by knob name
+                   **grids, # the grids of other knobs, by knob name (e.g. `tau=[0.5, 1, 2]`)
                   ) -> list:
     "The run names to train, in the order given, without duplicates"
     grids = {'alpha': alphas, **grids}
+    def expand(m:str) -> list:
+        cls = METHODS.get(m)
+        if cls is None or not cls.knob: return [get_method(m).run_name]
+        return [cls(v).run_name for v in L(cls.grid if grids.get(cls.knob) is None else grids[cls.knob])]
     out = []
-    for m in L(list(METHODS) if methods is None else methods):
-        cls = METHODS.get(str(m).strip().lower())
-        if cls is not None and cls.knob:
-            values = cls.grid if grids.get(cls.knob) is None else grids[cls.knob]
-            names = [cls(v).run_name for v in L(values)]
-        else: names = [get_method(m).run_name]
-        out += [n for n in names if n not in out]
+    for m in L([n for n, cls in METHODS.items() if cls.default] if methods is None else methods):
+        names = ['+'.join(ns) for ns in itertools.product(*[expand(p) for p in str(m).strip().lower().split('+')])]
+        out += [get_method(n).run_name for n in names if get_method(n).run_name not in out]
     if not out: raise ValueError(f"No methods given: choose from {list(METHODS)}.")
     return out
 
@@ -120,5 +160,5 @@ def describe_methods(names=None, # run names; None: every registered method, kno
                     ) -> str:
     "A markdown table of methods: name, knob and what it does"
     rows = [(cls.name + (f'-{cls.knob}' if cls.knob else ''), cls.__doc__) for cls in METHODS.values()] if names is None else \
-           [(n, type(get_method(n)).__doc__) for n in names]
+           [(n, ' + '.join(type(p).__doc__ for p in getattr(get_method(n), 'parts', [get_method(n)]))) for n in names]
     return '\n'.join(['| method | what it does |', '|---|---|'] + [f'| `{n}` | {d} |' for n, d in rows])

@@ -52,11 +52,13 @@ class BalancedMixUp(MixHandler):
         per_sample:bool=False, # Draw one λ per sample instead of one per batch
         q:float=0., # Partner batches draw class j with probability ∝ n_j**q; 0 is class-balanced, as in the paper
         labels=None, # Class index of every training item, when `get_labels` can't read them from `dls.train`
+        stop:float|None=None, # Mix no batch after this fraction of training, so the class mass ends at the instance one
     ):
         alpha = check_alpha(alpha)
+        if stop is not None and not (_finite_real(stop) and 0 <= stop <= 1): raise ValueError(f"stop={stop!r} must be a fraction of training in [0, 1], or None.")
         super().__init__(alpha)
         self._init_state()
-        self.distrib,self.alpha,self.per_sample,self.q,self.labels = lam_distrib(alpha),alpha,per_sample,check_q(q),labels
+        self.distrib,self.alpha,self.per_sample,self.q,self.labels,self.stop = lam_distrib(alpha),alpha,per_sample,check_q(q),labels,stop
 
     def _init_state(self):
         "No partner loader or batch yet: the state of a new callback, and of one read back by `load_learner`"
@@ -75,6 +77,9 @@ class BalancedMixUp(MixHandler):
 
     def before_batch(self):
         "Blend the instance batch with a class-balanced partner batch: x = (1-λ)·x_I + λ·x_C"
+        if self.stop is not None and self.pct_train >= self.stop:  # past `stop`: the plain batch, and the plain loss
+            self.lam,self.yb1 = torch.ones((), device=self.x.device),self.yb
+            return
         bs = find_bs(self.yb)
         self.xb1,self.yb1 = self._partner_batch(bs)
         self.balanced_lam = self.distrib.sample((bs,) if self.per_sample else ()).to(self.x.device)

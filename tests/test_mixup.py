@@ -339,3 +339,27 @@ def test_to_fp16_trains_on_cuda():
     assert all(r['x'].dtype == torch.float32 for r in rows)  # AMP keeps inputs in float32; autocast works inside the model
     assert all(torch.isfinite(r['loss']) for r in rows)
     assert isinstance(learn.loss_func, CrossEntropyLossFlat)
+
+
+# ---------------------------------------------------------------- stop
+def test_stop_leaves_the_batches_after_it_unmixed():
+    "BalancedMixUp(stop=0.5): batches of the first half are mixed, those of the second half are the plain batch and loss"
+    torch.manual_seed(0)
+    xs, ys = torch.randn(80, 3, 4, 4), torch.cat([torch.zeros(70), torch.ones(10)]).long()
+    ds = list(zip(xs, ys))
+    dls = DataLoaders.from_dsets(ds, ds[:16], bs=8, device='cpu')
+    raw, mixed = [], []
+    class Before(Callback):
+        order = -1
+        def before_batch(self):
+            if self.training: raw.append(self.learn.xb[0].clone())
+    class After(Callback):
+        order = 1
+        def before_batch(self):
+            if self.training: mixed.append(not torch.equal(self.learn.xb[0], raw[-1]))
+    bmx = BalancedMixUp(0.5, stop=0.5, labels=ys)
+    learn = Learner(dls, nn.Sequential(nn.Flatten(), nn.Linear(48, 2)), loss_func=CrossEntropyLossFlat(), cbs=[bmx, Before(), After()])
+    with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-2)
+    fct.test_eq(len(mixed), 20)
+    assert all(mixed[:10]) and not any(mixed[10:]), mixed  # pct_train reaches 0.5 at the first batch of epoch 2
+    with pytest.raises(ValueError, match='fraction'): BalancedMixUp(0.2, stop=2)
