@@ -3,6 +3,7 @@ from .sampling import *
 from .mixup import *
 from .losses import *
 from .adjust import *
+from .retrain import *
 from .metrics import *
 from .evaluation import *
 from .bootstrap import *

@@ -91,8 +91,8 @@ def run_plan(plan:Plan) -> pd.DataFrame:
         if run in folder.done(): continue  # another process sharing `out` has done it meanwhile
         set_seed(s, reproducible=True)
         dls, run_rec = load_source(seed=s, fold=f, **plan.load_kw)
-        row, probs, targs = train_eval(dls, run_rec, m, path=folder.path, fname=run, **plan.train_kw)
-        if not folder.add_run(dict(run=run, seed=s, fold=f, **row), probs, targs):
+        row, preds = train_eval(dls, run_rec, m, path=folder.path, fname=run, **plan.train_kw)
+        if not folder.add_run(dict(run=run, seed=s, fold=f, **row), **preds):
             print(f"{run}: another process sharing {folder.path.name} finished it first; its result is kept", flush=True); continue
         print(f"{run}: test {plan.train_kw['monitor']} {100*row[plan.train_kw['monitor']]:.2f}, best epoch {row['best_epoch']}, "
               f"{row['train_s']:.0f} s", flush=True)

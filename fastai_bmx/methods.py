@@ -7,15 +7,17 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/methods.html.md"""
 # %% ../nbs/10_methods.ipynb #cfc16363
 from __future__ import annotations
 import itertools, math
+import numpy as np
 from fastcore.foundation import L
 from .mixup import BalancedMixUp, check_alpha
 from .losses import WeightedFocalLossFlat, ClassBalancedLoss, DeferredReweight
 from .adjust import LogitAdjustedLoss
+from .retrain import retrain_classifier
 
 # %% auto #0
 __all__ = ['METHODS', 'Method', 'register', 'Instance', 'ClassSampling', 'SqrtSampling', 'Focal', 'ClassBalanced',
-           'BalancedMixUpMethod', 'LogitAdjusted', 'DeferredReweighting', 'Combined', 'get_method', 'expand_methods',
-           'describe_methods']
+           'BalancedMixUpMethod', 'LogitAdjusted', 'DeferredReweighting', 'ClassifierRetraining', 'Combined',
+           'get_method', 'expand_methods', 'describe_methods', 'method_order']
 
 # %% ../nbs/10_methods.ipynb #10bb1263
 class Method:
@@ -39,7 +41,7 @@ class Method:
     def train_dls(self, dls, rec): return dls # the DataLoaders to train on
     def loss_func(self, rec): return None # the loss; None: the learner's default (cross-entropy)
     def cbs(self, rec) -> list: return [] # callbacks for the fit
-    def after_fit(self, learn, rec): pass # a step after training, before the best epoch is tested
+    def after_fit(self, learn, rec, monitor:str): pass # a step after training (its best epoch reloaded), before testing
 
     def __repr__(self): return f'{type(self).__name__}({self.run_name!r})'
 
@@ -106,6 +108,14 @@ class DeferredReweighting(Method):
     name, default = 'drw', False
     def cbs(self, rec) -> list: return [DeferredReweight(start=0.8, beta=0.9999, class_counts=rec.counts)]
 
+@register
+class ClassifierRetraining(Method):
+    "cRT: train plainly, then re-train the re-initialised classifier head on class-balanced batches, body frozen (Kang et al.)"
+    name, default = 'crt', False
+    def after_fit(self, learn, rec, monitor):
+        "Re-train the head for 30% as many epochs as the first stage (at least one), at its peak learning rate"
+        retrain_classifier(learn, epochs=max(1, round(0.3 * learn.n_epoch)), lr=float(max(learn.recorder.lrs)), q=0., monitor=monitor, comp=np.greater)
+
 # %% ../nbs/10_methods.ipynb #91c1e51f
 class Combined(Method):
     "Several methods at once, each changing its own step: 'bmx-0.2+la' mixes with Balanced-MixUp and trains with the LA loss"
@@ -123,8 +133,8 @@ class Combined(Method):
         return dls
     def loss_func(self, rec): return next((l for l in (p.loss_func(rec) for p in self.parts) if l is not None), None)
     def cbs(self, rec) -> list: return [cb for p in self.parts for cb in p.cbs(rec)]
-    def after_fit(self, learn, rec):
-        for p in self.parts: p.after_fit(learn, rec)
+    def after_fit(self, learn, rec, monitor:str):
+        for p in self.parts: p.after_fit(learn, rec, monitor)
 
 def get_method(name:str) -> Method:
     "The `Method` of a run name: 'instance', 'bmx-0.2' for a method with a knob, or 'bmx-0.2+la-1' for a combination"
@@ -162,3 +172,8 @@ def describe_methods(names=None, # run names; None: every registered method, kno
     rows = [(cls.name + (f'-{cls.knob}' if cls.knob else ''), cls.__doc__) for cls in METHODS.values()] if names is None else \
            [(n, ' + '.join(type(p).__doc__ for p in getattr(get_method(n), 'parts', [get_method(n)]))) for n in names]
     return '\n'.join(['| method | what it does |', '|---|---|'] + [f'| `{n}` | {d} |' for n, d in rows])
+
+def method_order(name:str) -> tuple:
+    "Sort key of a run name: single methods before combinations, then registry order and knob value of each part"
+    parts = getattr(get_method(name), 'parts', [get_method(name)])
+    return (len(parts),) + tuple((list(METHODS).index(p.name), p.value or 0.) for p in parts)  # single methods first

@@ -8,14 +8,15 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/report.html.md"""
 from __future__ import annotations
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-from .metrics import PAPER_METRICS
+from .metrics import PAPER_METRICS, paper_scores
+from .adjust import posthoc_adjust, tune_tau
 from .evaluation import per_class_report, confusion_matrix
-from .methods import METHODS, get_method, describe_methods
+from .methods import METHODS, get_method, describe_methods, method_order
 from .store import RunFolder
 
 # %% auto #0
-__all__ = ['fold_summary', 'results_table', 'to_markdown', 'plot_class_counts', 'plot_beta_densities', 'plot_recall',
-           'plot_confusion', 'write_report']
+__all__ = ['POSTHOC_TAUS', 'fold_summary', 'results_table', 'to_markdown', 'plot_class_counts', 'plot_beta_densities',
+           'plot_recall', 'plot_confusion', 'posthoc_results', 'write_report']
 
 # %% ../nbs/13_report.ipynb #0b175af9
 def fold_summary(results:pd.DataFrame, # one row per (method, fold), one column per metric
@@ -130,11 +131,29 @@ def _recall(folder:RunFolder, runs:pd.DataFrame, names:list) -> pd.DataFrame:
                           for r in grp['run']], 0) for m, grp in runs.groupby('method', sort=False)}
     return pd.DataFrame(rec, index=names).T
 
+POSTHOC_TAUS = (0., 0.25, 0.5, 0.75, 1., 1.5, 2.) # the τ values `write_report` tries for post-hoc logit adjustment
+
+def posthoc_results(folder:RunFolder, # an output folder
+                    main:str, # the metric τ is tuned for, on each run's validation predictions
+                    taus=POSTHOC_TAUS, # the τ values tried
+                   ) -> pd.DataFrame|None:
+    "Every run's test scores after post-hoc logit adjustment, τ tuned per run on its validation predictions (None if none were saved)"
+    counts, func, rows = folder.record.counts, {m.name: m.func for m in PAPER_METRICS}[main], []
+    if min(counts) == 0: return None  # a class without training items has no log prior
+    for r in folder.results().itertuples():
+        valid = folder.preds(r.run, 'valid')
+        if valid is None: continue  # recorded before validation predictions were saved
+        tau, _ = tune_tau(*valid, counts, func, taus)
+        probs, targs = folder.preds(r.run)
+        rows.append(dict(run=r.run, method=r.method, fold=r.fold, tau=tau, **paper_scores(posthoc_adjust(probs, counts, tau), targs)))
+    return pd.DataFrame(rows) if rows else None
+
 def write_report(out:str|Path, # a `compare` output folder
                 ) -> pd.DataFrame:
     "Write `results.md` and the plots from the folder's recorded runs; return the table"
     folder = RunFolder(out)
     res, settings, rec = folder.results(), folder.read_json('settings.json'), folder.record
+    res = res.iloc[sorted(range(len(res)), key=lambda i: method_order(res['method'].iloc[i]))]  # one order, however runs finished
     main, names = settings['monitor'], list(rec.classes)
     tbl = results_table(res, [main] + [m for m in rec.metrics if m != main])
     recall, best = _recall(folder, res, names), res.loc[res[main].idxmax()]
@@ -161,5 +180,15 @@ def write_report(out:str|Path, # a `compare` output folder
              '## Per-class test recall (mean over runs)', '', to_markdown((recall * 100).round(1)), '',
              '![class counts](class_counts.png) ![beta densities](beta_densities.png)', '',
              '![per-class recall](per_class_recall.png) ![confusion matrix](confusion_matrix.png)', '']
+    ph = posthoc_results(folder, main)
+    if ph is not None:
+        ph = ph.iloc[sorted(range(len(ph)), key=lambda i: method_order(ph['method'].iloc[i]))]
+        ph_tbl = results_table(ph, [main] + [m for m in rec.metrics if m != main])
+        ph_tbl.insert(1, 'mean τ', ph.groupby('method', sort=False)['tau'].mean().loc[ph_tbl.index].round(2).values)
+        lines[lines.index('## Methods'):lines.index('## Methods')] = [
+            '## Post-hoc logit adjustment', '',
+            f"The same runs, no retraining: each run's test probabilities adjusted for the training prior, softmax(log p − τ·log π), "
+            f"with τ in {list(POSTHOC_TAUS)} tuned per run for validation {main} (`tune_tau`). τ = 0 leaves a run as it was.", '',
+            to_markdown(ph_tbl), '']
     folder.write('results.md', '\n'.join(lines))
     return tbl

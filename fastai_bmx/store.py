@@ -79,17 +79,19 @@ class RunFolder:
 
     def done(self) -> set: return set(self.results()['run'])
 
-    def add_run(self, row:dict, probs, targs) -> bool:
-        "Record a finished run's row and test predictions, unless a process sharing the folder recorded it first"
+    def add_run(self, row:dict, probs, targs, **more) -> bool:
+        "Record a finished run's row and test predictions (and `more` arrays), unless a process sharing the folder recorded it first"
         with self.lock():
             done = self.results()  # re-read under the lock: another process may have added rows
             if row['run'] in set(done['run']): return False  # the first result stands, so no run counts twice
             (self.path/'preds').mkdir(exist_ok=True)
-            np.savez_compressed(self.path/'preds'/f"{row['run']}.npz", probs=np.asarray(probs), targs=np.asarray(targs))
+            np.savez_compressed(self.path/'preds'/f"{row['run']}.npz", probs=np.asarray(probs), targs=np.asarray(targs),
+                                **{k: np.asarray(v) for k, v in more.items()})
             self.write('results.csv', pd.concat([r for r in (done, pd.DataFrame([row])) if len(r)], ignore_index=True).to_csv(index=False))
         return True
 
-    def preds(self, run:str) -> tuple:
-        "`(probs, targs)` of a recorded run's test predictions"
+    def preds(self, run:str, split:str='test') -> tuple|None:
+        "`(probs, targs)` of a recorded run's 'test' or 'valid' predictions (None where the run didn't save them)"
         z = np.load(self.path/'preds'/f'{run}.npz')
-        return z['probs'], z['targs']
+        pre = '' if split == 'test' else 'valid_'
+        return (z[f'{pre}probs'], z[f'{pre}targs']) if f'{pre}probs' in z.files else None

@@ -51,7 +51,7 @@ def train_eval(dls, # the run's `DataLoaders` (train, valid, test), from `load_s
                keep_model:bool=False, # keep the checkpoint file after the test predictions
                show_bar:bool=True, # fastai's per-epoch progress bars
               ) -> tuple:
-    "Train `method` once, reload its best epoch on `monitor`, and return `(row, test_probs, test_targs)`"
+    "Train `method` once, reload its best epoch on `monitor`, and return `(row, preds)`: test and validation predictions of that checkpoint"
     from fastai.vision.learner import vision_learner
     monitor = check_monitor(monitor or rec.monitor)
     m = get_method(method)
@@ -62,16 +62,16 @@ def train_eval(dls, # the run's `DataLoaders` (train, valid, test), from `load_s
     t0 = time.time()
     with (learn.no_bar() if not show_bar else nullcontext()), learn.no_logging():
         learn.fit_one_cycle(epochs, lr, cbs=save)
-        m.after_fit(learn, rec)
+        vals = pd.DataFrame(learn.recorder.values, columns=learn.recorder.metric_names[1:-1])
+        best = int(vals[monitor].values.argmax())
+        m.after_fit(learn, rec, monitor)
     train_s = time.time() - t0
-    vals = pd.DataFrame(learn.recorder.values, columns=learn.recorder.metric_names[1:-1])
-    best = int(vals[monitor].values.argmax())
-    with learn.no_bar():
-        probs, targs = flip_tta(learn, dl=dls.test) if rec.flip else learn.get_preds(dl=dls.test)
+    predict = (lambda dl: flip_tta(learn, dl=dl)) if rec.flip else (lambda dl: learn.get_preds(dl=dl))
+    with learn.no_bar(): (probs, targs), (valid_probs, valid_targs) = predict(dls.test), predict(dls.valid.new(shuffle=False, drop_last=False))
     if not keep_model: (Path(path)/'models'/f'{fname}.pth').unlink(missing_ok=True)
     row = dict(method=m.run_name, best_epoch=best + 1, **{f'valid_{monitor}': float(vals[monitor].iloc[best])},
                **paper_scores(probs, targs), train_s=round(train_s, 1))
-    return row, probs, targs
+    return row, dict(probs=probs, targs=targs, valid_probs=valid_probs, valid_targs=valid_targs)
 
 # %% ../nbs/11_training.ipynb #412240fd
 PAPER_RECIPE = dict(bs=8, lr=0.01, opt_func=SGD, wd=0., flips='h',

@@ -37,7 +37,8 @@ def test_cli_end_to_end_writes_everything_and_resumes(tmp_path):
     md = (out/'results.md').read_text()
     assert '| instance | 1 |' in md and '| bmx-0.2 | 1 |' in md and 'without flip TTA' in md  # digits: no flip
     fct.test_eq(json.loads((out/'settings.json').read_text())['monitor'], 'mcc')  # digits aren't ordered grades
-    for p in (out/'preds').glob('*.npz'): fct.test_eq(set(np.load(p)), {'probs', 'targs'})
+    for p in (out/'preds').glob('*.npz'): fct.test_eq(set(np.load(p)), {'probs', 'targs', 'valid_probs', 'valid_targs'})
+    assert '## Post-hoc logit adjustment' in md  # tuned on those validation predictions
     assert '| instance |' in r.stdout  # the table is printed too
     # a second call finds both runs done and trains nothing
     r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
