@@ -12,13 +12,18 @@ from torch import Tensor
 from fastcore.foundation import L
 from fastai.torch_core import Module
 from fastai.losses import BaseLoss
-from .sampling import check_counts, as_np
+from .sampling import check_counts, as_np, _finite_real
 from .losses import class_counts
 
 # %% auto #0
-__all__ = ['log_prior', 'LogitAdjustedCE', 'LogitAdjustedLoss', 'posthoc_adjust', 'tune_tau']
+__all__ = ['check_tau', 'log_prior', 'LogitAdjustedCE', 'LogitAdjustedLoss', 'posthoc_adjust', 'tune_tau']
 
 # %% ../nbs/02a_adjust.ipynb #262b02c5
+def check_tau(tau) -> float:
+    "`tau` as a float, or a clear error unless it is a finite number >= 0"
+    if not (_finite_real(tau) and tau >= 0): raise ValueError(f"tau={tau!r} must be a number >= 0 (0: no adjustment, 1: Balanced Softmax).")
+    return float(tau)
+
 def log_prior(class_counts, # training items per class (the whole training set, not a batch)
              ) -> Tensor:
     "log π_j = log(n_j / N), or a clear error for a class with no training items (its log prior is −∞)"
@@ -36,7 +41,7 @@ class LogitAdjustedCE(Module):
         tau:float=1., # strength of the shift: 0 is plain cross-entropy, 1 Balanced Softmax
         reduction:str='mean', # 'mean', 'sum' or 'none'
     ):
-        self.tau,self.reduction = float(tau),reduction
+        self.tau,self.reduction = check_tau(tau),reduction
         self.register_buffer('log_prior', log_prior(class_counts))
 
     def forward(self, inp:Tensor, targ:Tensor) -> Tensor:

@@ -6,12 +6,12 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/methods.html.md"""
 
 # %% ../nbs/10_methods.ipynb #cfc16363
 from __future__ import annotations
-import itertools, math
+import itertools
 import numpy as np
 from fastcore.foundation import L
 from .mixup import BalancedMixUp, check_alpha
 from .losses import WeightedFocalLossFlat, ClassBalancedLoss, DeferredReweight
-from .adjust import LogitAdjustedLoss
+from .adjust import LogitAdjustedLoss, check_tau
 from .retrain import retrain_classifier
 
 # %% auto #0
@@ -97,9 +97,7 @@ class BalancedMixUpMethod(Method):
 class LogitAdjusted(Method):
     "Logit-adjusted cross-entropy, CE(z + τ·log π), raw logits at test; τ = 1 is Balanced Softmax (Menon et al.)"
     name, knob, grid, default = 'la', 'tau', (1.,), False
-    def check(self, value) -> float:
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0): raise ValueError(f"tau={value!r} must be a number >= 0.")
-        return float(value)
+    def check(self, value) -> float: return check_tau(value)
     def loss_func(self, rec): return LogitAdjustedLoss(rec.counts, tau=self.value)
 
 @register

@@ -6,11 +6,11 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/validate.html.md"""
 
 # %% ../nbs/14_validate.ipynb #808d91c1
 from __future__ import annotations
-import math, numbers
+import numbers
 from pathlib import Path
 import numpy as np
 from fastcore.foundation import L
-from .sampling import get_labels
+from .sampling import get_labels, _finite_real
 from .files import folder_table, csv_table, image_problems
 from .sources import source_kind
 
@@ -34,7 +34,7 @@ def check_options(epochs:int=10, # epochs per run
                  ):
     "Raise a `ValueError` naming the option and the fix unless every option of a comparison is in range"
     _check_int('--epochs', epochs, 1, 'train at least one epoch, e.g. --epochs 10')
-    if not (isinstance(lr, numbers.Real) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
+    if not (_finite_real(lr) and lr > 0):
         raise ValueError(f"--lr {lr!r}: the learning rate must be a number > 0, e.g. --lr 2e-3.")
     _check_int('--bs', bs, 1, 'the batch size must be an integer >= 1, e.g. --bs 64')
     if size is not None: _check_int('--size', size, 8, 'images are resized to size x size pixels: give an integer >= 8, or leave it out')
