@@ -7,6 +7,7 @@ from .retrain import *
 from .metrics import *
 from .evaluation import *
 from .bootstrap import *
+from .paired import *
 from .data import *
 from .files import *
 from .splits import *

@@ -22,7 +22,7 @@ from .methods import METHODS, expand_methods
 from .sources import RunRecord, load_source
 from .training import train_eval, get_arch, check_monitor
 from .store import RunFolder, run_name
-from .report import write_report, to_markdown
+from .report import write_report, to_markdown, pick_reference, paired_results, paired_markdown
 from .validate import check_options, check_out, check_images, check_classes, check_folds
 
 # %% auto #0
@@ -40,11 +40,12 @@ class Plan:
     rec:RunRecord # the data's own split
     load_kw:dict # arguments of `load_source`
     train_kw:dict # arguments of `train_eval`
+    reference:str|None = None # the method the others are paired against in the report
 
 def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder of images or a CSV of paths and labels
                  out:str|Path='bmx_compare', # output folder (created; an existing one is resumed)
                  methods=None, # run names or families (see `expand_methods`); None: every registered method
-                 alphas=None, # α values of 'bmx'; None: its default grid
+                 alphas=None, # α values of 'bmx' and 'bcutmix'; None: their default grids
                  taus=None, # τ values of 'la'; None: its default grid
                  seeds=(0, 1, 2), # training seeds
                  folds:int=0, # >= 2: stratified k-fold over train+valid (each seed runs every fold); 0: the data's own split
@@ -58,10 +59,12 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
                  pretrained:bool=False, # start from pretrained weights (needs them downloaded or cached)
                  keep_models:bool=False, # keep every run's best checkpoint under out/models
                  show_bar:bool=True, # show fastai's per-epoch bars under the bar over runs
+                 reference:str|None=None, # the method the report pairs the others against; None: instance if run, else the first
                 ) -> Plan:
     "Check everything a comparison needs before any training, writing nothing; raise a clear error for bad input"
     check_options(epochs=epochs, lr=lr, bs=bs, size=size, seeds=seeds, folds=folds, split_seed=split_seed)
     names, seeds, data = expand_methods(methods, alphas, tau=taus), [int(s) for s in L(seeds)], str(data)
+    reference = pick_reference(names, reference)
     check_out(out)
     get_arch(arch)
     check_images(data)
@@ -74,7 +77,7 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
     folder = RunFolder(out)
     folder.check_settings(settings)
     return Plan(folder, names, seeds, folds, settings, rec, dict(data=data, bs=bs, size=size, k=max(folds, 2), split_seed=split_seed),
-                dict(arch=arch, epochs=epochs, lr=lr, monitor=monitor, pretrained=pretrained, keep_model=keep_models, show_bar=show_bar))
+                dict(arch=arch, epochs=epochs, lr=lr, monitor=monitor, pretrained=pretrained, keep_model=keep_models, show_bar=show_bar), reference)
 
 def run_plan(plan:Plan) -> pd.DataFrame:
     "Train and test every run of `plan` not yet in its folder, recording each as it ends, then write the table and plots"
@@ -88,15 +91,18 @@ def run_plan(plan:Plan) -> pd.DataFrame:
     if done: print(f"{folder.path.name}: {len(done)} runs already done, {len(todo)} to go")
     for m, s, f in progress_bar(todo, display=bool(todo)):
         run = run_name(m, s, f)
-        if run in folder.done(): continue  # another process sharing `out` has done it meanwhile
-        set_seed(s, reproducible=True)
-        dls, run_rec = load_source(seed=s, fold=f, **plan.load_kw)
-        row, preds = train_eval(dls, run_rec, m, path=folder.path, fname=run, **plan.train_kw)
-        if not folder.add_run(dict(run=run, seed=s, fold=f, **row), **preds):
+        if not folder.claim(run): continue  # another process sharing `out` has done it, or is training it
+        try:
+            set_seed(s, reproducible=True)
+            dls, run_rec = load_source(seed=s, fold=f, **plan.load_kw)
+            row, preds = train_eval(dls, run_rec, m, path=folder.path, fname=run, **plan.train_kw)
+            recorded = folder.add_run(dict(run=run, seed=s, fold=f, **row), **preds)
+        finally: folder.release(run)
+        if not recorded:
             print(f"{run}: another process sharing {folder.path.name} finished it first; its result is kept", flush=True); continue
         print(f"{run}: test {plan.train_kw['monitor']} {100*row[plan.train_kw['monitor']]:.2f}, best epoch {row['best_epoch']}, "
               f"{row['train_s']:.0f} s", flush=True)
-    with folder.lock(): return write_report(folder.path)
+    with folder.lock(): return write_report(folder.path, reference=plan.reference)
 
 @delegates(plan_compare)
 def compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder of images or a CSV of paths and labels
@@ -110,8 +116,12 @@ def compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder 
 _METHODS_HELP = (f"methods: {' '.join(METHODS)} (default: {' '.join(n for n, m in METHODS.items() if m.default)}); a method with "
                  "a knob runs once per value of its grid (bmx: per --alphas value), or names one value (bmx-0.2); "
                  "'+' combines methods that change different steps (bmx-0.2+la)")
-_ALPHAS_HELP = f"alpha values of bmx (default: {' '.join(f'{a:g}' for a in METHODS['bmx'].grid)})"
-_TAUS_HELP = f"tau values of la (default: {' '.join(f'{a:g}' for a in METHODS['la'].grid)})"
+def _grid_help(knob:str) -> str:
+    "The --help line of a knob's grid, from the registry: which methods it sets, and their default grids"
+    cls = [c for c in METHODS.values() if c.knob == knob]
+    return f"{knob} values of {' and '.join(c.name for c in cls)} (default: " + \
+           '; '.join(f"{c.name} {' '.join(f'{v:g}' for v in c.grid)}" for c in cls) + ')'
+_ALPHAS_HELP,_TAUS_HELP = _grid_help('alpha'),_grid_help('tau')
 
 def refuse(e:Exception):
     "Print the one line of an input error to stderr and exit with status 2"
@@ -139,6 +149,7 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
                 keep_models:bool=False, # keep every run's best checkpoint under OUT/models
                 threads:int=None, # torch CPU threads (default: torch's choice)
                 quiet:bool=False, # hide fastai's per-epoch bars
+                reference:str=None, # the method the others are paired against (default: instance if run, else the first)
                 debug:bool=False, # show the traceback of an error in the input, not just its one line
                ):
     "Compare Balanced-MixUp with the usual fixes for class imbalance on one dataset: a paper-style table and plots"
@@ -147,10 +158,12 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
         check_options(threads=threads)
         plan = plan_compare(data=data, out=out, methods=methods, alphas=alphas, taus=taus, seeds=seeds, folds=folds, split_seed=split_seed,
                             arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, monitor=monitor, pretrained=pretrained,
-                            keep_models=keep_models, show_bar=not quiet)
+                            keep_models=keep_models, show_bar=not quiet, reference=reference)
     except Exception as e:
         if debug: raise
         refuse(e)
     if threads: torch.set_num_threads(threads)
     tbl = run_plan(plan)
-    print(f"\n{to_markdown(tbl)}\n\nWrote {Path(out)/'results.md'}, results.csv and 4 plots ({(time.time()-t0)/60:.1f} min).")
+    pr = paired_results(plan.folder, plan.train_kw['monitor'], plan.reference)
+    verdicts = f"\n\nPaired against {plan.reference} (difference in points, 95% interval, verdict):\n\n{paired_markdown(pr)}" if len(pr) else ''
+    print(f"\n{to_markdown(tbl)}{verdicts}\n\nWrote {Path(out)/'results.md'}, results.csv and 4 plots ({(time.time()-t0)/60:.1f} min).")

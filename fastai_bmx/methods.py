@@ -9,15 +9,15 @@ from __future__ import annotations
 import itertools
 import numpy as np
 from fastcore.foundation import L
-from .mixup import BalancedMixUp, check_alpha
+from .mixup import BalancedMixUp, BalancedCutMix, check_alpha
 from .losses import WeightedFocalLossFlat, ClassBalancedLoss, DeferredReweight
 from .adjust import LogitAdjustedLoss, check_tau
 from .retrain import retrain_classifier
 
 # %% auto #0
 __all__ = ['METHODS', 'Method', 'register', 'Instance', 'ClassSampling', 'SqrtSampling', 'Focal', 'ClassBalanced',
-           'BalancedMixUpMethod', 'LogitAdjusted', 'DeferredReweighting', 'ClassifierRetraining', 'Combined',
-           'get_method', 'expand_methods', 'describe_methods', 'method_order']
+           'BalancedMixUpMethod', 'LogitAdjusted', 'DeferredReweighting', 'ClassifierRetraining',
+           'BalancedCutMixMethod', 'Combined', 'get_method', 'expand_methods', 'describe_methods', 'method_order']
 
 # %% ../nbs/10_methods.ipynb #10bb1263
 class Method:
@@ -114,6 +114,12 @@ class ClassifierRetraining(Method):
         "Re-train the head for 30% as many epochs as the first stage (at least one), at its peak learning rate"
         retrain_classifier(learn, epochs=max(1, round(0.3 * learn.n_epoch)), lr=float(max(learn.recorder.lrs)), q=0., monitor=monitor, comp=np.greater)
 
+@register
+class BalancedCutMixMethod(BalancedMixUpMethod):
+    "Balanced CutMix: the class-balanced partner pasted as a box covering λ ~ Beta(α, 1) of the image"
+    name, grid, default = 'bcutmix', (0.2, 1.), False
+    def cbs(self, rec) -> list: return [BalancedCutMix(self.value)]
+
 # %% ../nbs/10_methods.ipynb #91c1e51f
 class Combined(Method):
     "Several methods at once, each changing its own step: 'bmx-0.2+la' mixes with Balanced-MixUp and trains with the LA loss"
@@ -121,6 +127,8 @@ class Combined(Method):
         for step in ('train_dls', 'loss_func'):
             own = [p.run_name for p in parts if getattr(type(p), step) is not getattr(Method, step)]
             if len(own) > 1: raise ValueError(f"{' and '.join(own)} both change the {step.replace('_', ' ')}: combine methods that change different steps.")
+        mixers = [p.run_name for p in parts if isinstance(p, BalancedMixUpMethod)]
+        if len(mixers) > 1: raise ValueError(f"{' and '.join(mixers)} both mix the training batch: combine at most one of them.")
         self.parts,self.value = parts,None
 
     @property

@@ -7,6 +7,7 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/mixup.html.md"""
 # %% ../nbs/01_mixup.ipynb #20fe4c72
 from __future__ import annotations
 import numpy as np, torch
+from torch import Tensor
 from torch.distributions.beta import Beta
 from fastcore.basics import *
 from fastai.torch_core import tensor, unsqueeze, find_bs
@@ -14,7 +15,7 @@ from fastai.callback.mixup import MixHandler
 from .sampling import _finite_real, check_q, class_probs, resampled_dl
 
 # %% auto #0
-__all__ = ['check_alpha', 'lam_distrib', 'bmx_class_mass', 'BalancedMixUp']
+__all__ = ['check_alpha', 'lam_distrib', 'bmx_class_mass', 'BalancedMixUp', 'box_mask', 'BalancedCutMix']
 
 # %% ../nbs/01_mixup.ipynb #34914f8f
 def check_alpha(alpha) -> float:
@@ -76,16 +77,19 @@ class BalancedMixUp(MixHandler):
         if self.learn.loss_func != self.lf: self.old_lf,self.learn.loss_func = self.learn.loss_func,self.lf
 
     def before_batch(self):
-        "Blend the instance batch with a class-balanced partner batch: x = (1-λ)·x_I + λ·x_C"
+        "Draw a class-balanced partner batch and λ, and combine the two batches with `mix`"
         if self.stop is not None and self.pct_train >= self.stop:  # past `stop`: the plain batch, and the plain loss
             self.lam,self.yb1 = torch.ones((), device=self.x.device),self.yb
             return
         bs = find_bs(self.yb)
         self.xb1,self.yb1 = self._partner_batch(bs)
-        self.balanced_lam = self.distrib.sample((bs,) if self.per_sample else ()).to(self.x.device)
+        lam = self.distrib.sample((bs,) if self.per_sample else ()).to(self.x.device)
+        self.learn.xb,self.balanced_lam = self.mix(self.xb1, self._float_xb(), lam)
         self.lam = 1 - self.balanced_lam  # MixHandler's `lam` weighs the learner's own batch, the instance batch
-        self.learn.xb = tuple(torch.lerp(x_c, x_i, unsqueeze(self.lam, n=x_i.dim()-1).to(x_i.dtype))
-                              for x_c,x_i in zip(self.xb1, self._float_xb()))
+
+    def mix(self, xb_c, xb_i, lam):
+        "Blend the inputs, x = (1-λ)·x_I + λ·x_C, in their own dtype; return them and the partner's weight λ"
+        return tuple(torch.lerp(x_c, x_i, unsqueeze(1-lam, n=x_i.dim()-1).to(x_i.dtype)) for x_c,x_i in zip(xb_c, xb_i)),lam
 
     def after_fit(self):
         "Let go of the partner iterator (and its workers) and the last partner batch"
@@ -123,3 +127,32 @@ class BalancedMixUp(MixHandler):
         b = None if self._partner_it is None else next(self._partner_it, None)
         if b is None: self._partner_it = iter(self.partner_dl); b = next(self._partner_it)
         return b
+
+# %% ../nbs/01_mixup.ipynb #5d9c088f
+def box_mask(
+    lam:Tensor, # Target area shares, one box per element
+    h:int, # Image height in pixels
+    w:int, # Image width in pixels
+) -> Tensor:
+    "Boolean masks `(n, 1, h, w)`: one box each, of side √λ, placed uniformly inside the image and never clipped"
+    lam = lam.reshape(-1).float()
+    bh,bw = ((lam.sqrt()*h).round().long().clamp(0, h),(lam.sqrt()*w).round().long().clamp(0, w))
+    top = (torch.rand(len(lam), device=lam.device)*(h-bh+1)).floor().long()
+    left = (torch.rand(len(lam), device=lam.device)*(w-bw+1)).floor().long()
+    rows,cols = torch.arange(h, device=lam.device)[None],torch.arange(w, device=lam.device)[None]
+    in_rows = (rows >= top[:, None]) & (rows < (top + bh)[:, None])
+    in_cols = (cols >= left[:, None]) & (cols < (left + bw)[:, None])
+    return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
+
+class BalancedCutMix(BalancedMixUp):
+    "Balanced CutMix: paste a box of the class-balanced partner, covering λ ~ Beta(α, 1) of the area, on each image"
+    def mix(self, xb_c, xb_i, lam):
+        "Paste the partner's box into each input; return them and the box's exact share of the area"
+        shapes = {tuple(x.shape[-2:]) for x in xb_i}
+        if any(x.dim() != 4 for x in xb_i) or len(shapes) != 1:
+            raise TypeError(f"BalancedCutMix pastes boxes, so it needs image batches (bs, channels, height, width) of one "
+                            f"size; got shapes {[tuple(x.shape) for x in xb_i]}. Use BalancedMixUp for other inputs.")
+        (h, w), = shapes
+        mask = box_mask(lam, h, w)  # one box for the batch, or one per item with `per_sample`
+        share = mask.float().mean((1, 2, 3)).reshape(lam.shape)
+        return tuple(torch.where(mask, x_c.to(x_i.dtype), x_i) for x_c,x_i in zip(xb_c, xb_i)),share

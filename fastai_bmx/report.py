@@ -13,10 +13,12 @@ from .adjust import posthoc_adjust, tune_tau
 from .evaluation import per_class_report, confusion_matrix
 from .methods import METHODS, get_method, describe_methods, method_order
 from .store import RunFolder
+from .paired import paired_differences, paired_interval, verdict, PAIRABLE
 
 # %% auto #0
 __all__ = ['POSTHOC_TAUS', 'fold_summary', 'results_table', 'to_markdown', 'plot_class_counts', 'plot_beta_densities',
-           'plot_recall', 'plot_confusion', 'posthoc_results', 'write_report']
+           'plot_recall', 'plot_confusion', 'posthoc_results', 'pick_reference', 'paired_results', 'paired_markdown',
+           'write_report']
 
 # %% ../nbs/13_report.ipynb #0b175af9
 def fold_summary(results:pd.DataFrame, # one row per (method, fold), one column per metric
@@ -148,7 +150,58 @@ def posthoc_results(folder:RunFolder, # an output folder
         rows.append(dict(run=r.run, method=r.method, fold=r.fold, tau=tau, **paper_scores(posthoc_adjust(probs, counts, tau), targs)))
     return pd.DataFrame(rows) if rows else None
 
+def pick_reference(methods:list, # run names of the methods in a folder
+                   reference:str|None=None, # a run name; None: 'instance' if it ran, else the first method
+                  ) -> str:
+    "The run name every method is compared with, or a clear error if it isn't among `methods`"
+    if reference is None: return 'instance' if 'instance' in methods else methods[0]
+    ref = get_method(reference).run_name
+    if ref not in methods: raise ValueError(f"reference {reference!r} is not among the methods compared ({', '.join(methods)}): name one of them.")
+    return ref
+
+def paired_results(folder:RunFolder, # an output folder
+                   main:str, # the main metric
+                   reference:str|None=None, # the method compared with; None: 'instance' if it ran, else the first
+                   n:int=1000, # paired bootstrap resamples of the test items
+                  ) -> pd.DataFrame:
+    "Each method against `reference`, paired by seed and fold: mean difference, 95% interval and verdict on `main` and balanced accuracy"
+    res = folder.results()
+    methods = sorted(res['method'].unique(), key=method_order)
+    ref, rows = pick_reference(methods, reference),[]
+    runs = {m: {(r.seed, -1 if pd.isna(r.fold) else r.fold): r.run for r in g.itertuples()} for m, g in res.groupby('method')}
+    for m in methods:
+        keys = sorted(set(runs[m]) & set(runs[ref]))
+        if m == ref or not keys: continue
+        a, r = [[folder.preds(runs[x][k]) for k in keys] for x in (m, ref)]
+        if any(not np.array_equal(p[1], a[0][1]) for p in a + r): raise ValueError(f"{m} and {ref}: the runs were tested on different items.")
+        row = dict(method=m, reference=ref, pairs=len(keys))
+        for metric in dict.fromkeys(x for x in (main, 'balanced_accuracy') if x in PAIRABLE):
+            ci = paired_interval(*paired_differences([p for p, _ in a], [p for p, _ in r], a[0][1], metric, n=n))
+            row.update({metric: 100*ci['diff'], f'{metric}_lo': 100*ci['lo'], f'{metric}_hi': 100*ci['hi'],
+                        f'{metric}_verdict': verdict(ci['lo'], ci['hi'], len(keys))})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+def paired_markdown(pr:pd.DataFrame) -> str:
+    "The table of `paired_results`: one row per method, 'difference [interval]' and the verdict for each metric"
+    metrics = [c for c in pr.columns if f'{c}_verdict' in pr.columns]
+    tbl = pd.DataFrame({'pairs': pr['pairs'].values, **{k: v for m in metrics for k, v in {
+        f'Δ {m} [95%]': [f'{d:+.2f} [{lo:+.2f}, {hi:+.2f}]' for d, lo, hi in zip(pr[m], pr[f'{m}_lo'], pr[f'{m}_hi'])],
+        f'{m}: verdict': pr[f'{m}_verdict'].values}.items()}}, index=pr['method'])
+    return to_markdown(tbl)
+
+def _paired_section(folder:RunFolder, main:str, reference:str|None) -> list:
+    "The lines of results.md on the paired comparison (none with a single method)"
+    pr = paired_results(folder, main, reference)
+    if not len(pr): return []
+    return [f"## Paired against {pr['reference'].iloc[0]}", '',
+            f"Test metric of each method minus that of {pr['reference'].iloc[0]}, in points, on the same seeds (and folds) and the same "
+            "test items. The 95% interval counts the seed-to-seed spread and a paired stratified bootstrap of the test items "
+            "(1000 resamples), with Student's t (see `fastai_bmx.paired`). Verdict: better or worse when the interval excludes 0.", '',
+            paired_markdown(pr), '']
+
 def write_report(out:str|Path, # a `compare` output folder
+                 reference:str|None=None, # the method of the paired comparison; None: 'instance' if it ran, else the first
                 ) -> pd.DataFrame:
     "Write `results.md` and the plots from the folder's recorded runs; return the table"
     folder = RunFolder(out)
@@ -176,6 +229,7 @@ def write_report(out:str|Path, # a `compare` output folder
                 'seeds ' + ', '.join(map(str, sorted(res.seed.unique()))) + '.'),
              f"Training class counts: {dict(zip(names, rec.counts))}.",
              f"Wall time of the training: {res.train_s.sum()/60:.1f} min in all.", '',
+             *_paired_section(folder, main, reference),
              '## Methods', '', describe_methods(methods), '',
              '## Per-class test recall (mean over runs)', '', to_markdown((recall * 100).round(1)), '',
              '![class counts](class_counts.png) ![beta densities](beta_densities.png)', '',

@@ -6,7 +6,7 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/store.html.md"""
 
 # %% ../nbs/12_store.ipynb #e8a01b65
 from __future__ import annotations
-import json, os
+import json, os, socket
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -24,6 +24,15 @@ def run_name(method:str, # a run name of a method, e.g. 'bmx-0.2'
     return f'{method}_seed{seed}' + ('' if fold is None else f'_fold{fold}')
 
 _NEW_SETTINGS = {'split_seed': 0}  # settings added since folders were first written, with the value older folders used
+
+def _alive(claim:str) -> bool:
+    "Whether the process of a claim ('host pid') may still run: yes on another host, where it can't be checked"
+    host, pid = claim.rsplit(' ', 1)
+    if host != socket.gethostname(): return True
+    try: os.kill(int(pid), 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass  # alive, under another user
+    return True
 
 class RunFolder:
     "The output folder of a comparison: settings, record, lock, atomic writes and the recorded runs"
@@ -89,6 +98,17 @@ class RunFolder:
                                 **{k: np.asarray(v) for k, v in more.items()})
             self.write('results.csv', pd.concat([r for r in (done, pd.DataFrame([row])) if len(r)], ignore_index=True).to_csv(index=False))
         return True
+
+    def claim(self, run:str) -> bool:
+        "Mark `run` as being trained by this process; False if it is recorded, or claimed by a live process sharing the folder"
+        with self.lock():
+            if run in self.done(): return False
+            f,me = self.path/'.claims'/run,f'{socket.gethostname()} {os.getpid()}'
+            if f.exists() and f.read_text() != me and _alive(f.read_text()): return False
+            f.parent.mkdir(exist_ok=True); f.write_text(me)
+        return True
+
+    def release(self, run:str): (self.path/'.claims'/run).unlink(missing_ok=True)
 
     def preds(self, run:str, split:str='test') -> tuple|None:
         "`(probs, targs)` of a recorded run's 'test' or 'valid' predictions (None where the run didn't save them)"

@@ -264,3 +264,46 @@ def test_folds_depend_on_the_split_seed_not_the_training_seed(tmp_path):
     from fastai_bmx.splits import valid_mask
     labels = np.array(['common'] * 16 + ['rare'] * 8)
     fct.test_eq(valid_mask(labels, fold=1, k=3), valid_mask((labels == 'rare').astype(int), fold=1, k=3))
+
+
+def test_processes_sharing_a_folder_split_the_runs(tmp_path):
+    "Two processes given the same runs on one folder: each run is claimed and trained once, and both do some"
+    out, exe = tmp_path/'cmp', str(Path(sys.executable).parent/'bmx-compare')
+    cmd = [exe, '--out', str(out), '--methods', 'instance', 'focal', 'cb', 'la', '--seeds', '0', '--epochs', '1',
+           '--arch', 'resnet10t', '--bs', '32', '--quiet', '--threads', '1']
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    trained = []
+    for p in procs:
+        stdout, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        trained.append([l.split(':')[0] for l in stdout.splitlines() if ': test mcc' in l])
+    assert all(trained), trained  # both processes worked
+    fct.test_eq(sorted(trained[0] + trained[1]), ['cb_seed0', 'focal_seed0', 'instance_seed0', 'la-1_seed0'])  # once each
+    fct.test_eq(sorted(pd.read_csv(out/'results.csv').run), ['cb_seed0', 'focal_seed0', 'instance_seed0', 'la-1_seed0'])
+    assert not list((out/'.claims').iterdir())  # every claim released
+
+
+def test_a_seed_gives_every_method_the_same_start_and_batches(tmp_path, monkeypatch):
+    "Pairing: same seed, same initial weights for every method, and the same batch order for those that keep instance sampling"
+    import fastai_bmx.training as training
+    starts, batches = {}, {}
+    class Spy(training.SaveModelCallback):
+        "The run's checkpointing callback, also recording the weights before the first step and the labels of the first epoch"
+        def before_train(self):
+            if self.epoch == 0:
+                starts[self.fname], batches[self.fname] = {k: v.clone() for k, v in self.learn.model.state_dict().items()}, []
+        def before_batch(self):
+            if self.training and self.epoch == 0: batches[self.fname].append(self.learn.yb[0].clone())
+    monkeypatch.setattr(training, 'SaveModelCallback', Spy)
+    methods = ['instance', 'focal', 'la', 'drw', 'bmx-0.2', 'bcutmix-1', 'class']
+    compare('digits', tmp_path/'cmp', methods=methods, seeds=[0, 1], **TINY)
+    runs = [f'{m}_seed{s}' for m in ['la-1' if m == 'la' else m for m in methods] for s in (0, 1)]
+    fct.test_eq(sorted(starts), sorted(runs))
+    for s in (0, 1):
+        ref, ref_ys = starts[f'instance_seed{s}'], torch.cat(batches[f'instance_seed{s}'])
+        for r in [r for r in runs if r.endswith(f'seed{s}')]:
+            assert all(torch.equal(starts[r][k], ref[k]) for k in ref), f'{r} starts from other weights'
+            if not r.startswith('class'): fct.test_eq(torch.cat(batches[r]), ref_ys)  # every batch in the same order
+        assert not torch.equal(torch.cat(batches[f'class_seed{s}']), ref_ys)  # a resampled loader draws other batches
+    conv = next(k for k, v in starts['instance_seed0'].items() if v.dim() == 4)
+    assert not torch.equal(starts['instance_seed0'][conv], starts['instance_seed1'][conv])  # another seed, another start
