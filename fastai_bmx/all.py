@@ -12,4 +12,5 @@ from .data import *
 from .files import *
 from .splits import *
 from .training import *
+from .precision import *
 from .report import *

@@ -23,6 +23,7 @@ from .sources import RunRecord, load_source
 from .training import train_eval, get_arch, check_monitor
 from .store import RunFolder, run_name
 from .report import write_report, to_markdown, pick_reference, paired_results, paired_markdown
+from .precision import check_precision
 from .validate import check_options, check_out, check_images, check_classes, check_folds
 
 # %% auto #0
@@ -60,12 +61,14 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
                  keep_models:bool=False, # keep every run's best checkpoint under out/models
                  show_bar:bool=True, # show fastai's per-epoch bars under the bar over runs
                  reference:str|None=None, # the method the report pairs the others against; None: instance if run, else the first
+                 precision:str='fp32', # 'fp32', or mixed precision: 'bf16' (CPU or GPU) or 'fp16' (GPU)
                 ) -> Plan:
     "Check everything a comparison needs before any training, writing nothing; raise a clear error for bad input"
     check_options(epochs=epochs, lr=lr, bs=bs, size=size, seeds=seeds, folds=folds, split_seed=split_seed)
     names, seeds, data = expand_methods(methods, alphas, tau=taus), [int(s) for s in L(seeds)], str(data)
     reference = pick_reference(names, reference)
     check_out(out)
+    check_precision(precision)
     get_arch(arch)
     check_images(data)
     dls, rec = load_source(data, bs=bs, size=size, seed=seeds[0], split_seed=split_seed)
@@ -73,11 +76,11 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
     check_folds(dls, rec, folds)
     monitor = check_monitor(monitor or rec.monitor)
     settings = dict(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, monitor=monitor, folds=folds,
-                    pretrained=pretrained, split_seed=split_seed)
+                    pretrained=pretrained, split_seed=split_seed, precision=precision)
     folder = RunFolder(out)
     folder.check_settings(settings)
     return Plan(folder, names, seeds, folds, settings, rec, dict(data=data, bs=bs, size=size, k=max(folds, 2), split_seed=split_seed),
-                dict(arch=arch, epochs=epochs, lr=lr, monitor=monitor, pretrained=pretrained, keep_model=keep_models, show_bar=show_bar), reference)
+                dict(arch=arch, epochs=epochs, lr=lr, monitor=monitor, pretrained=pretrained, keep_model=keep_models, show_bar=show_bar, precision=precision), reference)
 
 def run_plan(plan:Plan) -> pd.DataFrame:
     "Train and test every run of `plan` not yet in its folder, recording each as it ends, then write the table and plots"
@@ -150,6 +153,7 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
                 threads:int=None, # torch CPU threads (default: torch's choice)
                 quiet:bool=False, # hide fastai's per-epoch bars
                 reference:str=None, # the method the others are paired against (default: instance if run, else the first)
+                precision:str='fp32', # fp32, or mixed precision: bf16 (CPU or GPU) or fp16 (GPU)
                 debug:bool=False, # show the traceback of an error in the input, not just its one line
                ):
     "Compare Balanced-MixUp with the usual fixes for class imbalance on one dataset: a paper-style table and plots"
@@ -158,7 +162,7 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
         check_options(threads=threads)
         plan = plan_compare(data=data, out=out, methods=methods, alphas=alphas, taus=taus, seeds=seeds, folds=folds, split_seed=split_seed,
                             arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, monitor=monitor, pretrained=pretrained,
-                            keep_models=keep_models, show_bar=not quiet, reference=reference)
+                            keep_models=keep_models, show_bar=not quiet, reference=reference, precision=precision)
     except Exception as e:
         if debug: raise
         refuse(e)

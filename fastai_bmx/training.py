@@ -18,6 +18,7 @@ from fastai.callback.progress import *  # no_bar
 from fastai.optimizer import SGD
 from .metrics import paper_metrics, paper_scores
 from .evaluation import flip_tta
+from .precision import precision_cbs
 from .methods import get_method
 
 # %% auto #0
@@ -50,13 +51,14 @@ def train_eval(dls, # the run's `DataLoaders` (train, valid, test), from `load_s
                fname:str='model', # checkpoint name
                keep_model:bool=False, # keep the checkpoint file after the test predictions
                show_bar:bool=True, # fastai's per-epoch progress bars
+               precision:str='fp32', # 'fp32', or mixed precision: 'bf16' (CPU or GPU) or 'fp16' (GPU), see `precision_cbs`
               ) -> tuple:
     "Train `method` once, reload its best epoch on `monitor`, and return `(row, preds)`: test and validation predictions of that checkpoint"
     from fastai.vision.learner import vision_learner
     monitor = check_monitor(monitor or rec.monitor)
     m = get_method(method)
     learn = vision_learner(m.train_dls(dls, rec), get_arch(arch), pretrained=pretrained, loss_func=m.loss_func(rec),
-                           metrics=[pm.learn_metric() for pm in paper_metrics(monitored=True)], cbs=m.cbs(rec),
+                           metrics=[pm.learn_metric() for pm in paper_metrics(monitored=True)], cbs=m.cbs(rec) + precision_cbs(precision),
                            path=path, model_dir='models')
     save = SaveModelCallback(monitor=monitor, comp=np.greater, fname=fname, with_opt=False)
     t0 = time.time()

@@ -1,7 +1,7 @@
 "bmx-compare as a user calls it: bad input is refused before any training, in one line, with exit status 2; kill -9 loses one run"
 import os, signal, subprocess, sys, time
 from pathlib import Path
-import numpy as np, pandas as pd, pytest
+import numpy as np, pandas as pd, pytest, torch
 import fastcore.test as fct
 from PIL import Image
 
@@ -93,6 +93,9 @@ def test_a_test_class_that_training_never_sees(tmp_path):
     (['--arch', 'resnet_nope'], ["Unknown architecture 'resnet_nope'"]),
     (['--data', 'missing.npz'], ['No file missing.npz']),
     (['--data', 'notes.txt'], ["is not 'digits', a .npz file"]),
+    (['--precision', 'half'], ["precision='half'", 'use one of fp32, bf16, fp16']),
+    pytest.param(['--precision', 'fp16'], ["precision 'fp16' needs a CUDA GPU", "use 'bf16'"],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason='fp16 is refused only where there is no CUDA GPU')),
 ])
 def test_bad_options_are_refused_in_one_line(tmp_path, args, contains):
     out = tmp_path/'out'
