@@ -23,6 +23,7 @@ from .sources import RunRecord, load_source
 from .training import train_eval, get_arch, check_monitor
 from .store import RunFolder, run_name
 from .report import write_report, to_markdown, pick_reference, paired_results, paired_markdown
+from .frontier import FRONTIER_GRIDS, frontier_families, write_frontier, frontier_points, front_table
 from .precision import check_precision
 from .validate import check_options, check_out, check_images, check_classes, check_folds
 
@@ -42,6 +43,7 @@ class Plan:
     load_kw:dict # arguments of `load_source`
     train_kw:dict # arguments of `train_eval`
     reference:str|None = None # the method the others are paired against in the report
+    frontier:dict|None = None # arguments of `write_frontier` (families, x, taus), or None for no frontier
 
 def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder of images or a CSV of paths and labels
                  out:str|Path='bmx_compare', # output folder (created; an existing one is resumed)
@@ -62,10 +64,17 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
                  show_bar:bool=True, # show fastai's per-epoch bars under the bar over runs
                  reference:str|None=None, # the method the report pairs the others against; None: instance if run, else the first
                  precision:str='fp32', # 'fp32', or mixed precision: 'bf16' (CPU or GPU) or 'fp16' (GPU)
+                 frontier:bool=False, # also sweep each family's knob (α, q, τ) and write frontier.png and frontier.md
+                 qs=None, # resampling exponents q of 'sample' (with `frontier`, of the resampling family); None: the default grid
+                 frontier_x:str='balanced_accuracy', # the frontier's x axis: 'balanced_accuracy' or 'macro_f1'
                 ) -> Plan:
     "Check everything a comparison needs before any training, writing nothing; raise a clear error for bad input"
     check_options(epochs=epochs, lr=lr, bs=bs, size=size, seeds=seeds, folds=folds, split_seed=split_seed)
-    names, seeds, data = expand_methods(methods, alphas, tau=taus), [int(s) for s in L(seeds)], str(data)
+    if frontier_x not in ('balanced_accuracy', 'macro_f1'): raise ValueError(f"frontier_x={frontier_x!r}: use balanced_accuracy or macro_f1.")
+    fams = frontier_families(alphas, qs, taus) if frontier else None
+    names = expand_methods(methods, alphas, tau=taus, q=qs) if methods is not None or not frontier else []
+    if fams: names = list(dict.fromkeys([n for ns in fams.values() for n in ns] + names))
+    seeds, data = [int(s) for s in L(seeds)], str(data)
     reference = pick_reference(names, reference)
     check_out(out)
     check_precision(precision)
@@ -80,7 +89,8 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
     folder = RunFolder(out)
     folder.check_settings(settings)
     return Plan(folder, names, seeds, folds, settings, rec, dict(data=data, bs=bs, size=size, k=max(folds, 2), split_seed=split_seed),
-                dict(arch=arch, epochs=epochs, lr=lr, monitor=monitor, pretrained=pretrained, keep_model=keep_models, show_bar=show_bar, precision=precision), reference)
+                dict(arch=arch, epochs=epochs, lr=lr, monitor=monitor, pretrained=pretrained, keep_model=keep_models, show_bar=show_bar, precision=precision), reference,
+                fams and dict(families=fams, x=frontier_x, taus=[float(t) for t in L(taus if taus is not None else FRONTIER_GRIDS['tau'])]))
 
 def run_plan(plan:Plan) -> pd.DataFrame:
     "Train and test every run of `plan` not yet in its folder, recording each as it ends, then write the table and plots"
@@ -105,7 +115,9 @@ def run_plan(plan:Plan) -> pd.DataFrame:
             print(f"{run}: another process sharing {folder.path.name} finished it first; its result is kept", flush=True); continue
         print(f"{run}: test {plan.train_kw['monitor']} {100*row[plan.train_kw['monitor']]:.2f}, best epoch {row['best_epoch']}, "
               f"{row['train_s']:.0f} s", flush=True)
-    with folder.lock(): return write_report(folder.path, reference=plan.reference)
+    with folder.lock():
+        if plan.frontier: write_frontier(folder.path, **plan.frontier)
+        return write_report(folder.path, reference=plan.reference)
 
 @delegates(plan_compare)
 def compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder of images or a CSV of paths and labels
@@ -124,7 +136,8 @@ def _grid_help(knob:str) -> str:
     cls = [c for c in METHODS.values() if c.knob == knob]
     return f"{knob} values of {' and '.join(c.name for c in cls)} (default: " + \
            '; '.join(f"{c.name} {' '.join(f'{v:g}' for v in c.grid)}" for c in cls) + ')'
-_ALPHAS_HELP,_TAUS_HELP = _grid_help('alpha'),_grid_help('tau')
+_FRONTIER_HELP = lambda knob: f"; with --frontier: {' '.join(f'{v:g}' for v in FRONTIER_GRIDS[knob])})"
+_ALPHAS_HELP,_TAUS_HELP,_QS_HELP = (_grid_help(k)[:-1] + _FRONTIER_HELP(k) for k in ('alpha', 'tau', 'q'))
 
 def refuse(e:Exception):
     "Print the one line of an input error to stderr and exit with status 2"
@@ -154,6 +167,9 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
                 quiet:bool=False, # hide fastai's per-epoch bars
                 reference:str=None, # the method the others are paired against (default: instance if run, else the first)
                 precision:str='fp32', # fp32, or mixed precision: bf16 (CPU or GPU) or fp16 (GPU)
+                frontier:bool=False, # also sweep alpha, q and tau, and write frontier.png and frontier.md
+                qs:Annotated[float, {'nargs': '+', 'help': _QS_HELP}]=None, # (help from the method registry)
+                frontier_x:str='balanced_accuracy', # the frontier's x axis: balanced_accuracy or macro_f1
                 debug:bool=False, # show the traceback of an error in the input, not just its one line
                ):
     "Compare Balanced-MixUp with the usual fixes for class imbalance on one dataset: a paper-style table and plots"
@@ -162,7 +178,8 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
         check_options(threads=threads)
         plan = plan_compare(data=data, out=out, methods=methods, alphas=alphas, taus=taus, seeds=seeds, folds=folds, split_seed=split_seed,
                             arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, monitor=monitor, pretrained=pretrained,
-                            keep_models=keep_models, show_bar=not quiet, reference=reference, precision=precision)
+                            keep_models=keep_models, show_bar=not quiet, reference=reference, precision=precision,
+                            frontier=frontier, qs=qs, frontier_x=frontier_x)
     except Exception as e:
         if debug: raise
         refuse(e)
@@ -170,4 +187,5 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
     tbl = run_plan(plan)
     pr = paired_results(plan.folder, plan.train_kw['monitor'], plan.reference)
     verdicts = f"\n\nPaired against {plan.reference} (difference in points, 95% interval, verdict):\n\n{paired_markdown(pr)}" if len(pr) else ''
-    print(f"\n{to_markdown(tbl)}{verdicts}\n\nWrote {Path(out)/'results.md'}, results.csv and 4 plots ({(time.time()-t0)/60:.1f} min).")
+    fronts = f"\n\nHow the fronts lie (row against column):\n\n{to_markdown(front_table(frontier_points(plan.folder, plan.frontier['families'], plan.train_kw['monitor'], plan.frontier['x'], plan.frontier['taus'])))}" if plan.frontier else ''
+    print(f"\n{to_markdown(tbl)}{verdicts}{fronts}\n\nWrote {Path(out)/'results.md'}, results.csv, 4 plots{', frontier.md and frontier.png' if plan.frontier else ''} ({(time.time()-t0)/60:.1f} min).")

@@ -13,10 +13,11 @@ from .mixup import BalancedMixUp, BalancedCutMix, check_alpha
 from .losses import WeightedFocalLossFlat, ClassBalancedLoss, DeferredReweight
 from .adjust import LogitAdjustedLoss, check_tau
 from .retrain import retrain_classifier
+from .sampling import check_q
 
 # %% auto #0
 __all__ = ['METHODS', 'Method', 'register', 'Instance', 'ClassSampling', 'SqrtSampling', 'Focal', 'ClassBalanced',
-           'BalancedMixUpMethod', 'LogitAdjusted', 'DeferredReweighting', 'ClassifierRetraining',
+           'BalancedMixUpMethod', 'Resampling', 'LogitAdjusted', 'DeferredReweighting', 'ClassifierRetraining',
            'BalancedCutMixMethod', 'Combined', 'get_method', 'expand_methods', 'describe_methods', 'method_order']
 
 # %% ../nbs/10_methods.ipynb #10bb1263
@@ -93,6 +94,13 @@ class BalancedMixUpMethod(Method):
     def cbs(self, rec) -> list: return [BalancedMixUp(self.value)]
 
 # %% ../nbs/10_methods.ipynb #084f008f
+@register
+class Resampling(Method):
+    "Class-aware sampling, class j drawn with probability ∝ n_j^q: the family of which instance (1), sqrt (0.5) and class (0) are points"
+    name, knob, grid, default = 'sample', 'q', (0.75, 0.25), False
+    def check(self, value) -> float: return check_q(value)
+    def train_dls(self, dls, rec): return dls.resampled(self.value)
+
 @register
 class LogitAdjusted(Method):
     "Logit-adjusted cross-entropy, CE(z + τ·log π), raw logits at test; τ = 1 is Balanced Softmax (Menon et al.)"
