@@ -197,20 +197,6 @@ def test_real_retinamnist_source(real_data):
     fct.test_eq(rec.classes, ('akiec', 'bcc', 'bkl', 'df', 'mel', 'nv', 'vasc'))
 
 
-def test_two_processes_can_share_an_output_folder(tmp_path):
-    "One process per seed, started together on one folder: every run's row is kept (appends are locked)"
-    out, exe = tmp_path/'cmp', str(Path(sys.executable).parent/'bmx-compare')
-    base = ['--out', str(out), '--methods', 'instance', 'focal', '--epochs', '1', '--arch', 'resnet10t', '--bs', '32',
-            '--quiet', '--threads', '1']
-    procs = [subprocess.Popen([exe, *base, '--seeds', s], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for s in ('0', '1')]
-    for p in procs:
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
-    res = pd.read_csv(out/'results.csv')
-    fct.test_eq(sorted(res.run), ['focal_seed0', 'focal_seed1', 'instance_seed0', 'instance_seed1'])
-
-
 def test_a_run_recorded_twice_counts_once(tmp_path):
     "Two processes that both trained the same run: the first result stands, so the table never counts a run twice"
     folder = RunFolder(tmp_path)
