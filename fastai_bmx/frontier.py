@@ -120,10 +120,15 @@ def knob_label(setting:str) -> str:
     m = get_method(setting)
     return {'q': 'q', 'alpha': 'α', 'tau': 'τ'}.get(m.knob, m.knob or '') + f'={m.value:g}' if m.knob else setting
 
+def _span(v) -> tuple:
+    "Axis limits around values `v`, with room for the labels and error bars"
+    pad = max(0.3*(v.max() - v.min()), 2.)
+    return v.min() - pad, v.max() + pad
+
 def plot_frontier(pts:pd.DataFrame, # from `frontier_points`
                   title:str='', # the figure's title
                  ):
-    "Main metric against x, one point per setting with seed error bars, and each family's front as a line"
+    "Main metric against x, one point per setting with seed error bars, and each family's front as a line; zoomed on the fronts"
     fig = _figure(7.5, 5.2)
     ax = fig.add_subplot()
     for fam, g in pts.groupby('family', sort=False):
@@ -133,6 +138,11 @@ def plot_frontier(pts:pd.DataFrame, # from `frontier_points`
         f = g[g.front].sort_values('x')
         ax.plot(100*f.x, 100*f.y, '-', color=c, lw=1.5)
         for r in g.itertuples(): ax.annotate(knob_label(r.setting), (100*r.x, 100*r.y), fontsize=7, xytext=(4, 3), textcoords='offset points', color=c)
+    (x0, x1), (y0, y1) = (_span(100*pts[pts.front][k]) for k in ('x', 'y'))  # zoomed on the fronts
+    ax.set_xlim(min(x0, *(100*pts.x[pts.x*100 >= x0 - 5] - 1)), x1); ax.set_ylim(min(y0, *(100*pts.y[pts.y*100 >= y0 - 5] - 1)), y1)
+    (lo_x, hi_x), (lo_y, hi_y) = ax.get_xlim(), ax.get_ylim()
+    out = pts[~((100*pts.x).between(lo_x, hi_x) & (100*pts.y).between(lo_y, hi_y))]
+    if len(out): title += '\noff the plot: ' + '; '.join(f'{r.family} {knob_label(r.setting)} ({100*r.x:.1f}, {100*r.y:.1f})' for r in out.itertuples())
     ax.set_xlabel(f"test {pts.attrs['x'].replace('_', ' ')} (%)"); ax.set_ylabel(f"test {pts.attrs['main'].replace('_', ' ')} (%)")
     ax.grid(alpha=.3); ax.legend(fontsize=8); ax.set_title(title, fontsize=10)
     return fig
