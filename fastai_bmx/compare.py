@@ -23,7 +23,7 @@ from .sources import RunRecord, load_source
 from .training import train_eval, get_arch, check_monitor
 from .store import RunFolder, run_name
 from .report import write_report, to_markdown, pick_reference, paired_results, paired_markdown
-from .frontier import FRONTIER_GRIDS, frontier_families, write_frontier, frontier_points, front_table
+from .frontier import FRONTIER_GRIDS, frontier_families, write_frontier, front_table
 from .precision import check_precision
 from .validate import check_options, check_out, check_images, check_classes, check_folds
 
@@ -44,6 +44,7 @@ class Plan:
     train_kw:dict # arguments of `train_eval`
     reference:str|None = None # the method the others are paired against in the report
     frontier:dict|None = None # arguments of `write_frontier` (families, x, taus), or None for no frontier
+    points:pd.DataFrame|None = None # the frontier's points, once `run_plan` has written it
 
 def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder of images or a CSV of paths and labels
                  out:str|Path='bmx_compare', # output folder (created; an existing one is resumed)
@@ -116,7 +117,7 @@ def run_plan(plan:Plan) -> pd.DataFrame:
         print(f"{run}: test {plan.train_kw['monitor']} {100*row[plan.train_kw['monitor']]:.2f}, best epoch {row['best_epoch']}, "
               f"{row['train_s']:.0f} s", flush=True)
     with folder.lock():
-        if plan.frontier: write_frontier(folder.path, **plan.frontier)
+        if plan.frontier: plan.points = write_frontier(folder.path, **plan.frontier)
         return write_report(folder.path, reference=plan.reference)
 
 @delegates(plan_compare)
@@ -187,5 +188,5 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
     tbl = run_plan(plan)
     pr = paired_results(plan.folder, plan.train_kw['monitor'], plan.reference)
     verdicts = f"\n\nPaired against {plan.reference} (difference in points, 95% interval, verdict):\n\n{paired_markdown(pr)}" if len(pr) else ''
-    fronts = f"\n\nHow the fronts lie (row against column):\n\n{to_markdown(front_table(frontier_points(plan.folder, plan.frontier['families'], plan.train_kw['monitor'], plan.frontier['x'], plan.frontier['taus'])))}" if plan.frontier else ''
+    fronts = f"\n\nHow the fronts lie (row against column):\n\n{to_markdown(front_table(plan.points))}" if plan.frontier else ''
     print(f"\n{to_markdown(tbl)}{verdicts}{fronts}\n\nWrote {Path(out)/'results.md'}, results.csv, 4 plots{', frontier.md and frontier.png' if plan.frontier else ''} ({(time.time()-t0)/60:.1f} min).")
