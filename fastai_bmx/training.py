@@ -29,7 +29,8 @@ def get_arch(name:str):
     "A timm model name as a string (fastai builds it with timm), or a fastai/torchvision architecture such as 'xresnet18'"
     import timm, fastai.vision.models as fvm
     if name in timm.list_models(): return name
-    if callable(getattr(fvm, name, None)): return getattr(fvm, name)
+    for home in (fvm, fvm.xresnet):
+        if callable(getattr(home, name, None)): return getattr(home, name)
     raise ValueError(f"Unknown architecture {name!r}: use a timm model name (e.g. resnet18, resnet10t, efficientnet_b0) "
                      "or a fastai one (e.g. xresnet18).")
 

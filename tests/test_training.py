@@ -27,3 +27,18 @@ def test_fit_paper_recipe(tmp_path, cycle_mult):
     with learn.no_bar(): fct.test_close(learn.validate()[0], max(vals), eps=1e-5)  # worst-as-best epoch was reloaded
     fct.test_fail(lambda: fit_paper_recipe(learn, n_cycles=0), contains='>= 1')
 
+
+
+@pytest.mark.parametrize('name', ['xresnet18', 'resnet18', 'resnet10t'])
+def test_get_arch_builds_fastai_torchvision_and_timm_models(name):
+    "Every kind of name the CLI advertises builds a model that classifies a 28-px batch"
+    from fastai.vision.learner import create_timm_model, create_vision_model
+    from fastai_bmx.training import get_arch
+    arch = get_arch(name)
+    model = create_timm_model(arch, 7, pretrained=False)[0] if isinstance(arch, str) else create_vision_model(arch, 7, pretrained=False)
+    fct.test_eq(model.eval()(torch.randn(2, 3, 28, 28)).shape, (2, 7))
+
+
+def test_get_arch_names_the_fix_for_an_unknown_name():
+    from fastai_bmx.training import get_arch
+    fct.test_fail(lambda: get_arch('xresnet-18'), contains='timm model name')
