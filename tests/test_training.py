@@ -28,10 +28,9 @@ def test_fit_paper_recipe(tmp_path, cycle_mult):
     fct.test_fail(lambda: fit_paper_recipe(learn, n_cycles=0), contains='>= 1')
 
 
-
 @pytest.mark.parametrize('name', ['xresnet18', 'resnet18', 'resnet10t'])
-def test_get_arch_builds_fastai_torchvision_and_timm_models(name):
-    "Every kind of name the CLI advertises builds a model that classifies a 28-px batch"
+def test_get_arch_builds_fastai_and_timm_models(name):
+    "A fastai name and timm names each build a model that classifies a 28-px batch"
     from fastai.vision.learner import create_timm_model, create_vision_model
     from fastai_bmx.training import get_arch
     arch = get_arch(name)
