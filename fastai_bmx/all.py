@@ -1,5 +1,6 @@
 "Everything in fastai_bmx, the way `fastai.vision.all` gathers fastai: `from fastai_bmx.all import *`"
 from .sampling import *
+from .schedule import *
 from .mixup import *
 from .losses import *
 from .adjust import *
@@ -11,6 +12,7 @@ from .paired import *
 from .data import *
 from .files import *
 from .splits import *
+from .weights import *
 from .training import *
 from .precision import *
 from .report import *

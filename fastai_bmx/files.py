@@ -15,11 +15,82 @@ from fastcore.foundation import L
 from fastcore.meta import delegates
 from fastai.data.core import DataLoaders
 from fastai.data.transforms import Normalize
-from .data import default_augs, mark_ordinal
+from .data import default_augs, mark_ordinal, arrays_dls
 from .splits import valid_mask
 
 # %% auto #0
-__all__ = ['frame_dls', 'folder_table', 'csv_table', 'folder_dls', 'csv_dls', 'image_problems']
+__all__ = ['decode_images', 'fits_in_memory', 'memory_dls', 'frame_dls', 'folder_table', 'csv_table', 'folder_dls', 'csv_dls',
+           'image_problems']
+
+# %% ../nbs/08_files.ipynb #448bb1d2
+def _decode(path:str, size:int) -> np.ndarray|str:
+    "The RGB uint8 image at `path` as fastai's validation `Resize(size)` gives it (centred crop of the largest square, bilinear resize); or what is wrong"
+    try:
+        with Image.open(path) as im: im = im.convert('RGB')
+    except Exception as e: return f"{type(e).__name__}: {' '.join(str(e).split())[:80]}"
+    w, h = im.size
+    m = w/size if w/size < h/size else h/size  # fastai's `Resize`, method 'crop', to a square
+    cw, ch = int(m*size), int(m*size)
+    left, top = int(0.5*(w - cw)), int(0.5*(h - ch))
+    return np.asarray(im.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BILINEAR))
+
+def _decode_chunk(args) -> list: return [_decode(p, args[1]) for p in args[0]]
+
+def decode_images(paths, # image file paths
+                  size:int, # every image becomes `size`×`size` pixels
+                  workers:int|None=None, # processes; default one per CPU core (1: none)
+                  chunk:int=500, # files per task of a process
+                 ) -> np.ndarray:
+    "Every image in `paths` decoded and resized once as fastai's validation `Resize(size)` does: uint8 `(N, size, size, 3)`"
+    paths = [str(p) for p in paths]
+    chunks = [(paths[i:i+chunk], size) for i in range(0, len(paths), chunk)]
+    workers = min(workers or os.cpu_count() or 1, len(chunks))
+    if workers <= 1: out = [r for c in chunks for r in _decode_chunk(c)]
+    else:
+        ctx = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else None)
+        with ProcessPoolExecutor(workers, mp_context=ctx) as ex: out = [r for rs in ex.map(_decode_chunk, chunks) for r in rs]
+    bad = [(p, r) for p, r in zip(paths, out) if isinstance(r, str)]
+    if bad: raise ValueError(f"{len(bad)} of {len(paths)} image files can't be decoded: " + '; '.join(f'{p} ({r})' for p, r in bad[:3]) + '.')
+    return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
+
+# %% ../nbs/08_files.ipynb #96462d13
+def _available_memory() -> int|None:
+    "Bytes of memory available now (Linux `MemAvailable`), or None where it can't be read"
+    try: return int(next(l for l in Path('/proc/meminfo').read_text().splitlines() if l.startswith('MemAvailable')).split()[1]) * 1024
+    except Exception: return None
+
+def fits_in_memory(n:int, # number of images
+                   size:int, # their side in pixels
+                   available:int|None=None, # bytes available; None: read from the system (else 4 GiB is assumed)
+                  ) -> bool:
+    "Whether `n` RGB images of `size`² pixels, three times over (the array and the loaders' copies), take at most half the memory available"
+    available = available if available is not None else (_available_memory() or 4 << 30)
+    return 3 * n * size * size * 3 <= available // 2
+
+# %% ../nbs/08_files.ipynb #4edcd146
+from functools import lru_cache
+
+@lru_cache(maxsize=2)
+def _decoded(paths:tuple, size:int) -> np.ndarray: return decode_images(paths, size)
+
+def memory_dls(df:pd.DataFrame, # the table `frame_dls` checked: one row per image
+               pooled:np.ndarray, # per row: True for train or valid, False for test
+               is_valid:np.ndarray, # per pooled row, in order: True where it validates
+               folder:str|Path, # the paths are relative to this folder
+               fn_col:str, # column of image paths
+               label_col:str, # column of class names
+               vocab:list, # the class names, in class-index order
+               size:int=64, # images are resized once to `size`×`size`
+               **kwargs, # passed on to `arrays_dls` (e.g. `bs`, `seed`, `batch_tfms`, `ordinal`)
+              ) -> DataLoaders:
+    "`DataLoaders` (train, valid[, test]) of the images in `df`, decoded once (cached for the process) and served from memory"
+    from fastai.vision.core import imagenet_stats
+    images = _decoded(tuple(str(Path(folder)/f) for f in df[fn_col]), size)
+    labels = pd.Series(df[label_col].values).map({c: i for i, c in enumerate(vocab)}).values
+    rows = np.flatnonzero(pooled)
+    parts = {'train': rows[~is_valid], 'valid': rows[is_valid], 'test': np.flatnonzero(~pooled)}
+    splits = {k: (images[i], labels[i]) for k, i in parts.items() if k != 'test' or len(i)}
+    return arrays_dls(splits, class_names=vocab, size=None, stats=imagenet_stats, path=folder, **kwargs)
 
 # %% ../nbs/08_files.ipynb #5da59e31
 _SPLIT_NAMES = {'train': 'train', 'valid': 'valid', 'val': 'valid', 'test': 'test'}
@@ -57,9 +128,10 @@ def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label colum
               split_seed:int=0, # Seeds the folds and a drawn validation split (`valid_mask`); not the training seed
               batch_tfms:list|None=None, # Augmentations; None is `default_augs()`, [] none
               ordinal:bool=False, # Whether the classes are ordered grades (`is_ordinal(dls)`, kept by `dls.resampled`)
-              **kwargs, # Passed on to `ImageDataLoaders.from_df` (e.g. `num_workers`, `item_tfms`)
+              in_memory:bool|None=None, # Decode and resize every image once and serve the arrays (`memory_dls`); None: if they fit (`fits_in_memory`)
+              **kwargs, # Passed on to `ImageDataLoaders.from_df`, or `arrays_dls` in memory (e.g. `num_workers`, `item_tfms`)
              ) -> DataLoaders:
-    "`DataLoaders` (train, valid[, test]) of image files listed in `df`, built with fastai's `ImageDataLoaders.from_df`"
+    "`DataLoaders` (train, valid[, test]) of image files listed in `df`: fastai's `ImageDataLoaders.from_df`, or the images decoded once"
     from fastai.vision.data import ImageDataLoaders
     from fastai.vision.augment import Resize
     from fastai.vision.core import imagenet_stats
@@ -81,6 +153,9 @@ def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label colum
     pool['is_valid'] = valid_mask(pool[label_col].values, split[split != 'test'], fold, k, split_seed, valid_pct)
     from fastai.data.block import CategoryBlock
     augs = default_augs() if batch_tfms is None else list(batch_tfms)
+    if in_memory is None: in_memory = fits_in_memory(len(df), size)
+    if in_memory: return memory_dls(df, split != 'test', pool['is_valid'].values, folder, fn_col, label_col, vocab, size=size, bs=bs,
+                                    seed=seed, batch_tfms=augs, ordinal=ordinal, **kwargs)
     dls = ImageDataLoaders.from_df(pool, folder, fn_col=fn_col, label_col=label_col, valid_col='is_valid',
                                    y_block=CategoryBlock(vocab=vocab, sort=False), bs=bs, seed=seed,
                                    item_tfms=[Resize(size), *L(kwargs.pop('item_tfms', None))],

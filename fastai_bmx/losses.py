@@ -14,6 +14,7 @@ from fastai.torch_core import Module
 from fastai.losses import BaseLoss
 from fastai.callback.core import Callback
 from .sampling import _finite_real, get_labels, as_np, check_counts
+from .schedule import schedule_pct
 
 # %% auto #0
 __all__ = ['WeightedFocalLoss', 'WeightedFocalLossFlat', 'check_beta', 'class_counts', 'cb_weights', 'ClassBalancedLoss',
@@ -150,7 +151,7 @@ class DeferredReweight(Callback):
     "Deferred re-weighting (Cao et al.): the learner's own loss until `start`, then class-balanced weights"
     order = -10 # before mixup callbacks wrap the loss
     def __init__(self,
-        start:float=0.8, # fraction of training after which the classes are re-weighted
+        start:float=0.8, # fraction of training (of every stage, with a `StagedProgress`) after which the classes are re-weighted
         beta:float=0.9999, # effective-number hyperparameter of `cb_weights`
         class_counts=None, # training items per class; default: read from `dls.train`
     ):
@@ -166,7 +167,7 @@ class DeferredReweight(Callback):
 
     def before_batch(self):
         "Switch to the class-balanced weights of the training counts once training reaches `start`"
-        if not self.training or self.reweighted or self.pct_train < self.start: return
+        if not self.training or self.reweighted or schedule_pct(self) < self.start: return
         counts = class_counts(self.dls.train, getattr(self.dls, 'c', None)) if self.counts is None else self.counts
         self.old_weight,self.reweighted = self.weighted_loss.weight,True
         self.weighted_loss.weight = torch.as_tensor(cb_weights(counts, self.beta), dtype=torch.float32, device=self.dls.device)

@@ -42,7 +42,7 @@ class Method:
     def train_dls(self, dls, rec): return dls # the DataLoaders to train on
     def loss_func(self, rec): return None # the loss; None: the learner's default (cross-entropy)
     def cbs(self, rec) -> list: return [] # callbacks for the fit
-    def after_fit(self, learn, rec, monitor:str): pass # a step after training (its best epoch reloaded), before testing
+    def after_fit(self, learn, rec, monitor:str, epochs:int): pass # a step after training (its best epoch reloaded) of `epochs` in all, before testing
 
     def __repr__(self): return f'{type(self).__name__}({self.run_name!r})'
 
@@ -118,9 +118,9 @@ class DeferredReweighting(Method):
 class ClassifierRetraining(Method):
     "cRT: train plainly, then re-train the re-initialised classifier head on class-balanced batches, body frozen (Kang et al.)"
     name, default = 'crt', False
-    def after_fit(self, learn, rec, monitor):
-        "Re-train the head for 30% as many epochs as the first stage (at least one), at its peak learning rate"
-        retrain_classifier(learn, epochs=max(1, round(0.3 * learn.n_epoch)), lr=float(max(learn.recorder.lrs)), q=0., monitor=monitor, comp=np.greater)
+    def after_fit(self, learn, rec, monitor, epochs):
+        "Re-train the head for 30% as many epochs as training had (every stage; at least one), at its peak learning rate"
+        retrain_classifier(learn, epochs=max(1, round(0.3 * epochs)), lr=float(max(learn.recorder.lrs)), q=0., monitor=monitor, comp=np.greater)
 
 @register
 class BalancedCutMixMethod(BalancedMixUpMethod):
@@ -147,8 +147,8 @@ class Combined(Method):
         return dls
     def loss_func(self, rec): return next((l for l in (p.loss_func(rec) for p in self.parts) if l is not None), None)
     def cbs(self, rec) -> list: return [cb for p in self.parts for cb in p.cbs(rec)]
-    def after_fit(self, learn, rec, monitor:str):
-        for p in self.parts: p.after_fit(learn, rec, monitor)
+    def after_fit(self, learn, rec, monitor:str, epochs:int):
+        for p in self.parts: p.after_fit(learn, rec, monitor, epochs)
 
 def get_method(name:str) -> Method:
     "The `Method` of a run name: 'instance', 'bmx-0.2' for a method with a knob, or 'bmx-0.2+la-1' for a combination"

@@ -13,6 +13,7 @@ from fastcore.basics import *
 from fastai.torch_core import tensor, unsqueeze, find_bs
 from fastai.callback.mixup import MixHandler
 from .sampling import _finite_real, check_q, class_probs, resampled_dl
+from .schedule import schedule_pct
 
 # %% auto #0
 __all__ = ['check_alpha', 'lam_distrib', 'bmx_class_mass', 'BalancedMixUp', 'box_mask', 'BalancedCutMix']
@@ -53,7 +54,7 @@ class BalancedMixUp(MixHandler):
         per_sample:bool=False, # Draw one λ per sample instead of one per batch
         q:float=0., # Partner batches draw class j with probability ∝ n_j**q; 0 is class-balanced, as in the paper
         labels=None, # Class index of every training item, when `get_labels` can't read them from `dls.train`
-        stop:float|None=None, # Mix no batch after this fraction of training, so the class mass ends at the instance one
+        stop:float|None=None, # Mix no batch after this fraction of training (of every stage, with a `StagedProgress`), so the class mass ends at the instance one
     ):
         alpha = check_alpha(alpha)
         if stop is not None and not (_finite_real(stop) and 0 <= stop <= 1): raise ValueError(f"stop={stop!r} must be a fraction of training in [0, 1], or None.")
@@ -78,7 +79,7 @@ class BalancedMixUp(MixHandler):
 
     def before_batch(self):
         "Draw a class-balanced partner batch and λ, and combine the two batches with `mix`"
-        if self.stop is not None and self.pct_train >= self.stop:  # past `stop`: the plain batch, and the plain loss
+        if self.stop is not None and schedule_pct(self) >= self.stop:  # past `stop`: the plain batch, and the plain loss
             self.lam,self.yb1 = torch.ones((), device=self.x.device),self.yb
             return
         bs = find_bs(self.yb)

@@ -7,13 +7,14 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/precision.html.md"""
 # %% ../nbs/11a_precision.ipynb #bd50a450
 from __future__ import annotations
 import torch
+from torch import nn
 from torch.amp import autocast, GradScaler
 from fastcore.foundation import L
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.channelslast import ChannelsLast
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'check_precision', 'DeviceMixedPrecision', 'precision_cbs']
+__all__ = ['PRECISIONS', 'check_precision', 'DeviceMixedPrecision', 'precision_cbs', 'wants_channels_last']
 
 # %% ../nbs/11a_precision.ipynb #c8bf6912
 PRECISIONS = ('fp32', 'bf16', 'fp16') # the values of `--precision`
@@ -41,8 +42,15 @@ class DeviceMixedPrecision(MixedPrecision):
         self.autocast,self.learn.scaler,self.scales = autocast(kind, dtype=dtype),GradScaler(kind, **self.kwargs),L()
 
 def precision_cbs(precision:str='fp32', # 'fp32', 'bf16' or 'fp16'
-                  channels_last:bool=True, # also train in channels-last memory (fastai's `ChannelsLast`)
+                  channels_last:bool|None=None, # also train in channels-last memory (fastai's `ChannelsLast`); None: with mixed precision only
                  ) -> list:
-    "The callbacks that train a `Learner` in `precision`: none for fp32"
-    if check_precision(precision) == 'fp32': return []
-    return ([ChannelsLast()] if channels_last else []) + [DeviceMixedPrecision(precision)]
+    "The callbacks that train a `Learner` in `precision`, and in channels-last memory: none for plain fp32"
+    cl = [ChannelsLast()] if (check_precision(precision) != 'fp32' if channels_last is None else channels_last) else []
+    return cl + ([] if precision == 'fp32' else [DeviceMixedPrecision(precision)])
+
+# %% ../nbs/11a_precision.ipynb #a4c58867
+def wants_channels_last(model:nn.Module, # the model to train
+                        precision:str='fp32', # 'fp32', 'bf16' or 'fp16'
+                       ) -> bool:
+    "Whether to train in channels-last memory: with mixed precision, or for a model with depthwise (grouped) convolutions, which it speeds up on a CPU"
+    return check_precision(precision) != 'fp32' or any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())

@@ -200,6 +200,12 @@ def _paired_section(folder:RunFolder, main:str, reference:str|None) -> list:
             "(1000 resamples), with Student's t (see `fastai_bmx.paired`). Verdict: better or worse when the interval excludes 0.", '',
             paired_markdown(pr), '']
 
+def _schedule(settings:dict) -> str:
+    "How the runs trained, in words: from scratch with one-cycle, or fine-tuned from pretrained weights in two stages"
+    if not settings.get('pretrained'): return f"{settings['epochs']} epochs of one-cycle, lr {settings['lr']}, pretrained False"
+    return (f"fine-tuned from the weights of {settings.get('weights', 'timm')} as fastai's fine_tune: {settings.get('freeze_epochs', 1)} "
+            f"epoch(s) of the new head, body frozen, then {settings['epochs']} of every layer at discriminative rates, base lr {settings['lr']}")
+
 def write_report(out:str|Path, # a `compare` output folder
                  reference:str|None=None, # the method of the paired comparison; None: 'instance' if it ran, else the first
                 ) -> pd.DataFrame:
@@ -223,8 +229,7 @@ def write_report(out:str|Path, # a `compare` output folder
              f"Test metrics (%) of the checkpoint with the best validation {main}, {'with' if rec.flip else 'without'} flip TTA; "
              f"{'min ← median → max over folds' if by_fold else 'mean ± std over seeds'}. Best in bold.", '',
              to_markdown(tbl), '',
-             f"Settings: arch {settings['arch']}, {settings['epochs']} epochs of one-cycle, lr {settings['lr']}, bs {settings['bs']}, "
-             f"size {settings['size'] or 'native'}, pretrained {settings['pretrained']}, "
+             f"Settings: arch {settings['arch']}, {_schedule(settings)}, bs {settings['bs']}, size {settings['size'] or 'native'}, "
              + (f"{settings['folds']} folds (split seed {settings.get('split_seed', 0)})." if settings['folds'] else
                 'seeds ' + ', '.join(map(str, sorted(res.seed.unique()))) + '.'),
              f"Training class counts: {dict(zip(names, rec.counts))}.",

@@ -76,12 +76,13 @@ def load_source(data:str='digits', # 'digits', a MedMNIST `.npz`, a folder of im
                 fold:int|None=None, # with `k`, the fold that validates
                 k:int=5, # number of folds, with `fold`
                 split_seed:int=0, # seeds the folds (and a drawn validation split); not the training seed
+                in_memory:bool|None=None, # a folder or CSV: decode its images once and serve them from memory; None: if they fit
                ) -> tuple:
     "`(dls, record)`: the `DataLoaders` (train, valid, test) of a `bmx-compare` source and its `RunRecord`"
     data, kind = str(data), source_kind(str(data))
     if kind in ('folder', 'csv'):
         load = folder_dls if kind == 'folder' else csv_dls
-        dls = load(data, bs=bs, size=size or 64, seed=seed, fold=fold, k=k, split_seed=split_seed)
+        dls = load(data, bs=bs, size=size or 64, seed=seed, fold=fold, k=k, split_seed=split_seed, in_memory=in_memory)
         if len(dls.loaders) < 3: raise ValueError(f"{data} has no test split: add a test/ folder or rows with split 'test'.")
         ordinal, flip = False, True
     else:

@@ -23,7 +23,7 @@ def run_name(method:str, # a run name of a method, e.g. 'bmx-0.2'
     "The name of one run: 'bmx-0.2_seed0', or 'bmx-0.2_seed0_fold3'"
     return f'{method}_seed{seed}' + ('' if fold is None else f'_fold{fold}')
 
-_NEW_SETTINGS = {'split_seed': 0, 'precision': 'fp32'}  # settings added since folders were first written, with the value older folders used
+_NEW_SETTINGS = {'split_seed': 0, 'precision': 'fp32', 'files': 'disk'}  # settings added since folders were first written, with the value older folders used
 
 def _alive(claim:str) -> bool:
     "Whether the process of a claim ('host pid') may still run: yes on another host, where it can't be checked"

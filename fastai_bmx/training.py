@@ -18,8 +18,11 @@ from fastai.callback.progress import *  # no_bar
 from fastai.optimizer import SGD
 from .metrics import paper_metrics, paper_scores
 from .evaluation import flip_tta
-from .precision import precision_cbs
+from fastai.callback.channelslast import ChannelsLast
+from .precision import precision_cbs, wants_channels_last
 from .methods import get_method
+from .schedule import fine_tune_stages, SaveBestOfStages
+from .weights import Weights, normalize_with, pretrained_learner
 
 # %% auto #0
 __all__ = ['PAPER_RECIPE', 'get_arch', 'check_monitor', 'train_eval', 'fit_paper_recipe']
@@ -34,40 +37,53 @@ def get_arch(name:str):
     raise ValueError(f"Unknown architecture {name!r}: use a timm model name (e.g. resnet18, resnet10t, efficientnet_b0) "
                      "or a fastai one (e.g. xresnet18).")
 
+# %% ../nbs/11_training.ipynb #4782ad4a
 def check_monitor(monitor:str) -> str:
     "`monitor`, or a clear error unless a `Learner` records it"
     names = [m.name for m in paper_metrics(monitored=True)]
     if monitor not in names: raise ValueError(f"monitor={monitor!r}: use one of {names}.")
     return monitor
 
+# %% ../nbs/11_training.ipynb #d297966a
+def _learner(dls, rec, m, arch:str, weights:Weights|None, cbs:list, path) -> Learner:
+    "The run's `vision_learner`: from scratch, or with `weights` (every loader normalised once with their statistics, body frozen)"
+    from fastai.vision.learner import vision_learner
+    kw = dict(loss_func=m.loss_func(rec), metrics=[pm.learn_metric() for pm in paper_metrics(monitored=True)], cbs=cbs,
+              path=path, model_dir='models')
+    if weights is None: return vision_learner(m.train_dls(dls, rec), get_arch(arch), pretrained=False, **kw)
+    normalize_with(dls, weights.mean, weights.std)  # the test loader too, before the method copies the training one
+    return pretrained_learner(m.train_dls(dls, rec), weights.arch, weights=weights, **kw)
+
 def train_eval(dls, # the run's `DataLoaders` (train, valid, test), from `load_source`
                rec, # the run's `RunRecord`
                method:str, # a run name, from `expand_methods`
                arch:str='resnet18', # timm or fastai architecture name
-               epochs:int=10, # epochs of `fit_one_cycle`
-               lr:float=2e-3, # maximum learning rate
+               epochs:int=10, # epochs of `fit_one_cycle` from scratch; with `weights`, epochs of every layer after the frozen ones
+               lr:float=2e-3, # maximum learning rate from scratch; with `weights`, `fine_tune`'s base learning rate
                monitor:str|None=None, # validation metric that picks the best epoch; None: `rec.monitor`
-               pretrained:bool=False, # start from pretrained weights (downloads them unless cached)
+               weights:Weights|None=None, # pretrained weights (`find_weights`) to fine-tune as fastai's `fine_tune`; None: from scratch
+               freeze_epochs:int=1, # with `weights`: epochs of the new head alone, body frozen, first
                path:str|Path='.', # the checkpoint goes to `path/models/fname.pth`
                fname:str='model', # checkpoint name
                keep_model:bool=False, # keep the checkpoint file after the test predictions
                show_bar:bool=True, # fastai's per-epoch progress bars
                precision:str='fp32', # 'fp32', or mixed precision: 'bf16' (CPU or GPU) or 'fp16' (GPU), see `precision_cbs`
+               channels_last:bool|None=None, # train in channels-last memory; None: where it pays (`wants_channels_last`)
               ) -> tuple:
-    "Train `method` once, reload its best epoch on `monitor`, and return `(row, preds)`: test and validation predictions of that checkpoint"
-    from fastai.vision.learner import vision_learner
+    "Train `method` once, from scratch or fine-tuned, reload its best epoch on `monitor`, and return `(row, preds)`: test and validation predictions of that checkpoint"
     monitor = check_monitor(monitor or rec.monitor)
     m = get_method(method)
-    learn = vision_learner(m.train_dls(dls, rec), get_arch(arch), pretrained=pretrained, loss_func=m.loss_func(rec),
-                           metrics=[pm.learn_metric() for pm in paper_metrics(monitored=True)], cbs=m.cbs(rec) + precision_cbs(precision),
-                           path=path, model_dir='models')
-    save = SaveModelCallback(monitor=monitor, comp=np.greater, fname=fname, with_opt=False)
+    learn = _learner(dls, rec, m, arch, weights, m.cbs(rec) + precision_cbs(precision, channels_last=False), path)
+    if wants_channels_last(learn.model, precision) if channels_last is None else channels_last: learn.add_cb(ChannelsLast())
+    save = dict(monitor=monitor, comp=np.greater, fname=fname, with_opt=False)
     t0 = time.time()
     with (learn.no_bar() if not show_bar else nullcontext()), learn.no_logging():
-        learn.fit_one_cycle(epochs, lr, cbs=save)
-        vals = pd.DataFrame(learn.recorder.values, columns=learn.recorder.metric_names[1:-1])
+        if weights is None:
+            learn.fit_one_cycle(epochs, lr, cbs=SaveModelCallback(**save))
+            vals = pd.DataFrame(learn.recorder.values, columns=learn.recorder.metric_names[1:-1])
+        else: vals = fine_tune_stages(learn, epochs, lr, freeze_epochs, cbs=SaveBestOfStages(**save))  # best of both stages
         best = int(vals[monitor].values.argmax())
-        m.after_fit(learn, rec, monitor)
+        m.after_fit(learn, rec, monitor, len(vals))
     train_s = time.time() - t0
     predict = (lambda dl: flip_tta(learn, dl=dl)) if rec.flip else (lambda dl: learn.get_preds(dl=dl))
     with learn.no_bar(): (probs, targs), (valid_probs, valid_targs) = predict(dls.test), predict(dls.valid.new(shuffle=False, drop_last=False))

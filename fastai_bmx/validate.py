@@ -15,7 +15,7 @@ from .files import folder_table, csv_table, image_problems
 from .sources import source_kind
 
 # %% auto #0
-__all__ = ['check_options', 'check_out', 'check_images', 'check_classes', 'check_folds']
+__all__ = ['check_options', 'check_out', 'check_images', 'count_files', 'check_classes', 'check_folds']
 
 # %% ../nbs/14_validate.ipynb #0aabd18c
 def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -31,6 +31,7 @@ def check_options(epochs:int=10, # epochs per run
                   folds:int=0, # 0, or the number of folds k >= 2
                   split_seed:int=0, # seed of the folds
                   threads:int|None=None, # torch CPU threads, or None
+                  freeze_epochs:int=1, # epochs of the frozen stage when fine-tuning
                  ):
     "Raise a `ValueError` naming the option and the fix unless every option of a comparison is in range"
     _check_int('--epochs', epochs, 1, 'train at least one epoch, e.g. --epochs 10')
@@ -45,6 +46,7 @@ def check_options(epochs:int=10, # epochs per run
     if not _is_int(folds) or folds < 0 or folds == 1: raise ValueError(f"--folds {folds!r}: use 0 (the data's own split) or k >= 2.")
     _check_int('--split-seed', split_seed, 0, 'the split seed is an integer >= 0')
     if threads is not None: _check_int('--threads', threads, 1, 'give at least 1 thread, or leave it out')
+    _check_int('--freeze-epochs', freeze_epochs, 0, 'the epochs of the new head alone, body frozen, before every layer trains: an integer >= 0, e.g. 1')
 
 def check_out(out:str|Path, # the output folder
              ):
@@ -73,6 +75,11 @@ def check_images(data:str, # a folder or a CSV source ('digits' and `.npz` files
         shown = '; '.join(f'{p} ({r})' for p, r in list(bad.items())[:3]) + (f'; and {len(bad) - 3} more' if len(bad) > 3 else '')
         where = 'remove their rows from the CSV' if source_kind(data) == 'csv' else 'remove them from the folder'
         raise ValueError(f"{len(bad)} of {len(files)} image files can't be used: {shown}. Fix them, or {where}.")
+
+# %% ../nbs/14_validate.ipynb #342d2eb3
+def count_files(data:str) -> int:
+    "How many image files a folder or CSV source lists (0 for 'digits' and `.npz` files, which hold arrays)"
+    return len(_source_files(data)) if source_kind(data) in ('folder', 'csv') else 0
 
 # %% ../nbs/14_validate.ipynb #ee289b00
 def check_classes(dls, # the `DataLoaders` of a source, with its test loader

@@ -1,7 +1,12 @@
 "Shared fixtures: where the real MedMNIST files live, and how a missing file is treated"
-import os
+import os, tempfile
 from pathlib import Path
 import pytest
+
+# No test touches the network: the Hugging Face hub (timm's weights) is offline, and converted weights go to a cache
+# of this test session's own, so the conversion itself is tested
+os.environ['HF_HUB_OFFLINE'] = '1'
+os.environ.setdefault('BMX_CACHE', tempfile.mkdtemp(prefix='bmx_cache_'))
 
 def data_dir() -> Path:
     "`$BMX_DATA` when set, else `shared/data` beside the project checkout"

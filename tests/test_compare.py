@@ -51,7 +51,7 @@ def test_cli_help_lists_the_options():
     r = subprocess.run([str(Path(sys.executable).parent/'bmx-compare'), '--help'], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0
     for opt in ('--data', '--methods', '--alphas', '--seeds', '--folds', '--arch', '--epochs', '--lr', '--bs', '--size',
-                '--out', '--monitor'): assert opt in r.stdout, opt
+                '--out', '--monitor', '--pretrained', '--weights', '--freeze-epochs', '--from-disk', '--channels-last'): assert opt in r.stdout, opt
 
 
 def test_interrupted_comparison_keeps_finished_runs(tmp_path, monkeypatch):
@@ -243,7 +243,7 @@ def test_folds_depend_on_the_split_seed_not_the_training_seed(tmp_path):
     "Bug: k-fold was written three times; a folder got other folds for each training seed, the digits didn't"
     from fastai_bmx.files import folder_dls
     root = _image_folder(tmp_path/'imgs', splits=(('train', (12, 6)), ('valid', (4, 2)), ('test', (3, 2))))
-    valid = lambda **kw: sorted(map(str, folder_dls(root, size=16, bs=4, **kw).valid.items.fname))
+    valid = lambda **kw: sorted(map(str, folder_dls(root, size=16, bs=4, in_memory=False, **kw).valid.items.fname))  # from files: items are rows
     fct.test_eq(valid(fold=1, k=3, seed=0), valid(fold=1, k=3, seed=1))
     fct.test_ne(valid(fold=1, k=3, split_seed=0), valid(fold=1, k=3, split_seed=1))
     # the same labels give the same folds for an array source and a file source

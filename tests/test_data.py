@@ -324,3 +324,69 @@ def test_folder_dls_needs_a_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match='is not a folder'): folder_dls(tmp_path/'nope')
     (tmp_path/'empty').mkdir()
     with pytest.raises(ValueError, match='No image files'): folder_dls(tmp_path/'empty')
+
+
+# --- image files decoded once, served from memory ------------------------------------------------------------------
+
+def test_decoded_pixels_are_fastais_validation_resize(tmp_path):
+    "Non-square and square images: decode_images gives the pixels of fastai's PILImage + Resize(size) in validation"
+    from PIL import Image
+    from fastai.vision.core import PILImage
+    from fastai.vision.augment import Resize
+    from fastai_bmx.files import decode_images
+    g = np.random.default_rng(1)
+    shapes = [(30, 45), (45, 30), (24, 24), (17, 61), (8, 8)]
+    paths = []
+    for i, (h, w) in enumerate(shapes):
+        paths.append(tmp_path/f'{i}.png')
+        Image.fromarray(g.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    Image.fromarray(g.integers(0, 256, (20, 20), dtype=np.uint8)).save(tmp_path/'gray.png'); paths.append(tmp_path/'gray.png')
+    for size in (12, 16):
+        got = decode_images(paths, size, workers=2, chunk=2)
+        fct.test_eq(got.shape, (len(paths), size, size, 3))
+        for p, x in zip(paths, got):
+            want = np.asarray(Resize(size)(PILImage.create(p), split_idx=1))
+            fct.test_eq(x, want)
+
+
+def test_a_file_that_does_not_decode_is_named(tmp_path):
+    from fastai_bmx.files import decode_images
+    (tmp_path/'bad.png').write_bytes(b'nope')
+    with pytest.raises(ValueError, match=r"1 of 1 image files can't be decoded: .*bad.png"): decode_images([tmp_path/'bad.png'], 8)
+
+
+@pytest.mark.parametrize('fold', [None, 1])
+def test_memory_and_files_give_the_same_loaders_and_batches(tmp_path, fold):
+    "Square images: the same items, labels and batches (augmentations included) from memory as from the files"
+    from fastai.torch_core import set_seed
+    df = _png_table(tmp_path)
+    def loaders(in_memory):
+        set_seed(0)
+        d = frame_dls(df, tmp_path, size=8, bs=4, seed=0, in_memory=in_memory, fold=fold, k=3)
+        return d, [d.one_batch(), *(next(iter(dl)) for dl in d.loaders[1:]), d.resampled(0.).one_batch()]
+    (dm, bm), (dd, bd) = loaders(True), loaders(False)
+    fct.test_eq([len(dl.dataset) for dl in dm.loaders], [len(dl.dataset) for dl in dd.loaders])
+    fct.test_eq(list(dm.vocab), list(dd.vocab))
+    for a, b in zip(dm.loaders, dd.loaders): fct.test_eq(get_labels(a).tolist(), get_labels(b).tolist())
+    for (xm, ym), (xd, yd) in zip(bm, bd):
+        fct.test_eq(ym, yd)
+        fct.test_close(xm, xd, eps=1e-5)
+
+
+def test_fits_in_memory_is_three_copies_in_half_of_what_is_free():
+    from fastai_bmx.files import fits_in_memory
+    n, size = 1000, 64  # 12.3 MB of images
+    need = 3 * n * size * size * 3
+    assert fits_in_memory(n, size, available=2 * need) and not fits_in_memory(n, size, available=2 * need - 2)
+    assert fits_in_memory(n, size)  # this machine has the memory for 12 MB
+
+
+def test_real_ham10000_csv_decoded_once(real_data):
+    "The dermoscopy CSV as a user gives it: its splits and class counts (the data README's table), from memory"
+    dls = csv_dls(real_data('ham10000_224/labels.csv'), size=16, bs=64, seed=0)
+    fct.test_eq([len(dl.dataset) for dl in dls.loaders], [5086, 898, 1512])
+    fct.test_eq(list(dls.vocab), ['akiec', 'bcc', 'bkl', 'df', 'mel', 'nv', 'vasc'])
+    fct.test_eq(np.bincount(get_labels(dls.train)).tolist(), [156, 224, 496, 51, 417, 3674, 68])
+    fct.test_eq(np.bincount(get_labels(dls.test)).tolist(), [43, 93, 217, 44, 171, 909, 35])
+    assert type(dls.train.dataset.tls[0].fs[0]).__name__ == 'IndexedImage'  # served from memory
+    fct.test_eq(dls.train.one_batch()[0].shape, (64, 3, 16, 16))

@@ -77,3 +77,21 @@ def test_readme_snippet_on_retinamnist(real_data):
     fct.test_eq(counts, [486, 128, 206, 194, 66])
     preds, targs = learn.get_preds(dl=dls.test)
     fct.test_eq(preds.shape, (400, 5))
+
+
+def test_readme_pretrained_snippet_on_retinamnist(real_data):
+    "The README's pretrained quick start: offline ImageNet weights, the data normalised once with theirs, fastai's fine_tune"
+    from fastai.data.transforms import Normalize
+    from fastai_bmx.data import medmnist_dls
+    from fastai_bmx.weights import pretrained_learner, LITE_STATS
+    set_seed(0)
+    dls = medmnist_dls(real_data('retinamnist.npz'), bs=64, size=64)
+    learn = pretrained_learner(dls, 'efficientnet_lite0', metrics=[QuadraticKappa(), MCC()], cbs=BalancedMixUp(0.2))
+    norms = [f for f in dls.train.after_batch.fs if isinstance(f, Normalize)]
+    assert len(norms) == 1 and torch.allclose(norms[0].mean.flatten(), torch.tensor(LITE_STATS[0]))
+    body0 = next(learn.model[0].parameters()).detach().clone()
+    with learn.no_bar(), learn.no_logging(): learn.fine_tune(1, freeze_epochs=1)
+    assert not torch.equal(next(learn.model[0].parameters()), body0)  # the second stage trained the body
+    fct.test_eq(len(learn.recorder.values), 1)  # fastai's recorder keeps the last fit: one epoch of every layer
+    preds, targs = learn.get_preds(dl=dls.test)
+    fct.test_eq(preds.shape, (400, 5))
