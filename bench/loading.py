@@ -24,6 +24,7 @@ from fastai.vision.learner import create_timm_model
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.progress import *  # no_bar
+from fastai.callback.schedule import *  # fit_one_cycle
 from fastai.torch_core import set_seed
 from fastai_bmx.data import bmx_data
 from fastai_bmx.files import csv_dls

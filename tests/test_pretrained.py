@@ -277,7 +277,7 @@ def test_the_checkpoint_kept_is_the_best_of_both_stages(tiny_weights, tmp_path):
     for k, v in learn.model.state_dict().items(): fct.test_eq(v, ends2.states[2][k])
 
 
-@pytest.mark.parametrize('method', ['instance', 'bmx-0.2', 'drw', 'crt', 'la', 'bcutmix-1'])
+@pytest.mark.parametrize('method', METHODS + ['crt'])
 def test_a_fine_tuned_run_exports_and_predicts(method, tiny_weights, tmp_path):
     "train_eval fine-tunes, keeps a checkpoint, tests it; the learner survives export -> load_learner -> predict"
     dls, rec = _tiny()
