@@ -23,10 +23,13 @@ from .sources import RunRecord, load_source, source_kind
 from .files import fits_in_memory
 from .training import train_eval, get_arch, check_monitor
 from .store import RunFolder, run_name
-from .report import write_report, to_markdown, pick_reference, paired_results, paired_markdown
+from .report import report_recommendation, write_report, to_markdown, pick_reference, paired_results, paired_markdown
 from .frontier import FRONTIER_GRIDS, frontier_families, write_frontier, front_table
 from .precision import check_precision
 from .weights import Weights, find_weights
+from .paired import PAIRABLE
+from .recommend import Recommendation, recommendation_lines, fit_folder
+from .export import export_run
 from .validate import check_options, check_out, check_images, check_classes, check_folds, count_files
 
 # %% auto #0
@@ -49,6 +52,8 @@ class Plan:
     points:pd.DataFrame|None = None # the frontier's points, once `run_plan` has written it
     weights:Weights|None = None # the pretrained weights every run fine-tunes, or None: from scratch
     loading:str = '' # how the images are served (a folder or CSV: decoded once into memory, or read every epoch)
+    select:str|None = None # the metric the recommendation is chosen on (validation); None: the main one
+    recommendation:Recommendation|None = None # the setting chosen on validation, once `run_plan` has written the report
 
 def _loading(dls, kind:str, in_memory:bool|None, from_disk:bool) -> str:
     "How a folder's or CSV's images are served, in one line: decoded once (and what that holds in memory), or read every epoch"
@@ -86,6 +91,7 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
                  frontier:bool=False, # also sweep each family's knob (α, q, τ) and write frontier.png and frontier.md
                  qs=None, # resampling exponents q of 'sample' (with `frontier`, of the resampling family); None: the default grid
                  frontier_x:str='balanced_accuracy', # the frontier's x axis: 'balanced_accuracy' or 'macro_f1'
+                 select:str|None=None, # the metric the recommendation is chosen on, on validation; None: the main metric
                 ) -> Plan:
     "Check everything a comparison needs before any training, writing nothing; raise a clear error for bad input"
     check_options(epochs=epochs, lr=lr, bs=bs, size=size, seeds=seeds, folds=folds, split_seed=split_seed, freeze_epochs=freeze_epochs)
@@ -107,6 +113,8 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
     check_classes(dls, rec)
     check_folds(dls, rec, folds)
     monitor = check_monitor(monitor or rec.monitor)
+    if select is not None and select not in [m for m in rec.metrics if m in PAIRABLE]:
+        raise ValueError(f"--select {select}: choose the recommendation on one of {[m for m in rec.metrics if m in PAIRABLE]}.")
     settings = dict(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, monitor=monitor, folds=folds,
                     pretrained=pretrained, split_seed=split_seed, precision=precision,
                     **(dict(weights=found.source, freeze_epochs=freeze_epochs) if pretrained else {}),
@@ -118,7 +126,7 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
                 dict(arch=arch, epochs=epochs, lr=lr, monitor=monitor, weights=found, freeze_epochs=freeze_epochs, keep_model=keep_models,
                      show_bar=show_bar, precision=precision, channels_last=channels_last), reference,
                 fams and dict(families=fams, x=frontier_x, taus=[float(t) for t in L(taus if taus is not None else FRONTIER_GRIDS['tau'])]),
-                weights=found, loading=_loading(dls, kind, in_memory, from_disk))
+                weights=found, loading=_loading(dls, kind, in_memory, from_disk), select=select)
 
 def run_plan(plan:Plan) -> pd.DataFrame:
     "Train and test every run of `plan` not yet in its folder, recording each as it ends, then write the table and plots"
@@ -145,7 +153,9 @@ def run_plan(plan:Plan) -> pd.DataFrame:
               f"{row['train_s']:.0f} s", flush=True)
     with folder.lock():
         if plan.frontier: plan.points = write_frontier(folder.path, **plan.frontier)
-        return write_report(folder.path, reference=plan.reference)
+        tbl = write_report(folder.path, reference=plan.reference, select=plan.select)
+        plan.recommendation, _ = report_recommendation(folder, plan.train_kw['monitor'], plan.reference, plan.select)
+        return tbl
 
 @delegates(plan_compare)
 def compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder of images or a CSV of paths and labels
@@ -202,6 +212,8 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
                 frontier:bool=False, # also sweep alpha, q and tau, and write frontier.png and frontier.md
                 qs:Annotated[float, {'nargs': '+', 'help': _QS_HELP}]=None, # (help from the method registry)
                 frontier_x:str='balanced_accuracy', # the frontier's x axis: balanced_accuracy or macro_f1
+                select:str=None, # the metric the recommendation is chosen on, on validation (default: the main metric)
+                export:bool=False, # write OUT/recommended.pkl: the recommended setting as a fastai Learner.export
                 debug:bool=False, # show the traceback of an error in the input, not just its one line
                ):
     "Compare Balanced-MixUp with the usual fixes for class imbalance on one dataset: a paper-style table and plots"
@@ -213,7 +225,7 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
                             weights=weights, freeze_epochs=freeze_epochs, from_disk=from_disk,
                             channels_last={'auto': None, 'on': True, 'off': False}[channels_last],
                             keep_models=keep_models, show_bar=not quiet, reference=reference, precision=precision,
-                            frontier=frontier, qs=qs, frontier_x=frontier_x)
+                            frontier=frontier, qs=qs, frontier_x=frontier_x, select=select)
     except Exception as e:
         if debug: raise
         refuse(e)
@@ -225,4 +237,12 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
     pr = paired_results(plan.folder, plan.train_kw['monitor'], plan.reference)
     verdicts = f"\n\nPaired against {plan.reference} (difference in points, 95% interval, verdict):\n\n{paired_markdown(pr)}" if len(pr) else ''
     fronts = f"\n\nHow the fronts lie (row against column):\n\n{to_markdown(front_table(plan.points))}" if plan.frontier else ''
-    print(f"\n{to_markdown(tbl)}{verdicts}{fronts}\n\nWrote {Path(out)/'results.md'}, results.csv, 4 plots{', frontier.md and frontier.png' if plan.frontier else ''} ({(time.time()-t0)/60:.1f} min).")
+    r = plan.recommendation
+    rec_lines = ('\n\n' + '\n'.join(recommendation_lines(r))) if r else ''
+    print(f"\n{to_markdown(tbl)}{verdicts}{fronts}{rec_lines}\n\nWrote {Path(out)/'results.md'}, results.csv, the plots{', frontier.md and frontier.png' if plan.frontier else ''} ({(time.time()-t0)/60:.1f} min).", flush=True)
+    if export:
+        if r is None: refuse(ValueError('--export: no run saved its validation predictions, so there is nothing to recommend.'))
+        fits = fit_folder(plan.folder, r.metric)
+        info = export_run(plan.folder, r.median_run, r.variant, fits.get(r.median_run), plan.load_kw, plan.train_kw)
+        print(f"Exported {r.setting} ({info['run']}{', trained again with its seed' if info['retrained'] else ''}) to "
+              f"{Path(out)/info['file']}: load_learner it, then learn.predict(image) (see {Path(info['file']).stem}.json).")

@@ -13,11 +13,12 @@ import sklearn.metrics as skm
 import scipy.stats as scs
 from fastai.metrics import AccumMetric
 from .sampling import check_labels, as_np
+from .calibration import calibration_scores
 
 # %% auto #0
 __all__ = ['PAPER_METRICS', 'class_preds', 'quadratic_kappa', 'mcc', 'kendall_tau', 'balanced_accuracy', 'macro_f1',
            'QuadraticKappa', 'MCC', 'KendallTau', 'BalancedAccuracy', 'MacroF1', 'PaperMetric', 'paper_metrics',
-           'paper_scores']
+           'paper_scores', 'auroc', 'rare_class_rates', 'run_scores']
 
 # %% ../nbs/03_metrics.ipynb #2d5a616e
 def class_preds(
@@ -155,3 +156,37 @@ def paper_scores(probs, # probabilities or scores `(N, C)`, or class indices `(N
                 ) -> dict:
     "Every metric of `PAPER_METRICS` on one set of predictions, as floats"
     return {m.name: m.func(probs, targs) for m in PAPER_METRICS}
+
+# %% ../nbs/03_metrics.ipynb #0abbfe92
+def auroc(probs, # probabilities or scores `(N, C)`
+          targs, # true class indices `(N,)`
+         ) -> float:
+    "Area under the ROC curve: the positive class's (index 1) for two classes, else the macro mean of one-vs-rest over the classes present"
+    p = as_np(probs).astype(np.float64)
+    if p.ndim != 2 or p.shape[1] < 2: raise ValueError(f"probs have shape {p.shape}: AUROC ranks scores, so pass them as (N, C), not class indices.")
+    t = check_labels(targs, p.shape[1], 'targs')
+    if p.shape[1] == 2: ks = [1]
+    else: ks = [k for k in range(p.shape[1]) if 0 < (t == k).sum() < len(t)]  # one-vs-rest needs positives and negatives
+    if not ks or len(np.unique(t == ks[0])) < 2: return float('nan')
+    return float(np.mean([skm.roc_auc_score(t == k, p[:, k]) for k in ks]))
+
+def rare_class_rates(preds, # class indices `(N,)`, or scores `(N, 2)` whose argmax is the class
+                     targs, # true class indices `(N,)`
+                     positive:int, # the class index that counts as positive: the rare class
+                    ) -> dict:
+    "Sensitivity (recall of `positive`) and specificity (recall of the other classes) of a decision"
+    p, t, _ = class_preds(preds, targs)
+    pos = t == positive
+    rate = lambda m, hit: float(hit[m].mean()) if m.any() else float('nan')
+    return dict(sensitivity=rate(pos, p == positive), specificity=rate(~pos, p != positive))
+
+# %% ../nbs/03_metrics.ipynb #e679281b
+def run_scores(probs, # test probabilities `(N, C)` of one run
+               targs, # true class indices `(N,)`
+               counts=None, # training items per class: for two classes, the rarer is the positive one
+              ) -> dict:
+    "What `bmx-compare` keeps of one run's predictions: `paper_scores`, auroc, the calibration measures and, for two classes, the rare class's sensitivity and specificity"
+    p = as_np(probs)
+    out = {**paper_scores(p, targs), 'auroc': auroc(p, targs), **calibration_scores(p, targs)}
+    if p.shape[1] == 2: out.update(rare_class_rates(p, targs, positive=int(np.argmin(counts)) if counts is not None else 1))
+    return out

@@ -6,6 +6,7 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/report.html.md"""
 
 # %% ../nbs/13_report.ipynb #d0fa43b6
 from __future__ import annotations
+import sys
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from .metrics import PAPER_METRICS, paper_scores
@@ -14,11 +15,14 @@ from .evaluation import per_class_report, confusion_matrix
 from .methods import METHODS, get_method, describe_methods, method_order
 from .store import RunFolder
 from .paired import paired_differences, paired_interval, verdict, PAIRABLE
+from fastcore.script import call_parse
+from .recommend import fit_folder, recommend, recommendation_lines
+from .posthoc_report import fill_run_scores, posthoc_sections
 
 # %% auto #0
 __all__ = ['POSTHOC_TAUS', 'fold_summary', 'results_table', 'to_markdown', 'plot_class_counts', 'plot_beta_densities',
            'plot_recall', 'plot_confusion', 'posthoc_results', 'pick_reference', 'paired_results', 'paired_markdown',
-           'write_report']
+           'report_recommendation', 'write_report', 'bmx_report']
 
 # %% ../nbs/13_report.ipynb #0b175af9
 def fold_summary(results:pd.DataFrame, # one row per (method, fold), one column per metric
@@ -206,15 +210,27 @@ def _schedule(settings:dict) -> str:
     return (f"fine-tuned from the weights of {settings.get('weights', 'timm')} as fastai's fine_tune: {settings.get('freeze_epochs', 1)} "
             f"epoch(s) of the new head, body frozen, then {settings['epochs']} of every layer at discriminative rates, base lr {settings['lr']}")
 
+def report_recommendation(folder:RunFolder, # an output folder
+                          main:str, # the main metric
+                          reference:str|None=None, # the method paired against; None: 'instance' if it ran, else the first
+                          select:str|None=None, # the metric to choose on; None: `main`
+                         ) -> tuple:
+    "`(recommendation, fits)`: the setting chosen on validation (None if no run saved validation predictions), and the runs' post-hoc fits"
+    metric = select or main
+    fits = fit_folder(folder, metric)
+    if not fits: return None, fits
+    return recommend(folder, metric, pick_reference(sorted(folder.results()['method'].unique(), key=method_order), reference), fits), fits
+
 def write_report(out:str|Path, # a `compare` output folder
                  reference:str|None=None, # the method of the paired comparison; None: 'instance' if it ran, else the first
+                 select:str|None=None, # the metric the recommendation is chosen on (validation); None: the main one
                 ) -> pd.DataFrame:
-    "Write `results.md` and the plots from the folder's recorded runs; return the table"
+    "Write `results.md` and the plots from the folder's recorded runs (filling their missing scores first); return the table"
     folder = RunFolder(out)
-    res, settings, rec = folder.results(), folder.read_json('settings.json'), folder.record
+    res, settings, rec = fill_run_scores(folder), folder.read_json('settings.json'), folder.record
     res = res.iloc[sorted(range(len(res)), key=lambda i: method_order(res['method'].iloc[i]))]  # one order, however runs finished
     main, names = settings['monitor'], list(rec.classes)
-    tbl = results_table(res, [main] + [m for m in rec.metrics if m != main])
+    tbl = results_table(res, [main] + [m for m in rec.metrics if m != main] + ['auroc'])
     recall, best = _recall(folder, res, names), res.loc[res[main].idxmax()]
     cm = confusion_matrix(*folder.preds(best['run']), n_classes=len(names))
     methods = list(dict.fromkeys(res['method']))
@@ -223,7 +239,9 @@ def write_report(out:str|Path, # a `compare` output folder
             'beta_densities.png': plot_beta_densities(alphas or None),
             'per_class_recall.png': plot_recall(recall),
             'confusion_matrix.png': plot_confusion(cm, names, f"Best run: {best['run']} (test {main} {100*best[main]:.1f})")}
-    for fn, fig in figs.items(): fig.savefig(folder.path/fn, dpi=110)
+    recommendation, fits = report_recommendation(folder, main, reference, select)
+    ph_lines, ph_figs = posthoc_sections(folder, main, fits, recommendation)
+    for fn, fig in {**figs, **ph_figs}.items(): fig.savefig(folder.path/fn, dpi=110)
     by_fold = res['fold'].notna().any()
     lines = [f"# bmx-compare: {Path(settings['data']).name}", '',
              f"Test metrics (%) of the checkpoint with the best validation {main}, {'with' if rec.flip else 'without'} flip TTA; "
@@ -235,6 +253,7 @@ def write_report(out:str|Path, # a `compare` output folder
              f"Training class counts: {dict(zip(names, rec.counts))}.",
              f"Wall time of the training: {res.train_s.sum()/60:.1f} min in all.", '',
              *_paired_section(folder, main, reference),
+             *ph_lines,
              '## Methods', '', describe_methods(methods), '',
              '## Per-class test recall (mean over runs)', '', to_markdown((recall * 100).round(1)), '',
              '![class counts](class_counts.png) ![beta densities](beta_densities.png)', '',
@@ -251,3 +270,19 @@ def write_report(out:str|Path, # a `compare` output folder
             to_markdown(ph_tbl), '']
     folder.write('results.md', '\n'.join(lines))
     return tbl
+
+# %% ../nbs/13_report.ipynb #5d7f0c68
+@call_parse
+def bmx_report(out:str, # a bmx-compare output folder
+               reference:str=None, # the method the others are paired against (default: instance if it ran, else the first)
+               select:str=None, # the metric the recommendation is chosen on, on validation (default: the main one)
+              ):
+    "Write a comparison's results.md and plots again from its recorded runs and saved predictions (filling the scores they lack); no training"
+    folder = RunFolder(out)
+    if not folder.csv.exists() or not (folder.path/'settings.json').exists():
+        print(f"bmx-report: {out} holds no bmx-compare runs (no results.csv and settings.json): give the --out folder of a comparison.", file=sys.stderr)
+        sys.exit(2)
+    with folder.lock():
+        tbl = write_report(folder.path, reference=reference, select=select)
+        r, _ = report_recommendation(folder, folder.read_json('settings.json')['monitor'], reference, select)
+    print(to_markdown(tbl) + ('\n\n' + '\n'.join(recommendation_lines(r)) if r else '') + f"\n\nWrote {folder.path/'results.md'} and the plots.")

@@ -16,7 +16,7 @@ from fastai.callback.schedule import ParamScheduler, SchedCos, combine_scheds
 from fastai.callback.tracker import SaveModelCallback
 from fastai.callback.progress import *  # no_bar
 from fastai.optimizer import SGD
-from .metrics import paper_metrics, paper_scores
+from .metrics import paper_metrics, run_scores
 from .evaluation import flip_tta
 from fastai.callback.channelslast import ChannelsLast
 from .precision import precision_cbs, wants_channels_last
@@ -65,7 +65,7 @@ def train_eval(dls, # the run's `DataLoaders` (train, valid, test), from `load_s
                freeze_epochs:int=1, # with `weights`: epochs of the new head alone, body frozen, first
                path:str|Path='.', # the checkpoint goes to `path/models/fname.pth`
                fname:str='model', # checkpoint name
-               keep_model:bool=False, # keep the checkpoint file after the test predictions
+               keep_model:bool=False, # keep the tested weights in the checkpoint file, after the method's last step
                show_bar:bool=True, # fastai's per-epoch progress bars
                precision:str='fp32', # 'fp32', or mixed precision: 'bf16' (CPU or GPU) or 'fp16' (GPU), see `precision_cbs`
                channels_last:bool|None=None, # train in channels-last memory; None: where it pays (`wants_channels_last`)
@@ -87,9 +87,10 @@ def train_eval(dls, # the run's `DataLoaders` (train, valid, test), from `load_s
     train_s = time.time() - t0
     predict = (lambda dl: flip_tta(learn, dl=dl)) if rec.flip else (lambda dl: learn.get_preds(dl=dl))
     with learn.no_bar(): (probs, targs), (valid_probs, valid_targs) = predict(dls.test), predict(dls.valid.new(shuffle=False, drop_last=False))
-    if not keep_model: (Path(path)/'models'/f'{fname}.pth').unlink(missing_ok=True)
+    if keep_model: learn.save(fname)  # the weights tested: after the method's last step (cRT re-trains the head after the best epoch)
+    else: (Path(path)/'models'/f'{fname}.pth').unlink(missing_ok=True)
     row = dict(method=m.run_name, best_epoch=best + 1, **{f'valid_{monitor}': float(vals[monitor].iloc[best])},
-               **paper_scores(probs, targs), train_s=round(train_s, 1))
+               **run_scores(probs, targs, rec.counts), train_s=round(train_s, 1))
     return row, dict(probs=probs, targs=targs, valid_probs=valid_probs, valid_targs=valid_targs)
 
 # %% ../nbs/11_training.ipynb #412240fd

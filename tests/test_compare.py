@@ -18,7 +18,7 @@ from fastai_bmx.sampling import ResampledDL, get_labels
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')
 TINY = dict(epochs=1, arch='resnet10t', bs=32, show_bar=False)  # seconds per run on a CPU
 METRIC_NAMES = [m.name for m in PAPER_METRICS]
-OUTPUTS = ['beta_densities.png', 'class_counts.png', 'confusion_matrix.png', 'per_class_recall.png', 'results.csv', 'results.md']
+OUTPUTS = ['beta_densities.png', 'class_counts.png', 'confusion_matrix.png', 'per_class_recall.png', 'reliability.png', 'results.csv', 'results.md']
 
 
 def test_cli_end_to_end_writes_everything_and_resumes(tmp_path):
@@ -30,7 +30,7 @@ def test_cli_end_to_end_writes_everything_and_resumes(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     for f in OUTPUTS: assert (out/f).stat().st_size > 0, f
-    for f in OUTPUTS[:4]: assert Image.open(out/f).size[0] > 100  # real images
+    for f in OUTPUTS[:5]: assert Image.open(out/f).size[0] > 100  # real images
     res = pd.read_csv(out/'results.csv')
     fct.test_eq(list(res.run), ['instance_seed0', 'bmx-0.2_seed0'])
     assert res[list(METRIC_NAMES)].apply(lambda c: c.between(-1, 1)).all().all()
