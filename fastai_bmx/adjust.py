@@ -6,14 +6,15 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/adjust.html.md"""
 
 # %% ../nbs/02a_adjust.ipynb #f12f57d4
 from __future__ import annotations
+import math
 import numpy as np, torch
 import torch.nn.functional as F
 from torch import Tensor
 from fastcore.foundation import L
 from fastai.torch_core import Module
 from fastai.losses import BaseLoss
-from .sampling import check_counts, as_np, _finite_real
-from .losses import class_counts
+from .sampling import check_counts, check_labels, as_np, _finite_real
+from .losses import class_counts, _check_reduction, _check_axis
 
 # %% auto #0
 __all__ = ['check_tau', 'log_prior', 'LogitAdjustedCE', 'LogitAdjustedLoss', 'posthoc_adjust', 'tune_tau']
@@ -41,7 +42,7 @@ class LogitAdjustedCE(Module):
         tau:float=1., # strength of the shift: 0 is plain cross-entropy, 1 Balanced Softmax
         reduction:str='mean', # 'mean', 'sum' or 'none'
     ):
-        self.tau,self.reduction = check_tau(tau),reduction
+        self.tau,self.reduction = check_tau(tau),_check_reduction(reduction)
         self.register_buffer('log_prior', log_prior(class_counts))
 
     def forward(self, inp:Tensor, targ:Tensor) -> Tensor:
@@ -61,7 +62,7 @@ class LogitAdjustedLoss(BaseLoss):
         reduction:str='mean', # 'mean', 'sum' or 'none'
         **kwargs
     ):
-        super().__init__(LogitAdjustedCE, class_counts, tau=tau, reduction=reduction, axis=axis, **kwargs)
+        super().__init__(LogitAdjustedCE, class_counts, tau=tau, reduction=reduction, axis=_check_axis(axis), **kwargs)
 
     @classmethod
     def from_dl(cls, dl, tau:float=1., **kwargs):
@@ -76,15 +77,28 @@ class LogitAdjustedLoss(BaseLoss):
     def __repr__(self) -> str: return f"LogitAdjustedLoss(tau={self.tau})"
 
 # %% ../nbs/02a_adjust.ipynb #6c2e3fd4
+def _check_probs(probs, n_classes:int, what:str='probs') -> Tensor:
+    "`probs` as a float64 tensor `(N, n_classes)` of probabilities in [0, 1], or an error that says what to pass"
+    p = as_np(probs)
+    if p.dtype.kind not in 'iuf': raise TypeError(f"{what} must be numbers, probabilities `(N, {n_classes})`; got dtype {p.dtype}.")
+    if p.ndim != 2 or p.shape[1] != n_classes:
+        raise ValueError(f"{what} have shape {p.shape}: expected (N, {n_classes}), one column per class of class_counts.")
+    if p.size and not (np.isfinite(p).all() and p.min() >= -1e-6 and p.max() <= 1 + 1e-6):
+        raise ValueError(f"{what} must be probabilities in [0, 1], got values in [{p.min()}, {p.max()}]: "
+                         "pass softmax outputs (`learn.get_preds` gives them), not logits.")
+    return torch.as_tensor(p, dtype=torch.float64)
+
+def _adjust(p:Tensor, lp:Tensor, tau:float) -> Tensor:
+    "softmax(log p − τ·log π) of checked probabilities `p` and log prior `lp`"
+    return torch.softmax(torch.log(p.clamp_min(1e-12)) - tau * lp, dim=1).float()
+
 def posthoc_adjust(probs, # predicted probabilities `(N, C)`
                    class_counts, # training items per class
                    tau:float=1., # strength of the shift: 0 changes nothing
                   ) -> Tensor:
     "Probabilities adjusted for the training prior: softmax(log p − τ·log π)"
-    p = torch.as_tensor(as_np(probs), dtype=torch.float64)
-    lp = log_prior(class_counts).double()
-    if p.ndim != 2 or p.shape[1] != len(lp): raise ValueError(f"probs have shape {tuple(p.shape)}: expected (N, {len(lp)}), one column per class.")
-    return torch.softmax(torch.log(p.clamp_min(1e-12)) - tau * lp, dim=1).float()
+    tau,lp = check_tau(tau),log_prior(class_counts).double()
+    return _adjust(_check_probs(probs, len(lp)), lp, tau)
 
 def tune_tau(valid_probs, # validation probabilities `(N, C)` of the trained model
              valid_targs, # validation class indices `(N,)`
@@ -93,8 +107,15 @@ def tune_tau(valid_probs, # validation probabilities `(N, C)` of the trained mod
              taus=(0., 0.25, 0.5, 0.75, 1., 1.25, 1.5, 2.), # the τ values tried
             ) -> tuple:
     "`(best_tau, scores)`: the τ of `taus` whose post-hoc adjustment scores best on validation (the smallest on a tie)"
-    taus = [float(t) for t in L(taus)]
+    if not callable(metric): raise TypeError(f"metric={metric!r} must be a function `metric(probs, targs) -> float`, e.g. `balanced_accuracy`.")
+    taus = [check_tau(t) for t in (taus.tolist() if isinstance(taus, np.ndarray) else L(taus))]
     if not taus: raise ValueError("taus is empty: give the τ values to try, e.g. (0, 0.5, 1, 1.5, 2).")
-    scores = {t: float(metric(posthoc_adjust(valid_probs, class_counts, t), valid_targs)) for t in taus}
-    best = max(scores.values())
-    return min(t for t, s in scores.items() if s == best), scores
+    lp = log_prior(class_counts).double()
+    p = _check_probs(valid_probs, len(lp), 'valid_probs')
+    t = check_labels(valid_targs, len(lp), 'valid_targs')
+    if len(t) != len(p): raise ValueError(f"valid_targs has {len(t)} items but valid_probs has {len(p)} rows: pass one target per prediction.")
+    scores = {tau: float(metric(_adjust(p, lp, tau), valid_targs)) for tau in taus}
+    finite = {tau: s for tau, s in scores.items() if math.isfinite(s)}
+    if not finite: raise ValueError(f"metric gave {list(scores.values())} for every τ: it must return a finite score, higher is better.")
+    best = max(finite.values())
+    return min(tau for tau, s in finite.items() if s == best), scores

@@ -18,9 +18,9 @@ from fastcore.meta import delegates
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
 from fastai.torch_core import set_seed
-from .methods import METHODS, expand_methods
+from .methods import METHODS, expand_methods, method_order
 from .sources import RunRecord, load_source, source_kind
-from .files import fits_in_memory
+from .files import fits_in_memory, serving_line
 from .training import train_eval, get_arch, check_monitor
 from .store import RunFolder, run_name
 from .report import report_recommendation, write_report, to_markdown, pick_reference, paired_results, paired_markdown
@@ -30,7 +30,8 @@ from .weights import Weights, find_weights
 from .paired import PAIRABLE
 from .recommend import Recommendation, recommendation_lines, fit_folder
 from .export import export_run
-from .validate import check_options, check_out, check_images, check_classes, check_folds, count_files
+from .validate import check_options, check_out, check_images, check_classes, check_folds, check_batch, count_files
+from .guard import RunFailure, free_memory
 
 # %% auto #0
 __all__ = ['Plan', 'plan_compare', 'run_plan', 'compare', 'refuse', 'bmx_compare']
@@ -54,16 +55,8 @@ class Plan:
     loading:str = '' # how the images are served (a folder or CSV: decoded once into memory, or read every epoch)
     select:str|None = None # the metric the recommendation is chosen on (validation); None: the main one
     recommendation:Recommendation|None = None # the setting chosen on validation, once `run_plan` has written the report
-
-def _loading(dls, kind:str, in_memory:bool|None, from_disk:bool) -> str:
-    "How a folder's or CSV's images are served, in one line: decoded once (and what that holds in memory), or read every epoch"
-    if kind not in ('folder', 'csv'): return ''
-    n = sum(len(dl.dataset) for dl in dls.loaders)
-    if in_memory:
-        x = dls.train.dataset.tls[0].fs[0].images  # `arrays_dls`' `IndexedImage`: every split's images, as one tensor
-        return (f"{n:,} images decoded once at {x.shape[-1]} px, served from memory: {x.numel()*x.element_size()/2**20:,.0f} MB "
-                "(--from-disk reads the files every epoch instead)")
-    return f"{n:,} images read from their files every epoch " + ('(--from-disk)' if from_disk else "(they don't fit in memory)")
+    retry:bool = True # train again the runs that failed or diverged before; False: leave them as recorded
+    failures:list|None = None # the `RunFailure`s among the plan's runs, once `run_plan` has run
 
 def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder of images or a CSV of paths and labels
                  out:str|Path='bmx_compare', # output folder (created; an existing one is resumed)
@@ -92,6 +85,7 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
                  qs=None, # resampling exponents q of 'sample' (with `frontier`, of the resampling family); None: the default grid
                  frontier_x:str='balanced_accuracy', # the frontier's x axis: 'balanced_accuracy' or 'macro_f1'
                  select:str|None=None, # the metric the recommendation is chosen on, on validation; None: the main metric
+                 retry:bool=True, # train again the runs recorded as failed or diverged; False: skip them
                 ) -> Plan:
     "Check everything a comparison needs before any training, writing nothing; raise a clear error for bad input"
     check_options(epochs=epochs, lr=lr, bs=bs, size=size, seeds=seeds, folds=folds, split_seed=split_seed, freeze_epochs=freeze_epochs)
@@ -119,42 +113,68 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
                     pretrained=pretrained, split_seed=split_seed, precision=precision,
                     **(dict(weights=found.source, freeze_epochs=freeze_epochs) if pretrained else {}),
                     **(dict(files='disk' if from_disk else 'memory') if kind in ('folder', 'csv') else {}))
+    check_batch(bs, rec, len(dls.valid.dataset), folds)
     folder = RunFolder(out)
     folder.check_settings(settings)
+    folder.results()  # refuses a results.csv of another tool (a damaged row is put aside when the runs start)
     return Plan(folder, names, seeds, folds, settings, rec,
                 dict(data=data, bs=bs, size=size, k=max(folds, 2), split_seed=split_seed, in_memory=in_memory),
                 dict(arch=arch, epochs=epochs, lr=lr, monitor=monitor, weights=found, freeze_epochs=freeze_epochs, keep_model=keep_models,
                      show_bar=show_bar, precision=precision, channels_last=channels_last), reference,
                 fams and dict(families=fams, x=frontier_x, taus=[float(t) for t in L(taus if taus is not None else FRONTIER_GRIDS['tau'])]),
-                weights=found, loading=_loading(dls, kind, in_memory, from_disk), select=select)
+                weights=found, loading=serving_line(dls, kind, in_memory, from_disk), select=select, retry=retry)
 
-def run_plan(plan:Plan) -> pd.DataFrame:
-    "Train and test every run of `plan` not yet in its folder, recording each as it ends, then write the table and plots"
+
+# %% ../nbs/15_compare.ipynb #f81ccdc7
+def _train_run(plan:Plan, m:str, s:int, f:int|None, run:str) -> tuple:
+    "Train and test one run of `plan`, and record it: `(row, recorded)`, False when a process sharing the folder recorded it first"
+    set_seed(s, reproducible=True)
+    dls, run_rec = load_source(seed=s, fold=f, **plan.load_kw)
+    row, preds = train_eval(dls, run_rec, m, path=plan.folder.path, fname=run, **plan.train_kw)
+    return row, plan.folder.add_run(dict(run=run, seed=s, fold=f, **row), **preds)
+
+def run_plan(plan:Plan, # a checked comparison, from `plan_compare`
+             debug:bool=False, # let a run's error stop the sweep with its traceback, instead of recording it and going on
+            ) -> pd.DataFrame:
+    "Train and test every run of `plan` not yet in its folder, recording each as it ends (or as failed or diverged), then write the table and plots"
     folder = plan.folder
     with folder.lock():  # processes sharing `out` write its files in turn
         folder.save_settings(plan.settings)
         folder.save_record(plan.rec)
-    done = folder.done()
-    todo = [(m, s, f) for s in plan.seeds for f in (range(plan.folds) if plan.folds else [None]) for m in plan.names
-            if run_name(m, s, f) not in done]
-    if done: print(f"{folder.path.name}: {len(done)} runs already done, {len(todo)} to go")
-    for m, s, f in progress_bar(todo, display=bool(todo)):
-        run = run_name(m, s, f)
+        repaired = folder.repair()
+    if repaired: print(repaired, flush=True)
+    runs = {run_name(m, s, f): (m, s, f) for s in plan.seeds for f in (range(plan.folds) if plan.folds else [None]) for m in plan.names}
+    done, failed = folder.done(),folder.failures()
+    todo = [r for r in runs if r not in done and (plan.retry or r not in failed)]
+    if done or failed:
+        print(f"{folder.path.name}: {len(done)} runs already done, {len(todo)} to go" + (
+              f" ({sum(r in failed for r in todo)} that gave no result before, trained again)" if plan.retry and any(r in failed for r in todo) else
+              f" ({sum(r in failed and r not in done for r in runs)} that gave no result before, skipped: --no-retry)" if not plan.retry and failed else ''))
+    for run in progress_bar(todo, display=bool(todo)):
+        (m, s, f), lr = runs[run],plan.train_kw['lr']
         if not folder.claim(run): continue  # another process sharing `out` has done it, or is training it
-        try:
-            set_seed(s, reproducible=True)
-            dls, run_rec = load_source(seed=s, fold=f, **plan.load_kw)
-            row, preds = train_eval(dls, run_rec, m, path=folder.path, fname=run, **plan.train_kw)
-            recorded = folder.add_run(dict(run=run, seed=s, fold=f, **row), **preds)
+        try: row, recorded = _train_run(plan, m, s, f, run)
+        except Exception as e:  # Ctrl-C (KeyboardInterrupt) is no Exception: it still stops everything
+            if debug: raise
+            failure = RunFailure.from_exception(run, m, s, f, e)
+            folder.add_failure(failure)
+            print(failure.line(lr), flush=True)
+            free_memory(); continue
         finally: folder.release(run)
         if not recorded:
             print(f"{run}: another process sharing {folder.path.name} finished it first; its result is kept", flush=True); continue
         print(f"{run}: test {plan.train_kw['monitor']} {100*row[plan.train_kw['monitor']]:.2f}, best epoch {row['best_epoch']}, "
               f"{row['train_s']:.0f} s", flush=True)
+    fails = folder.failures()
+    plan.failures = [fails[r] for r in runs if r in fails]
     with folder.lock():
+        res = folder.results()
+        if not len(res): return res  # no run gave a result: nothing to tabulate
+        if plan.reference not in set(res['method']): plan.reference = None  # its runs all failed: pair against the first that ran
         if plan.frontier: plan.points = write_frontier(folder.path, **plan.frontier)
         tbl = write_report(folder.path, reference=plan.reference, select=plan.select)
         plan.recommendation, _ = report_recommendation(folder, plan.train_kw['monitor'], plan.reference, plan.select)
+        plan.reference = plan.reference or pick_reference(sorted(set(res['method']), key=method_order))
         return tbl
 
 @delegates(plan_compare)
@@ -164,6 +184,7 @@ def compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder 
            ) -> pd.DataFrame:
     "Check the input, then train and test every method × seed (× fold) not yet in `out/results.csv`, and write the table and plots"
     return run_plan(plan_compare(data, out, **kwargs))
+
 
 # %% ../nbs/15_compare.ipynb #720b29f7
 _METHODS_HELP = (f"methods: {' '.join(METHODS)} (default: {' '.join(n for n, m in METHODS.items() if m.default)}); a method with "
@@ -214,7 +235,8 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
                 frontier_x:str='balanced_accuracy', # the frontier's x axis: balanced_accuracy or macro_f1
                 select:str=None, # the metric the recommendation is chosen on, on validation (default: the main metric)
                 export:bool=False, # write OUT/recommended.pkl: the recommended setting as a fastai Learner.export
-                debug:bool=False, # show the traceback of an error in the input, not just its one line
+                no_retry:bool=False, # leave the runs that failed or diverged before as they are (default: train them again)
+                debug:bool=False, # show the traceback of an error in the input or in a run (which then stops the sweep), not just its one line
                ):
     "Compare Balanced-MixUp with the usual fixes for class imbalance on one dataset: a paper-style table and plots"
     t0 = time.time()
@@ -225,7 +247,7 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
                             weights=weights, freeze_epochs=freeze_epochs, from_disk=from_disk,
                             channels_last={'auto': None, 'on': True, 'off': False}[channels_last],
                             keep_models=keep_models, show_bar=not quiet, reference=reference, precision=precision,
-                            frontier=frontier, qs=qs, frontier_x=frontier_x, select=select)
+                            frontier=frontier, qs=qs, frontier_x=frontier_x, select=select, retry=not no_retry)
     except Exception as e:
         if debug: raise
         refuse(e)
@@ -233,7 +255,8 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
     if plan.weights: print(f"{plan.settings['arch']}: fine-tuning the weights of {plan.weights.source}: {plan.settings['freeze_epochs']} "
                            f"epoch(s) of the head, body frozen, then {plan.settings['epochs']} of every layer", flush=True)
     if plan.loading: print(f"{Path(data).name}: {plan.loading}", flush=True)
-    tbl = run_plan(plan)
+    tbl = run_plan(plan, debug=debug)
+    if not len(tbl): _end_failures(plan, out, t0)
     pr = paired_results(plan.folder, plan.train_kw['monitor'], plan.reference)
     verdicts = f"\n\nPaired against {plan.reference} (difference in points, 95% interval, verdict):\n\n{paired_markdown(pr)}" if len(pr) else ''
     fronts = f"\n\nHow the fronts lie (row against column):\n\n{to_markdown(front_table(plan.points))}" if plan.frontier else ''
@@ -246,3 +269,15 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
         info = export_run(plan.folder, r.median_run, r.variant, fits.get(r.median_run), plan.load_kw, plan.train_kw)
         print(f"Exported {r.setting} ({info['run']}{', trained again with its seed' if info['retrained'] else ''}) to "
               f"{Path(out)/info['file']}: load_learner it, then learn.predict(image) (see {Path(info['file']).stem}.json).")
+    _end_failures(plan, out, t0)
+
+def _end_failures(plan:Plan, out:str, t0:float):
+    "Exit with status 1 after listing the runs that gave no result, if any; else return"
+    fails = plan.failures or []
+    if not fails and len(plan.folder.results()): return
+    lines = [f"  {f.line(plan.train_kw['lr'])}" for f in fails]
+    print(f"\n{len(fails)} run(s) gave no result, left out of every table:\n" + '\n'.join(lines) +
+          (f"\nRun the same command again to retry them (--no-retry skips them); {Path(out)/'failures.json'} has their errors."
+           if fails else '\nNo run to report.') + f" ({(time.time()-t0)/60:.1f} min)", flush=True)
+    sys.exit(1)
+

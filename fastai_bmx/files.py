@@ -19,8 +19,8 @@ from .data import default_augs, mark_ordinal, arrays_dls
 from .splits import valid_mask
 
 # %% auto #0
-__all__ = ['decode_images', 'fits_in_memory', 'memory_dls', 'frame_dls', 'folder_table', 'csv_table', 'folder_dls', 'csv_dls',
-           'image_problems']
+__all__ = ['decode_images', 'fits_in_memory', 'memory_dls', 'frame_dls', 'serving_line', 'folder_table', 'csv_table',
+           'folder_dls', 'csv_dls', 'image_problems']
 
 # %% ../nbs/08_files.ipynb #448bb1d2
 def _decode(path:str, size:int) -> np.ndarray|str:
@@ -164,6 +164,21 @@ def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label colum
     if seed is not None: dls.train.rng = random.Random(seed)
     mark_ordinal(dls, ordinal)
     return dls
+
+# %% ../nbs/08_files.ipynb #ba65075e
+def serving_line(dls, # the `DataLoaders` of the source
+                 kind:str, # its `source_kind`
+                 in_memory:bool|None, # whether its images were decoded once into memory
+                 from_disk:bool, # whether the user asked for the files to be read every epoch
+                ) -> str:
+    "How a folder's or CSV's images are served, in one line: decoded once (and what that holds in memory), or read every epoch"
+    if kind not in ('folder', 'csv'): return ''
+    n = sum(len(dl.dataset) for dl in dls.loaders)
+    if in_memory:
+        x = dls.train.dataset.tls[0].fs[0].images  # `arrays_dls`' `IndexedImage`: every split's images, as one tensor
+        return (f"{n:,} images decoded once at {x.shape[-1]} px, served from memory: {x.numel()*x.element_size()/2**20:,.0f} MB "
+                "(--from-disk reads the files every epoch instead)")
+    return f"{n:,} images read from their files every epoch " + ('(--from-disk)' if from_disk else "(they don't fit in memory)")
 
 # %% ../nbs/08_files.ipynb #dca60a92
 def _image_files(d:Path) -> list:

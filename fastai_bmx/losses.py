@@ -6,7 +6,7 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/losses.html.md"""
 
 # %% ../nbs/02_losses.ipynb #3cdf6678
 from __future__ import annotations
-import warnings
+import warnings, numbers
 import numpy as np, torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -31,12 +31,25 @@ def _check_gamma(gamma) -> float:
 def _check_weight(weight) -> Tensor|None:
     "Class weights as a 1-D float tensor of finite values >= 0 (or None)"
     if weight is None: return None
-    w = torch.as_tensor(as_np(weight).astype(np.float64), dtype=torch.float32)
+    a = as_np(weight)
+    if a.dtype.kind not in 'iuf': raise TypeError(f"weight must hold numbers, one weight per class; got dtype {a.dtype}.")
+    w = torch.as_tensor(a.astype(np.float64), dtype=torch.float32)
     if w.ndim != 1 or len(w) == 0:
         raise ValueError(f"weight must hold one number per class (a 1-D sequence), got shape {tuple(w.shape)}.")
     if not torch.isfinite(w).all() or (w < 0).any():
         raise ValueError(f"weight must be finite and >= 0, got {w.tolist()}.")
     return w
+
+def _check_reduction(reduction) -> str:
+    "`reduction`, or a clear error unless it is 'mean', 'sum' or 'none'"
+    if not (isinstance(reduction, str) and reduction in ('mean', 'sum', 'none')):
+        raise ValueError(f"reduction={reduction!r} is not one of 'mean', 'sum', 'none'.")
+    return reduction
+
+def _check_axis(axis) -> int:
+    "`axis` as an int, or a clear error unless it is a whole number"
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral): raise TypeError(f"axis={axis!r} must be an int, the class axis (-1 or 1).")
+    return int(axis)
 
 # %% ../nbs/02_losses.ipynb #44a38ef3
 class WeightedFocalLoss(Module):
@@ -47,7 +60,7 @@ class WeightedFocalLoss(Module):
         weight:Tensor|None=None, # One weight per class, applied once to each item's loss (None: all 1)
         reduction:str='mean', # 'mean' (plain mean over items), 'sum' or 'none'
     ):
-        self.gamma,self.reduction = _check_gamma(gamma),reduction
+        self.gamma,self.reduction = _check_gamma(gamma),_check_reduction(reduction)
         self.register_buffer('weight', _check_weight(weight))
 
     def forward(self, inp:Tensor, targ:Tensor) -> Tensor:
@@ -75,7 +88,7 @@ class WeightedFocalLossFlat(BaseLoss):
         reduction:str='mean', # 'mean' (plain mean over items), 'sum' or 'none'
         **kwargs
     ):
-        super().__init__(WeightedFocalLoss, *args, gamma=gamma, weight=weight, reduction=reduction, axis=axis, **kwargs)
+        super().__init__(WeightedFocalLoss, *args, gamma=gamma, weight=weight, reduction=reduction, axis=_check_axis(axis), **kwargs)
 
     @property
     def gamma(self) -> float: return self.func.gamma
@@ -156,7 +169,7 @@ class DeferredReweight(Callback):
         class_counts=None, # training items per class; default: read from `dls.train`
     ):
         if not (_finite_real(start) and 0 <= start <= 1): raise ValueError(f"start={start!r} must be a fraction of training in [0, 1].")
-        self.start,self.beta,self.counts = float(start),check_beta(beta),class_counts
+        self.start,self.beta,self.counts = float(start),check_beta(beta),None if class_counts is None else check_counts(class_counts)
 
     def before_fit(self):
         "Find the loss whose class weights will change (`get_preds` runs this too, so nothing heavy here)"
@@ -164,6 +177,16 @@ class DeferredReweight(Callback):
         if not hasattr(self.weighted_loss, 'weight'):
             raise TypeError(f"DeferredReweight needs a loss with class weights, such as CrossEntropyLossFlat or "
                             f"WeightedFocalLossFlat; {type(self.learn.loss_func).__name__} has none.")
+        self.sized,self.class_axis = self.counts is None,getattr(self.learn.loss_func, 'axis', -1)  # counts read from `dls.train` are sized by `dls.c`
+
+    def after_pred(self):
+        "Check, at the first batch, that the class counts given have one entry per class the model outputs"
+        if self.sized or not hasattr(self.pred, 'shape'): return
+        c = self.pred.shape[self.class_axis]
+        if c != len(self.counts):
+            raise ValueError(f"DeferredReweight has {len(self.counts)} class counts but the model outputs {c} classes: "
+                             "pass one count per class, e.g. `class_counts(dls.train)`.")
+        self.sized = True
 
     def before_batch(self):
         "Switch to the class-balanced weights of the training counts once training reaches `start`"

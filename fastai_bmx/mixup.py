@@ -6,13 +6,14 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/mixup.html.md"""
 
 # %% ../nbs/01_mixup.ipynb #20fe4c72
 from __future__ import annotations
+import numbers
 import numpy as np, torch
 from torch import Tensor
 from torch.distributions.beta import Beta
 from fastcore.basics import *
 from fastai.torch_core import tensor, unsqueeze, find_bs
 from fastai.callback.mixup import MixHandler
-from .sampling import _finite_real, check_q, class_probs, resampled_dl
+from .sampling import _finite_real, check_q, check_labels, class_probs, resampled_dl
 from .schedule import schedule_pct
 
 # %% auto #0
@@ -25,6 +26,11 @@ def check_alpha(alpha) -> float:
         raise ValueError(f"alpha={alpha!r} must be a finite number > 0: λ ~ Beta(α, 1) weighs the class-balanced batch, "
                          "and a larger α blends in more of it. The paper uses 0.1, 0.2 or 0.3.")
     return float(alpha)
+
+def _check_flag(value, name:str) -> bool:
+    "`value` as a bool, or a clear error unless it is True or False"
+    if not isinstance(value, (bool, np.bool_)): raise TypeError(f"{name}={value!r} must be True or False.")
+    return bool(value)
 
 def lam_distrib(alpha:float) -> Beta:
     "Distribution of λ, the weight of the class-balanced batch: Beta(α, 1), whose mean is α/(1+α)"
@@ -58,9 +64,11 @@ class BalancedMixUp(MixHandler):
     ):
         alpha = check_alpha(alpha)
         if stop is not None and not (_finite_real(stop) and 0 <= stop <= 1): raise ValueError(f"stop={stop!r} must be a fraction of training in [0, 1], or None.")
+        per_sample,q = _check_flag(per_sample, 'per_sample'),check_q(q)
+        labels = None if labels is None else check_labels(labels)  # their length is checked against `dls.train` when training starts
         super().__init__(alpha)
         self._init_state()
-        self.distrib,self.alpha,self.per_sample,self.q,self.labels,self.stop = lam_distrib(alpha),alpha,per_sample,check_q(q),labels,stop
+        self.distrib,self.alpha,self.per_sample,self.q,self.labels,self.stop = lam_distrib(alpha),alpha,per_sample,q,labels,stop
 
     def _init_state(self):
         "No partner loader or batch yet: the state of a new callback, and of one read back by `load_learner`"
@@ -130,12 +138,8 @@ class BalancedMixUp(MixHandler):
         return b
 
 # %% ../nbs/01_mixup.ipynb #5d9c088f
-def box_mask(
-    lam:Tensor, # Target area shares, one box per element
-    h:int, # Image height in pixels
-    w:int, # Image width in pixels
-) -> Tensor:
-    "Boolean masks `(n, 1, h, w)`: one box each, of side √λ, placed uniformly inside the image and never clipped"
+def _box_mask(lam:Tensor, h:int, w:int) -> Tensor:
+    "`box_mask` without its checks, for arguments that are known to be valid"
     lam = lam.reshape(-1).float()
     bh,bw = ((lam.sqrt()*h).round().long().clamp(0, h),(lam.sqrt()*w).round().long().clamp(0, w))
     top = (torch.rand(len(lam), device=lam.device)*(h-bh+1)).floor().long()
@@ -144,6 +148,19 @@ def box_mask(
     in_rows = (rows >= top[:, None]) & (rows < (top + bh)[:, None])
     in_cols = (cols >= left[:, None]) & (cols < (left + bw)[:, None])
     return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
+
+def box_mask(
+    lam:Tensor, # Target area shares in [0, 1], one box per element
+    h:int, # Image height in pixels
+    w:int, # Image width in pixels
+) -> Tensor:
+    "Boolean masks `(n, 1, h, w)`: one box each, of side √λ, placed uniformly inside the image and never clipped"
+    for k,v in dict(h=h, w=w).items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1: raise ValueError(f"{k}={v!r} must be a whole number of pixels ≥ 1.")
+    lam = torch.as_tensor(lam)
+    if lam.dtype == torch.bool or lam.is_complex() or not (lam.isfinite().all() and (lam >= 0).all() and (lam <= 1).all()):
+        raise ValueError(f"lam must hold area shares, numbers in [0, 1] (one per box), got {lam.flatten()[:8].tolist()}.")
+    return _box_mask(lam, h, w)
 
 class BalancedCutMix(BalancedMixUp):
     "Balanced CutMix: paste a box of the class-balanced partner, covering λ ~ Beta(α, 1) of the area, on each image"
@@ -154,6 +171,6 @@ class BalancedCutMix(BalancedMixUp):
             raise TypeError(f"BalancedCutMix pastes boxes, so it needs image batches (bs, channels, height, width) of one "
                             f"size; got shapes {[tuple(x.shape) for x in xb_i]}. Use BalancedMixUp for other inputs.")
         (h, w), = shapes
-        mask = box_mask(lam, h, w)  # one box for the batch, or one per item with `per_sample`
+        mask = _box_mask(lam, h, w)  # one box for the batch, or one per item with `per_sample`
         share = mask.float().mean((1, 2, 3)).reshape(lam.shape)
         return tuple(torch.where(mask, x_c.to(x_i.dtype), x_i) for x_c,x_i in zip(xb_c, xb_i)),share

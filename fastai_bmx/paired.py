@@ -6,10 +6,11 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/paired.html.md"""
 
 # %% ../nbs/05a_paired.ipynb #da74a96b
 from __future__ import annotations
-import math
+import math, numbers
 import numpy as np
 from scipy import stats
 from .metrics import PAPER_METRICS
+from .sampling import check_labels, _finite_real
 from .bootstrap import _confusions, _fast_values, _draw, _FAST_BY_NAME
 
 # %% auto #0
@@ -17,6 +18,20 @@ __all__ = ['PAIRABLE', 'paired_differences', 'paired_interval', 'verdict']
 
 # %% ../nbs/05a_paired.ipynb #d2760fc6
 PAIRABLE = tuple(m.name for m in PAPER_METRICS if m.name in _FAST_BY_NAME) # the metrics `paired_differences` computes
+
+def _whole(x, low:int) -> bool:
+    "Whether `x` is a whole number (not a bool) ≥ `low`"
+    return not isinstance(x, bool) and isinstance(x, numbers.Integral) and x >= low
+
+def _run_preds(p, n:int, what:str) -> tuple:
+    "One run's class indices `(n,)` and its number of columns (None for class indices), or an error that names `what`"
+    a = np.asarray(p)
+    if a.ndim not in (1, 2): raise ValueError(f"{what} has shape {a.shape}: pass a list with, for each seed, probabilities (N, C) or class indices (N,).")
+    if len(a) != n: raise ValueError(f"{what} has {len(a)} predictions for {n} targets: every run must predict the test items of targs.")
+    if a.ndim == 1 and a.dtype.kind == 'f': raise TypeError(f"{what} holds floats: pass class indices (N,) as ints, or probabilities (N, C).")
+    if a.ndim == 1: return check_labels(a, what=what),None
+    if a.dtype.kind not in 'iuf' or not np.isfinite(a).all(): raise ValueError(f"{what} must hold finite probabilities (N, C).")
+    return a.argmax(1),a.shape[1]
 
 def paired_differences(
     probs, # Test predictions of the method, one array per seed: probabilities `(N, C)` or class indices `(N,)`
@@ -31,18 +46,22 @@ def paired_differences(
     kind = _FAST_BY_NAME[metric]
     if len(probs) != len(ref_probs) or not len(probs):
         raise ValueError(f"{len(probs)} runs of the method and {len(ref_probs)} of the reference: pair them by seed, at least one pair.")
-    t = np.asarray(targs).astype(int)
-    k = int(max(t.max(), *(np.asarray(p).shape[-1] - 1 if np.asarray(p).ndim == 2 else np.asarray(p).max() for p in [*probs, *ref_probs]))) + 1
-    label = lambda p: (np.asarray(p).argmax(1) if np.asarray(p).ndim == 2 else np.asarray(p)).astype(int)
+    if not _whole(n, 2): raise ValueError(f"n={n!r} must be an integer >= 2, the number of paired bootstrap resamples (1000 by default).")
+    if not _whole(seed, 0): raise ValueError(f"seed={seed!r} must be an integer >= 0.")
+    t = check_labels(targs, what='targs')
+    runs = [_run_preds(p, len(t), f'{w}[{i}]') for w, ps in (('probs', probs), ('ref_probs', ref_probs)) for i, p in enumerate(ps)]
+    cols = sorted({c for _, c in runs if c is not None})
+    if len(cols) > 1: raise ValueError(f"The runs' probabilities have {cols} columns: every run must score the same classes.")
+    if cols and t.max() >= cols[0]: raise ValueError(f"targs hold class index {t.max()}, but the probabilities have only {cols[0]} columns, one per class.")
+    k = int(max(t.max(), *(q.max() if c is None else c - 1 for q, c in runs))) + 1
     rng, groups = np.random.default_rng(seed),[np.flatnonzero(t == c) for c in np.unique(t)]
     idx = np.stack([np.arange(len(t))] + [_draw(rng, len(t), groups) for _ in range(n)])  # row 0: the test set itself
     func = {m.name: m.func for m in PAPER_METRICS}[metric]
-    def values(p):
-        q = label(p)
+    def values(q):
         v, bad = _fast_values(kind, _confusions(t, q, idx, k))
         for b in np.flatnonzero(bad): v[b] = func(q[idx[b]], t[idx[b]])  # an edge case (e.g. one class predicted): the metric's own value
         return v
-    diffs = np.stack([values(a) - values(r) for a, r in zip(probs, ref_probs)], 1)  # (1+n, S)
+    diffs = np.stack([values(a) - values(r) for (a, _), (r, _) in zip(runs[:len(probs)], runs[len(probs):])], 1)  # (1+n, S)
     return diffs[0],diffs[1:]
 
 # %% ../nbs/05a_paired.ipynb #d1dacb63
@@ -52,7 +71,15 @@ def paired_interval(
     ci:float=0.95, # Coverage of the interval
 ) -> dict:
     "Mean difference and its interval, SE² = seed variance / S + test-set variance, with Welch–Satterthwaite t"
-    d, S = np.asarray(diffs, float),len(diffs)
+    d, b = np.asarray(diffs),np.asarray(boot)
+    if d.ndim != 1 or not d.size or d.dtype.kind not in 'iuf':
+        raise ValueError(f"diffs must hold one difference per seed, shape (S,), from `paired_differences`; got shape {d.shape}.")
+    if b.ndim != 2 or len(b) < 2 or b.shape[1] != len(d) or b.dtype.kind not in 'iuf':
+        raise ValueError(f"boot must hold the differences on n >= 2 resamples for each of the {len(d)} seeds, shape (n, {len(d)}), "
+                         f"from `paired_differences`; got shape {b.shape}.")
+    if not (np.isfinite(d).all() and np.isfinite(b).all()): raise ValueError("diffs and boot must be finite: a metric gave NaN or inf.")
+    if not (_finite_real(ci) and 0 < ci < 1): raise ValueError(f"ci={ci!r} must be a coverage in (0, 1), e.g. 0.95.")
+    d, S = d.astype(float),len(d)
     v_items = float(np.var(np.mean(boot, 1), ddof=1))
     v_seeds = float(np.var(d, ddof=1))/S if S > 1 else 0.
     se = math.sqrt(v_items + v_seeds)

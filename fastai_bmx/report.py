@@ -13,6 +13,7 @@ from .metrics import PAPER_METRICS, paper_scores
 from .adjust import posthoc_adjust, tune_tau
 from .evaluation import per_class_report, confusion_matrix
 from .methods import METHODS, get_method, describe_methods, method_order
+from .guard import failures_markdown
 from .store import RunFolder
 from .paired import paired_differences, paired_interval, verdict, PAIRABLE
 from fastcore.script import call_parse
@@ -253,6 +254,7 @@ def write_report(out:str|Path, # a `compare` output folder
              f"Training class counts: {dict(zip(names, rec.counts))}.",
              f"Wall time of the training: {res.train_s.sum()/60:.1f} min in all.", '',
              *_paired_section(folder, main, reference),
+             *failures_markdown(list(folder.failures().values()), settings['lr']),
              *ph_lines,
              '## Methods', '', describe_methods(methods), '',
              '## Per-class test recall (mean over runs)', '', to_markdown((recall * 100).round(1)), '',
@@ -283,6 +285,8 @@ def bmx_report(out:str, # a bmx-compare output folder
         print(f"bmx-report: {out} holds no bmx-compare runs (no results.csv and settings.json): give the --out folder of a comparison.", file=sys.stderr)
         sys.exit(2)
     with folder.lock():
+        repaired = folder.repair()
+        if repaired: print(repaired)
         tbl = write_report(folder.path, reference=reference, select=select)
         r, _ = report_recommendation(folder, folder.read_json('settings.json')['monitor'], reference, select)
     print(to_markdown(tbl) + ('\n\n' + '\n'.join(recommendation_lines(r)) if r else '') + f"\n\nWrote {folder.path/'results.md'} and the plots.")

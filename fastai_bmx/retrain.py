@@ -6,7 +6,7 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/retrain.html.md"""
 
 # %% ../nbs/02b_retrain.ipynb #9056f9b9
 from __future__ import annotations
-import os
+import os, numbers
 from pathlib import Path
 import numpy as np
 from torch import nn
@@ -18,11 +18,28 @@ from fastai.callback.tracker import SaveModelCallback
 from fastai.callback.schedule import *  # fit_one_cycle
 from fastai.callback.progress import *  # no_bar
 from .sampling import *  # dls.resampled
+from .sampling import _finite_real
 
 # %% auto #0
 __all__ = ['retrain_classifier']
 
 # %% ../nbs/02b_retrain.ipynb #3a7495e7
+def _monitorable(learn:Learner) -> list:
+    "The recorder columns a fit of `learn` can monitor: its losses and metrics, also with fastai's train_/valid_ prefixes"
+    names = ['loss', *L(learn.metrics).attrgot('name')]
+    return ['train_loss', 'valid_loss', *names[1:], *[f'{s}_{n}' for s in ('train', 'valid') for n in names[1:]]]
+
+def _check_crt_args(learn, epochs, lr, q, monitor, comp, fname):
+    "A clear error, before the learner is touched, for an argument `retrain_classifier` can't use"
+    if not isinstance(learn, Learner): raise TypeError(f"learn must be a fastai Learner (e.g. from `vision_learner`), got {type(learn).__name__}.")
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        raise ValueError(f"epochs={epochs!r} must be a whole number >= 1 of re-training epochs.")
+    if not (_finite_real(lr) and lr > 0): raise ValueError(f"lr={lr!r} must be a finite learning rate > 0, e.g. 1e-3.")
+    check_q(q)
+    if monitor not in _monitorable(learn): raise ValueError(f"monitor={monitor!r} is no column of the recorder: use one of {_monitorable(learn)}.")
+    if comp is not None and not callable(comp): raise TypeError(f"comp={comp!r} must be np.greater, np.less or None (inferred from monitor).")
+    if fname is not None and not (isinstance(fname, str) and fname): raise TypeError(f"fname={fname!r} must be a file name (a str) or None.")
+
 def retrain_classifier(learn:Learner, # a trained `Learner` whose last parameter group is the classifier head (as `vision_learner` splits)
                        epochs:int=5, # epochs of re-training, with one-cycle
                        lr:float=1e-3, # maximum learning rate
@@ -33,23 +50,25 @@ def retrain_classifier(learn:Learner, # a trained `Learner` whose last parameter
                        labels=None, # class index of every training item, when `get_labels` can't read them from `dls.train`
                       ) -> Learner:
     "cRT (Kang et al.): re-initialise the head's last layer and re-train the head alone on `dls.resampled(q)`; the body stays bit-identical"
+    _check_crt_args(learn, epochs, lr, q, monitor, comp, fname)
     groups = learn.splitter(learn.model)
     if not isinstance(groups[0], (list, tuple, L)) or len(groups) < 2:  # a flat list of parameters is one group
         raise ValueError("The learner has one parameter group, so there is no body to keep: build it with `vision_learner` "
                          "or pass a `splitter` that puts the classifier head in the last group.")
     last = [m for m in learn.model.modules() if isinstance(m, nn.Linear)]
     if not last: raise ValueError("The model has no `nn.Linear` layer to re-initialise as its classifier.")
+    rdls = learn.dls.resampled(q, labels)  # checks `q` and `labels` while the head is still intact
     last[-1].reset_parameters()
     fname = fname or f'crt_{os.getpid()}_{id(learn)}'  # processes sharing a folder each keep their own checkpoint
     dls, train_bn, opt = learn.dls, learn.train_bn, learn.opt
     mix = [cb for cb in learn.cbs if isinstance(cb, MixHandler)]  # cRT trains on plain class-balanced batches
     try:
-        learn.dls, learn.train_bn, learn.opt = dls.resampled(q, labels), False, None
+        learn.dls, learn.train_bn, learn.opt = rdls, False, None
         learn.freeze()
         for p in learn.model.parameters():
             if not p.requires_grad: p.grad = None  # no weight decay on a frozen parameter's stale zero gradient
         save = SaveModelCallback(monitor=monitor, comp=comp, fname=fname, with_opt=False)
-        with learn.removed_cbs(mix): learn.fit_one_cycle(epochs, lr, cbs=[BnFreeze(), save])
+        with learn.removed_cbs(mix): learn.fit_one_cycle(int(epochs), float(lr), cbs=[BnFreeze(), save])
     finally:
         learn.dls, learn.train_bn = dls, train_bn
         (Path(learn.path)/learn.model_dir/f'{fname}.pth').unlink(missing_ok=True)

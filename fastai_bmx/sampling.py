@@ -29,6 +29,8 @@ def _multi_msg(what, shape=None):
 
 def check_labels(labels, n_classes:int|None=None, what:str='labels') -> np.ndarray:
     "Return `labels` as a 1-D int64 array of class indices, or raise an error that says what is wrong and how to fix it"
+    if n_classes is not None and (isinstance(n_classes, bool) or not isinstance(n_classes, numbers.Integral) or n_classes < 1):
+        raise ValueError(f"n_classes={n_classes!r} must be a whole number ≥ 1 (the number of classes, e.g. `dls.c`), or None.")
     if isinstance(labels, torch.Tensor): labels = as_np(labels)
     if isinstance(labels, (list, tuple, L)) and len(labels) and isinstance(labels[0], (torch.Tensor, np.ndarray)):
         labels = [as_np(o) for o in labels]  # e.g. TensorCategory items
@@ -120,8 +122,24 @@ def sampling_probs(labels, q:float=0.) -> np.ndarray:
     return p / p.sum()
 
 # %% ../nbs/00_sampling.ipynb #c614ccd0
+def _check_wgts(wgts, n:int) -> np.ndarray:
+    "`wgts` as a 1-D float64 array of `n` finite weights ≥ 0, not all 0, or an error that says what to pass"
+    w = as_np(wgts)
+    if w.ndim != 1 or len(w) != n:
+        raise ValueError(f"wgts must hold one sampling weight per item of the dataset, {n} in a 1-D array; got shape {w.shape}. "
+                         "For class-balanced weights use `sampling_probs(labels, q)`, or `resampled_dl(dl, q)`.")
+    if w.dtype.kind not in 'iuf': raise TypeError(f"wgts must be numbers (sampling weights), got dtype {w.dtype}.")
+    w = w.astype(np.float64)
+    if not (np.isfinite(w).all() and (w >= 0).all()): raise ValueError(f"wgts must be finite and ≥ 0, got values in [{w.min()}, {w.max()}].")
+    if not (w > 0).any(): raise ValueError("Every weight in wgts is 0: give at least one item a weight > 0.")
+    return w
+
 class ResampledDL(WeightedDL):
     "A `WeightedDL` whose copies (`new`) keep its sampling weights, and whose draws take linear time"
+    def __init__(self, dataset=None, bs=None, wgts=None, **kwargs):
+        if wgts is not None: wgts = _check_wgts(wgts, len(dataset))
+        super().__init__(dataset, bs=bs, wgts=wgts, **kwargs)
+
     def get_idxs(self):
         "`n` indices drawn with replacement ∝ `wgts`: multinomial counts in a random order, O(n) (`np.random.choice` is O(n log n))"
         if self.n == 0: return []

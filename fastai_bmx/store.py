@@ -6,14 +6,18 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/store.html.md"""
 
 # %% ../nbs/12_store.ipynb #e8a01b65
 from __future__ import annotations
-import json, os, socket
+import csv, io, json, math, os, socket, time
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd
+from fastcore.basics import patch
 from .sources import RunRecord
+from .methods import get_method
+from .metrics import PAPER_METRICS
+from .guard import RunFailure
 
 # %% auto #0
-__all__ = ['run_name', 'RunFolder']
+__all__ = ['TABLE_KEYS', 'run_name', 'RunFolder', 'row_problem', 'read_table']
 
 # %% ../nbs/12_store.ipynb #a85f324b
 def run_name(method:str, # a run name of a method, e.g. 'bmx-0.2'
@@ -27,7 +31,8 @@ _NEW_SETTINGS = {'split_seed': 0, 'precision': 'fp32', 'files': 'disk'}  # setti
 
 def _alive(claim:str) -> bool:
     "Whether the process of a claim ('host pid') may still run: yes on another host, where it can't be checked"
-    host, pid = claim.rsplit(' ', 1)
+    host, _, pid = claim.strip().rpartition(' ')
+    if not pid.isdigit(): return False  # a damaged claim file: nobody holds it
     if host != socket.gethostname(): return True
     try: os.kill(int(pid), 0)
     except ProcessLookupError: return False
@@ -57,7 +62,12 @@ class RunFolder:
         tmp.write_text(text)
         os.replace(tmp, self.path/fname)
 
-    def read_json(self, fname:str): return json.loads((self.path/fname).read_text())
+    def read_json(self, fname:str):
+        "The JSON file `fname` of the folder, or a clear error if it is damaged"
+        try: return json.loads((self.path/fname).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.path/fname} is damaged (not JSON: {e}): delete it, and the next run writes it again "
+                             "(the recorded runs in results.csv are kept).") from None
 
     def check_settings(self, settings:dict):
         "Raise unless the runs already in the folder were made with `settings` (writes nothing)"
@@ -83,8 +93,15 @@ class RunFolder:
     def record(self) -> RunRecord: return RunRecord.from_json((self.path/'record.json').read_text())
 
     def results(self) -> pd.DataFrame:
-        "The recorded runs, one row each (an empty table before the first)"
-        return pd.read_csv(self.csv) if self.csv.exists() else pd.DataFrame(columns=['run'])
+        "The recorded runs, one row each (an empty table before the first); a damaged row is left out (`repair` puts it aside)"
+        if not self.csv.exists(): return pd.DataFrame(columns=['run'])
+        text = self.csv.read_text()
+        cols, good, _ = read_table(text)
+        if not cols: return pd.DataFrame(columns=['run'])
+        if not set(TABLE_KEYS) <= set(cols):
+            raise ValueError(f"{self.csv} isn't a bmx-compare table (it has no column {', '.join(k for k in TABLE_KEYS if k not in cols)}): "
+                             "move it away, or choose another --out folder.")
+        return pd.read_csv(io.StringIO('\n'.join([text.splitlines()[0], *good])))
 
     def done(self) -> set: return set(self.results()['run'])
 
@@ -97,6 +114,8 @@ class RunFolder:
             np.savez_compressed(self.path/'preds'/f"{row['run']}.npz", probs=np.asarray(probs), targs=np.asarray(targs),
                                 **{k: np.asarray(v) for k, v in more.items()})
             self.write('results.csv', pd.concat([r for r in (done, pd.DataFrame([row])) if len(r)], ignore_index=True).to_csv(index=False))
+            fails = self.failures()
+            if fails.pop(row['run'], None): self._write_failures(fails)  # it gave a result this time
         return True
 
     def claim(self, run:str) -> bool:
@@ -115,3 +134,94 @@ class RunFolder:
         z = np.load(self.path/'preds'/f'{run}.npz')
         pre = '' if split == 'test' else 'valid_'
         return (z[f'{pre}probs'], z[f'{pre}targs']) if f'{pre}probs' in z.files else None
+
+# %% ../nbs/12_store.ipynb #2715e8ab
+@patch
+def failures(self:RunFolder) -> dict:
+    "The runs that gave no result: run name -> `RunFailure`, from failures.json"
+    f = self.path/'failures.json'
+    if not f.exists(): return {}
+    try: return {k: RunFailure(**v) for k, v in json.loads(f.read_text()).items()}
+    except (ValueError, TypeError) as e: raise ValueError(f"{f} is damaged ({e}).") from None
+
+@patch
+def _write_failures(self:RunFolder, fails:dict):
+    if fails: self.write('failures.json', json.dumps({k: v.to_dict() for k, v in fails.items()}, indent=1))
+    else: (self.path/'failures.json').unlink(missing_ok=True)
+
+@patch
+def add_failure(self:RunFolder, failure:RunFailure):
+    "Record a run that gave no result, unless a process sharing the folder recorded a result for it"
+    with self.lock():
+        if failure.run in self.done(): return
+        self._write_failures({**self.failures(), failure.run: failure})
+
+# %% ../nbs/12_store.ipynb #2fc84d8c
+TABLE_KEYS = ('run', 'seed', 'fold', 'method') # the columns that make a CSV a bmx-compare table
+
+def row_problem(row:dict, # one row of results.csv: column -> its text
+                metrics:list, # the metric columns, which must hold finite numbers
+               ) -> str|None:
+    "Why a row of results.csv is no recorded run (a method unknown here, a name that doesn't match, a metric that isn't a number), or None"
+    try: m = get_method(row['method'])
+    except (ValueError, KeyError, TypeError): return f"method {row['method']!r} is not one this version knows"
+    try: seed, fold = int(row['seed']), None if row['fold'] == '' else int(float(row['fold']))
+    except ValueError: return f"seed {row['seed']!r} or fold {row['fold']!r} is not a whole number"
+    if m.run_name != row['method'] or row['run'] != run_name(m.run_name, seed, fold):
+        return f"run {row['run']!r} doesn't match its method {row['method']!r}, seed {seed} and fold {fold}"
+    for c in metrics:
+        try: v = float(row[c])
+        except ValueError: return f"{c} {row[c]!r} is not a number"
+        if not math.isfinite(v): return f"{c} is {row[c] or 'empty'}"
+    return None
+
+# %% ../nbs/12_store.ipynb #f2f912ad
+def read_table(text:str, # the text of a results.csv
+              ) -> tuple:
+    "`(columns, good, bad)`: the header's columns, the lines that are recorded runs, and `(line number, line, reason)` of the others"
+    lines = text.splitlines()
+    if not lines or not lines[0].strip(): return [], [], []
+    cols = next(csv.reader([lines[0]]))
+    metrics, good, bad, seen = [m.name for m in PAPER_METRICS if m.name in cols],[],[],set()
+    for i, line in enumerate(lines[1:], 2):
+        if not line.strip(): continue
+        fields = next(csv.reader([line]))
+        why = (f"torn: {len(fields)} fields where the header has {len(cols)}" if len(fields) != len(cols) else
+               row_problem(dict(zip(cols, fields)), metrics) if set(TABLE_KEYS) <= set(cols) else None)
+        run = fields[cols.index('run')] if 'run' in cols and len(fields) == len(cols) else None
+        if why is None and run is not None and run in seen: why = f"a second row of run {run}"
+        if why: bad.append((i, line, why))
+        else: good.append(line); seen.add(run)
+    return cols, good, bad
+
+# %% ../nbs/12_store.ipynb #d405dd5a
+@patch
+def repair(self:RunFolder) -> str|None:
+    "Put results.csv's damaged rows (and unreadable failures.json or predictions) aside, keeping the good rows; say what was done (hold the lock)"
+    said = []
+    if self.csv.exists():
+        text = self.csv.read_text()
+        cols, good, bad = read_table(text)
+        for line in list(good):  # a row whose predictions can't be read would break the report
+            run = next(csv.reader([line]))[cols.index('run')]
+            if (f := self.path/'preds'/f'{run}.npz').exists() and not _readable(f):
+                os.replace(f, f.with_suffix('.npz.damaged')); good.remove(line); bad.append((text.splitlines().index(line) + 1, line, f"its predictions {f.name} can't be read"))
+        if bad:
+            with open(self.path/'results.damaged.txt', 'a') as f:
+                f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}: rows put aside from results.csv (header: {text.splitlines()[0]})\n")
+                for i, line, why in bad: f.write(f"line {i} ({why}): {line}\n")
+            self.write('results.csv', '\n'.join([text.splitlines()[0], *good]) + '\n')
+            said.append(f"results.csv: {len(bad)} damaged row(s) put aside into {self.path/'results.damaged.txt'} "
+                        f"({'; '.join(f'line {i}: {why}' for i, _, why in bad[:3])}{'; ...' if len(bad) > 3 else ''}); "
+                        f"their runs train again, the {len(good)} good row(s) are kept")
+    try: self.failures()
+    except ValueError:
+        os.replace(self.path/'failures.json', self.path/'failures.json.damaged')
+        said.append(f"failures.json was damaged: moved to {self.path/'failures.json.damaged'}; the runs it listed will be retried")
+    return '; '.join(said) or None
+
+def _readable(f:Path) -> bool:
+    "Whether a predictions file opens and holds test probabilities and targets"
+    try:
+        with np.load(f) as z: return {'probs', 'targs'} <= set(z.files) and len(z['probs']) == len(z['targs'])
+    except Exception: return False

@@ -23,6 +23,7 @@ from .precision import precision_cbs, wants_channels_last
 from .methods import get_method
 from .schedule import fine_tune_stages, SaveBestOfStages
 from .weights import Weights, normalize_with, pretrained_learner
+from .guard import DivergenceGuard, RunDiverged, DIVERGENCE_FACTOR
 
 # %% auto #0
 __all__ = ['PAPER_RECIPE', 'get_arch', 'check_monitor', 'train_eval', 'fit_paper_recipe']
@@ -69,21 +70,29 @@ def train_eval(dls, # the run's `DataLoaders` (train, valid, test), from `load_s
                show_bar:bool=True, # fastai's per-epoch progress bars
                precision:str='fp32', # 'fp32', or mixed precision: 'bf16' (CPU or GPU) or 'fp16' (GPU), see `precision_cbs`
                channels_last:bool|None=None, # train in channels-last memory; None: where it pays (`wants_channels_last`)
+               diverge:float|None=DIVERGENCE_FACTOR, # stop and raise `RunDiverged` once the training loss isn't finite or passes this many times its start; None: never
               ) -> tuple:
     "Train `method` once, from scratch or fine-tuned, reload its best epoch on `monitor`, and return `(row, preds)`: test and validation predictions of that checkpoint"
     monitor = check_monitor(monitor or rec.monitor)
     m = get_method(method)
-    learn = _learner(dls, rec, m, arch, weights, m.cbs(rec) + precision_cbs(precision, channels_last=False), path)
+    guard = [DivergenceGuard(diverge)] if diverge is not None else []
+    learn = _learner(dls, rec, m, arch, weights, m.cbs(rec) + precision_cbs(precision, channels_last=False) + guard, path)
     if wants_channels_last(learn.model, precision) if channels_last is None else channels_last: learn.add_cb(ChannelsLast())
     save = dict(monitor=monitor, comp=np.greater, fname=fname, with_opt=False)
     t0 = time.time()
-    with (learn.no_bar() if not show_bar else nullcontext()), learn.no_logging():
-        if weights is None:
-            learn.fit_one_cycle(epochs, lr, cbs=SaveModelCallback(**save))
-            vals = pd.DataFrame(learn.recorder.values, columns=learn.recorder.metric_names[1:-1])
-        else: vals = fine_tune_stages(learn, epochs, lr, freeze_epochs, cbs=SaveBestOfStages(**save))  # best of both stages
-        best = int(vals[monitor].values.argmax())
-        m.after_fit(learn, rec, monitor, len(vals))
+    try:
+        with (learn.no_bar() if not show_bar else nullcontext()), learn.no_logging():
+            if weights is None:
+                learn.fit_one_cycle(epochs, lr, cbs=SaveModelCallback(**save))
+                vals = pd.DataFrame(learn.recorder.values, columns=learn.recorder.metric_names[1:-1])
+            else: vals = fine_tune_stages(learn, epochs, lr, freeze_epochs, cbs=SaveBestOfStages(**save))  # best of both stages
+            if guard and guard[0].diverged: raise RunDiverged(*guard[0].diverged)
+            best = int(vals[monitor].values.argmax())
+            m.after_fit(learn, rec, monitor, len(vals))
+    except Exception as e:
+        (Path(path)/'models'/f'{fname}.pth').unlink(missing_ok=True)  # no half-trained checkpoint is left behind
+        if guard and guard[0].diverged and not isinstance(e, RunDiverged): raise RunDiverged(*guard[0].diverged) from None  # the checkpoint callback can't load what a diverged run never saved
+        raise
     train_s = time.time() - t0
     predict = (lambda dl: flip_tta(learn, dl=dl)) if rec.flip else (lambda dl: learn.get_preds(dl=dl))
     with learn.no_bar(): (probs, targs), (valid_probs, valid_targs) = predict(dls.test), predict(dls.valid.new(shuffle=False, drop_last=False))

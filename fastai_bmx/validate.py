@@ -6,7 +6,7 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/validate.html.md"""
 
 # %% ../nbs/14_validate.ipynb #808d91c1
 from __future__ import annotations
-import numbers
+import numbers, os, tempfile
 from pathlib import Path
 import numpy as np
 from fastcore.foundation import L
@@ -15,7 +15,7 @@ from .files import folder_table, csv_table, image_problems
 from .sources import source_kind
 
 # %% auto #0
-__all__ = ['check_options', 'check_out', 'check_images', 'count_files', 'check_classes', 'check_folds']
+__all__ = ['check_options', 'check_out', 'check_batch', 'check_images', 'count_files', 'check_classes', 'check_folds']
 
 # %% ../nbs/14_validate.ipynb #0aabd18c
 def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -39,22 +39,47 @@ def check_options(epochs:int=10, # epochs per run
         raise ValueError(f"--lr {lr!r}: the learning rate must be a number > 0, e.g. --lr 2e-3.")
     _check_int('--bs', bs, 1, 'the batch size must be an integer >= 1, e.g. --bs 64')
     if size is not None: _check_int('--size', size, 8, 'images are resized to size x size pixels: give an integer >= 8, or leave it out')
+    if size is not None and size > 2048: raise ValueError(f"--size {size}: images are resized to size x size pixels, and more than 2048 won't fit a batch in memory; give 8 to 2048.")
     seeds = list(L(seeds))
     if not seeds: raise ValueError("--seeds: no seeds given; pass at least one, e.g. --seeds 0 1 2.")
-    for s in seeds: _check_int('--seeds', s, 0, 'seeds are integers >= 0, e.g. --seeds 0 1 2')
+    for s in seeds:
+        _check_int('--seeds', s, 0, 'seeds are integers >= 0, e.g. --seeds 0 1 2')
+        if s >= 2**32: raise ValueError(f"--seeds {s}: a seed must be below 2**32 (numpy's limit), e.g. --seeds 0 1 2.")
     if len(set(seeds)) < len(seeds): raise ValueError(f"--seeds {' '.join(map(str, seeds))}: a seed is repeated; each seed is one run per method.")
     if not _is_int(folds) or folds < 0 or folds == 1: raise ValueError(f"--folds {folds!r}: use 0 (the data's own split) or k >= 2.")
     _check_int('--split-seed', split_seed, 0, 'the split seed is an integer >= 0')
+    if split_seed >= 2**32: raise ValueError(f"--split-seed {split_seed}: it must be below 2**32 (numpy's limit).")
     if threads is not None: _check_int('--threads', threads, 1, 'give at least 1 thread, or leave it out')
     _check_int('--freeze-epochs', freeze_epochs, 0, 'the epochs of the new head alone, body frozen, before every layer trains: an integer >= 0, e.g. 1')
 
+
+# %% ../nbs/14_validate.ipynb #d1cdb9cd
 def check_out(out:str|Path, # the output folder
              ):
-    "Raise unless `out` is an existing folder or a path where one can be made"
+    "Raise unless `out` is an existing folder that can be written, or a path where one can be made (writing nothing there)"
     out = Path(out)
     if out.exists() and not out.is_dir(): raise ValueError(f"--out {out} is a file: give a folder (new or one to resume).")
     parent = next((p for p in [out, *out.parents] if p.exists()), None)
     if parent is not None and not parent.is_dir(): raise ValueError(f"--out {out}: {parent} is a file, so no folder can be made there.")
+    if parent is None: return
+    if parent == out:
+        if not os.access(out, os.W_OK | os.X_OK): raise ValueError(f"--out {out}: this folder can't be written to: choose one you can write to.")
+        return
+    try: tempfile.TemporaryDirectory(dir=parent).cleanup()  # the one sure test: make a folder there, and remove it at once
+    except OSError as e: raise ValueError(f"--out {out}: no folder can be made in {parent} ({e.strerror or e}): choose a place you can write to.") from None
+
+# %% ../nbs/14_validate.ipynb #a6ba6cbc
+def check_batch(bs:int, # the batch size
+                rec, # the data's `RunRecord` (its training class counts)
+                n_valid:int, # images in the validation split
+                folds:int=0, # the number of folds k (0: the data's own split)
+               ):
+    "Raise unless the training split (each fold's, with `folds`) holds at least one batch of `bs`, which the training loader needs"
+    n_train = int(np.sum(rec.counts))
+    if folds: n_train = n_train + n_valid - -(-(n_train + n_valid) // folds)  # the smallest training part of the k folds
+    if bs > n_train:
+        raise ValueError(f"--bs {bs} is more than the {n_train} training images{' of a fold' if folds else ''}: the training loader drops "
+                         f"an incomplete last batch, so it would yield none. Use --bs {2**int(np.log2(n_train))} or less.")
 
 # %% ../nbs/14_validate.ipynb #3a149a82
 def _source_files(data:str) -> list:
