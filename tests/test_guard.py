@@ -2,7 +2,7 @@
 
 The sweeps run through the console script, as a user calls it. Two methods that go wrong on purpose (tests/failing_methods.py)
 are registered in that process only, by a `sitecustomize.py` on its PYTHONPATH."""
-import json, math, os, subprocess, sys
+import json, math, os, re, subprocess, sys
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 import fastcore.test as fct
@@ -52,20 +52,17 @@ def test_a_failing_and_a_diverging_run_leave_the_sweep_going(tmp_path, plugin_en
     r = cli(*args, '--no-retry', env=plugin_env)  # nothing trains; the failures are still reported
     assert r.returncode == 1 and '0 to go (2 that gave no result before, skipped: --no-retry)' in r.stdout, r.stdout[-2000:]
 
-    r = cli(*args, env=plugin_env)  # resumed: both are tried again, and fail again the same way
-    assert r.returncode == 1 and '2 to go (2 that gave no result before, trained again)' in r.stdout, r.stdout[-2000:]
-    assert 'nanloss_seed0: diverged' in r.stdout and 'raises_seed0: failed' in r.stdout
-
-    r = cli(*args, '--debug', env=plugin_env)  # --debug: the first error stops the sweep with its traceback
+    r = cli(*args, '--debug', env=plugin_env)  # resumed: both are tried again; with --debug the first error stops the sweep, traceback and all
+    assert '2 to go (2 that gave no result before, trained again)' in r.stdout, r.stdout[-2000:]
     assert r.returncode != 0 and 'Traceback' in r.stderr and 'RunDiverged' in r.stderr, r.stderr[-2000:]
 
 
-def test_a_learning_rate_that_explodes_is_reported_as_diverged(tmp_path):
-    out = tmp_path/'cmp'
-    r = cli('--out', out, '--methods', 'instance', '--seeds', '0', '--lr', '1000', *TINY)
-    assert r.returncode == 1, r.stderr[-2000:]
-    assert 'instance_seed0: diverged, the training loss reached' in r.stdout and '--lr 100' in r.stdout, r.stdout[-2000:]
-    assert '1 run(s) gave no result' in r.stdout and not (out/'results.csv').exists()  # no MCC 0 in a table
+def test_a_learning_rate_that_explodes_is_reported_as_diverged(tmp_path, capsys):
+    out = tmp_path/'cmp'  # the issue's case: --lr 1000 on the digits, which used to show MCC 0.00 in the table
+    tbl = compare('digits', out, methods=['instance'], seeds=[0], lr=1000., epochs=1, arch='resnet10t', bs=32, show_bar=False)
+    said = capsys.readouterr().out
+    assert 'instance_seed0: diverged, the training loss reached' in said and 'e.g. --lr 100' in said, said[-2000:]
+    assert len(tbl) == 0 and not (out/'results.csv').exists() and not (out/'results.md').exists()  # no MCC 0 in a table
     fct.test_eq(json.loads((out/'failures.json').read_text())['instance_seed0']['status'], 'diverged')
 
 
@@ -119,30 +116,36 @@ def test_a_torn_results_csv_is_repaired_and_its_run_trained_again(tmp_path):
     fct.test_eq(list(pd.read_csv(out/'results.csv').run), ['instance_seed0', 'instance_seed1'])
     fct.test_eq((out/'results.csv').read_text().splitlines()[1], good[1])  # the good row as it was
 
+
+def test_foreign_rows_are_put_aside_and_a_foreign_table_refused(tmp_path, capsys):
+    out, kw = tmp_path/'cmp', dict(methods=['instance'], seeds=[0], epochs=1, arch='resnet10t', bs=32, show_bar=False)
+    compare('digits', out, **kw)
     rows = (out/'results.csv').read_text().splitlines()  # a row pasted in from some other tool's table
     pasted = rows[1].split(','); pasted[0], pasted[3] = 'resnet50_seed0', 'resnet50'
     (out/'results.csv').write_text('\n'.join(rows + [','.join(pasted)]) + '\n')
-    r = cli('--out', out, *CSV_ARGS)
-    assert r.returncode == 0 and "method 'resnet50' is not one this version knows" in r.stdout, r.stdout[-2000:]
-    assert '2 runs already done, 0 to go' in r.stdout
-
+    capsys.readouterr()
+    compare('digits', out, **kw)
+    said = capsys.readouterr().out
+    assert "method 'resnet50' is not one this version knows" in said and '1 runs already done, 0 to go' in said, said[-2000:]
+    fct.test_eq((out/'results.csv').read_text().splitlines(), rows)
     (out/'results.csv').write_text('patient,grade\n1,3\n')  # not a comparison's table at all: refused, untouched
-    r = cli('--out', out, *CSV_ARGS)
-    assert r.returncode == 2 and "isn't a bmx-compare table" in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    with pytest.raises(ValueError, match="isn't a bmx-compare table"): plan_compare('digits', out, **kw)
     fct.test_eq((out/'results.csv').read_text(), 'patient,grade\n1,3\n')
 
 
 def test_bad_input_is_refused_before_any_run(tmp_path):
     a_file = tmp_path/'a_file'; a_file.write_text('')
     cases = [(['--bs', '5000'], '--bs 5000 is more than the'), (['--out', '/sys/bmx_out'], '--out /sys/bmx_out: no folder can be made'),
-             (['--out', a_file/'sub'], 'is a file'), (['--size', '5000'], '--size 5000'), (['--seeds', '4294967296'], 'below 2**32'),
-             (['--bs', '700', '--folds', '5'], 'training images of a fold')]
+             (['--bs', '700', '--folds', '5'], 'training images of a fold')]  # the others as plan_compare sees them, below
     for extra, says in cases:
         out = tmp_path/'never'
         r = cli('--out', out, '--methods', 'instance', *TINY, *extra)
         lines = [l for l in r.stderr.splitlines() if l.strip()]
         assert r.returncode == 2 and len(lines) == 1 and says in lines[0], (extra, r.returncode, r.stderr[-1500:])
         assert not out.exists()  # nothing written
+    for kw, says in [(dict(out=a_file/'sub'), 'is a file'), (dict(size=5000), '--size 5000'), (dict(seeds=[2**32]), 'below 2**32')]:
+        with pytest.raises(ValueError, match=re.escape(says)): plan_compare('digits', **{'out': tmp_path/'never', 'methods': ['instance'], **kw})
+        assert not (tmp_path/'never').exists()
 
 
 # ---- the property: plan_compare accepts an option set, or refuses it in one line that names an option or a file
