@@ -8,11 +8,11 @@ from .retrain import *
 from .metrics import *
 from .evaluation import *
 from .bootstrap import *
-from .paired import *
+from .app.paired import *
 from .data import *
 from .files import *
 from .splits import *
 from .weights import *
-from .training import *
+from .app.training import *
 from .precision import *
-from .report import *
+from .app.report import *

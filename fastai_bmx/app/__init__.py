@@ -1,0 +1,1 @@
+"""The `bmx-compare` application: sources, methods, training runs, the output folder, reports, paired verdicts, the frontier, post-hoc fits, the recommendation, export and the command itself, built on the library one level up"""
