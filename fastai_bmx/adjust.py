@@ -25,6 +25,7 @@ def check_tau(tau) -> float:
     if not (_finite_real(tau) and tau >= 0): raise ValueError(f"tau={tau!r} must be a number >= 0 (0: no adjustment, 1: Balanced Softmax).")
     return float(tau)
 
+# %% ../nbs/02a_adjust.ipynb #19bbf74b
 def log_prior(class_counts, # training items per class (the whole training set, not a batch)
              ) -> Tensor:
     "log π_j = log(n_j / N), or a clear error for a class with no training items (its log prior is −∞)"
@@ -34,6 +35,7 @@ def log_prior(class_counts, # training items per class (the whole training set, 
                          "logit adjustment needs at least one training item of every class (or leave those classes out).")
     return torch.as_tensor(np.log(n / n.sum()), dtype=torch.float32)
 
+# %% ../nbs/02a_adjust.ipynb #e2236479
 class LogitAdjustedCE(Module):
     "Cross-entropy of the logits shifted by τ·log π (Menon et al.); τ=1 is Balanced Softmax"
     y_int = True # targets are class indices: mixup callbacks mix the losses, not the targets
@@ -52,6 +54,7 @@ class LogitAdjustedCE(Module):
                              "give one class count per class.")
         return F.cross_entropy(inp + self.tau * self.log_prior.to(inp.device, inp.dtype), targ, reduction=self.reduction)
 
+# %% ../nbs/02a_adjust.ipynb #68cca63a
 class LogitAdjustedLoss(BaseLoss):
     "Logit-adjusted cross-entropy, flattened like fastai's `CrossEntropyLossFlat`; predictions use the raw logits"
     y_int = True
@@ -100,6 +103,7 @@ def posthoc_adjust(probs, # predicted probabilities `(N, C)`
     tau,lp = check_tau(tau),log_prior(class_counts).double()
     return _adjust(_check_probs(probs, len(lp)), lp, tau)
 
+# %% ../nbs/02a_adjust.ipynb #7a3c5036
 def tune_tau(valid_probs, # validation probabilities `(N, C)` of the trained model
              valid_targs, # validation class indices `(N,)`
              class_counts, # training items per class

@@ -38,6 +38,7 @@ def _metric_name(f) -> str:
     g, _ = _unpartial(f)
     return getattr(g, '__name__', None) or getattr(f, '__name__', None) or type(f).__name__
 
+# %% ../nbs/05_bootstrap.ipynb #16a24e1d
 # This package's metric functions, and the vectorised kind (`_fast_values`) that gives the same value. Their kappa
 # lists every class index (not only those seen), so 'kappa_all' keeps absent classes in the quadratic weights.
 _FAST_BY_NAME = {'quadratic_kappa': 'kappa_all', 'mcc': 'mcc', 'balanced_accuracy': 'bacc', 'macro_f1': 'f1_macro', 'accuracy': 'acc'}
@@ -52,6 +53,7 @@ def _own_kind(m):
     f, _ = _unpartial(m)
     return _OWN_FAST.get(f) if f is not None else None
 
+# %% ../nbs/05_bootstrap.ipynb #ee236d4b
 class _Metric:
     "A metric with `prep` (row-wise, applied once to all predictions) and `call` (on one resample)"
     def __init__(self, name, m):
@@ -86,6 +88,7 @@ class _Metric:
             return float(m.func(t, p, **m.kwargs) if m.invert_args else m.func(p, t, **m.kwargs))
         return float(m(t, p) if _is_sklearn(m) else m(p, t))
 
+# %% ../nbs/05_bootstrap.ipynb #fb871fd2
 def _as_metrics(metrics) -> list:
     if isinstance(metrics, Mapping): items = list(metrics.items())
     elif isinstance(metrics, (list, tuple, L)): items = [(_metric_name(m), m) for m in metrics]
@@ -110,11 +113,13 @@ def _fast_kind(spec):
     if f is skm.accuracy_score and set(kw) <= {'normalize'} and kw.get('normalize', True): return 'acc'
     return None
 
+# %% ../nbs/05_bootstrap.ipynb #371b5869
 def _confusions(t:np.ndarray, p:np.ndarray, idx:np.ndarray, k:int) -> np.ndarray:
     "Confusion matrices `(B, k, k)` (rows: true) of codes `t`, `p` in 0..k-1, for each row of resample indices `idx`"
     codes = t[idx]*k + p[idx] + (np.arange(len(idx))*k*k)[:, None]
     return np.bincount(codes.ravel(), minlength=len(idx)*k*k).reshape(len(idx), k, k).astype(np.float64)
 
+# %% ../nbs/05_bootstrap.ipynb #4ab8f760
 def _fast_values(kind:str, cm:np.ndarray) -> tuple:
     "Metric `kind` for a batch of confusion matrices, and a mask of those it can't compute (left to sklearn)"
     k = cm.shape[-1]
@@ -140,6 +145,7 @@ def _fast_values(kind:str, cm:np.ndarray) -> tuple:
         if kind == 'acc': return diag.sum(1) / n, bad
     raise ValueError(kind)
 
+# %% ../nbs/05_bootstrap.ipynb #ead47fbf
 def _draw(rng, n_items:int, groups:list|None) -> np.ndarray:
     "One resample of indices: within each group of indices if `groups`, else over all `n_items`"
     if groups is None: return rng.integers(0, n_items, n_items)

@@ -41,6 +41,7 @@ def ece(probs, # predicted probabilities `(N, C)`
     p, t = _probs_targs(probs, targs)
     return _binned_gap(p.max(1), (p.argmax(1) == t).astype(float), n_bins)
 
+# %% ../nbs/03a_calibration.ipynb #3585cb47
 def classwise_ece(probs, # predicted probabilities `(N, C)`
                   targs, # true class indices `(N,)`
                   n_bins:int=15, # equal-width bins of each class's probability
@@ -49,6 +50,7 @@ def classwise_ece(probs, # predicted probabilities `(N, C)`
     p, t = _probs_targs(probs, targs)
     return float(np.mean([_binned_gap(p[:, k], (t == k).astype(float), n_bins) for k in range(p.shape[1])]))
 
+# %% ../nbs/03a_calibration.ipynb #1438a5bc
 def nll(probs, # predicted probabilities `(N, C)`
         targs, # true class indices `(N,)`
         eps:float=1e-15, # probabilities are clipped to [eps, 1]: a 0 on the true class costs −log(eps), not ∞
@@ -57,6 +59,7 @@ def nll(probs, # predicted probabilities `(N, C)`
     p, t = _probs_targs(probs, targs)
     return float(-np.log(np.clip(p[np.arange(len(t)), t], eps, 1)).mean())
 
+# %% ../nbs/03a_calibration.ipynb #1388aa81
 def brier(probs, # predicted probabilities `(N, C)`
           targs, # true class indices `(N,)`
          ) -> float:
@@ -89,6 +92,7 @@ def reliability(probs, # predicted probabilities `(N, C)`
                            confidence=np.bincount(b, conf, n_bins) / np.maximum(n, 1), accuracy=np.bincount(b, hit, n_bins) / np.maximum(n, 1)))
     return df[df['items'] > 0].reset_index(drop=True)
 
+# %% ../nbs/03a_calibration.ipynb #54b7ad21
 def plot_reliability(curves:dict, # name -> `(probs, targs)`, one curve each
                      n_bins:int=15, # equal-width confidence bins
                      title:str='Reliability (top label)', # the figure's title
@@ -116,6 +120,7 @@ def temperature_scale(probs, # predicted probabilities `(N, C)`
     e = np.exp(z)
     return e / e.sum(1, keepdims=True)
 
+# %% ../nbs/03a_calibration.ipynb #05347381
 def fit_temperature(probs, # validation probabilities `(N, C)`
                     targs, # validation class indices `(N,)`
                     bounds:tuple=(0.05, 20.), # the range searched for T

@@ -66,6 +66,7 @@ def _read_npz(path:Path) -> dict:
         try: return {k: npz[k] for k in MEDMNIST_KEYS}
         except Exception as e: raise ValueError(f"{path} is not a readable .npz: {type(e).__name__}: {e}") from e
 
+# %% ../nbs/06_data.ipynb #5da3a932
 def _check_split(x:np.ndarray, y:np.ndarray, name:str, src:str) -> tuple:
     "Check one split's images and labels; return them with labels as a 1-D int64 array"
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)):
@@ -89,6 +90,7 @@ def _check_splits(splits:dict, src:str='') -> dict:
         raise ValueError(f"The splits{src} have different image shapes ((H, W), channels): {shapes}. All splits must share one.")
     return res
 
+# %% ../nbs/06_data.ipynb #21f8390e
 def load_medmnist(path:str|Path, # A MedMNIST v2 `.npz` file
                  ) -> dict:
     "Checked splits of a MedMNIST file: `{'train': (images, labels), 'valid': ..., 'test': ...}`, labels 1-D int64"
@@ -109,6 +111,7 @@ def medmnist_classes(path:str|Path, # A MedMNIST file name or path
     if 'derma' in stem: return list(DERMA_CLASSES)
     return None if n_classes is None else [str(i) for i in range(n_classes)]
 
+# %% ../nbs/06_data.ipynb #cb523def
 def _label_categorize(dls:DataLoaders) -> Categorize|None:
     "The `Categorize` transform of the labels of fastai `Datasets`-based `dls`, or None"
     tls = getattr(dls.train_ds, 'tls', None)
@@ -121,6 +124,7 @@ def is_ordinal(o, # A MedMNIST file name/path, or `DataLoaders` marked by `mark_
     cat = _label_categorize(o)
     return bool(cat is not None and cat.__dict__.get('ordinal', False))  # unmarked: not ordered
 
+# %% ../nbs/06_data.ipynb #4b2944b4
 def mark_ordinal(dls:DataLoaders, # `DataLoaders` whose label pipeline ends in fastai's `Categorize`
                  ordinal:bool=True, # Whether the classes are ordered grades
                 ) -> DataLoaders:
@@ -139,6 +143,7 @@ class IndexedImage(Transform):
         x = self.images[i]
         return TensorImage(x.expand(3, -1, -1) if self.expand and x.shape[0] == 1 else x)
 
+# %% ../nbs/06_data.ipynb #e6a8d47e
 class IndexedLabel(Transform):
     "Index -> class name, read from an in-memory label array; never touches the inputs"
     def __init__(self, labels:np.ndarray, names:list): store_attr()
@@ -165,6 +170,7 @@ def _channel_stats(t:torch.Tensor, chunk:int=4096) -> tuple:
     mean = s / n
     return mean.float(), (s2 / n - mean * mean).clamp_min(0).sqrt().float()
 
+# %% ../nbs/06_data.ipynb #74ad2c82
 def default_augs(do_flip:bool=True, # Random horizontal flip
                  flip_vert:bool=False, # Also flip vertically and rotate by 90° (`Dihedral`): for images with no up or down
                  max_rotate:float=10., # Largest rotation, in degrees
@@ -283,6 +289,7 @@ def digits_splits(imbalance:float=10., # Ratio of the largest to the smallest cl
     tr, va = train_test_split(trval, test_size=valid_pct / (1 - test_pct), stratify=y[trval], random_state=seed)
     return {k: (x[i], y[i]) for k, i in (('train', tr), ('valid', va), ('test', te))}
 
+# %% ../nbs/06_data.ipynb #5288db59
 @delegates(arrays_dls, but=['splits', 'class_names', 'ordinal'])
 def digits_dls(imbalance:float=10., # Ratio of the largest to the smallest class (see `longtail_counts`)
                bs:int=64, # Batch size

@@ -109,11 +109,13 @@ def _check_frame_labels(labels, src:str) -> np.ndarray:
     if len(multi): raise ValueError(f"{src}: label {multi.iloc[0]!r} looks multi-label (it holds a separator); give one class per image.")
     return s.values
 
+# %% ../nbs/08_files.ipynb #be9910f0
 def _sort_vocab(names) -> list:
     "Class names sorted numerically when they are all integers, else alphabetically"
     names = sorted(set(names))
     return sorted(names, key=int) if all(n.lstrip('-').isdigit() for n in names) else names
 
+# %% ../nbs/08_files.ipynb #4fae1504
 def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label column and optionally a split column
               folder:str|Path='.', # The paths in `fn_col` are relative to this folder
               fn_col:str='fname', # Column of image paths
@@ -197,6 +199,7 @@ def folder_table(path:str|Path, # A folder of class folders, or of `train/`, `va
     return pd.DataFrame({'fname': [str(f.relative_to(path)) for f, _ in parts], 'label': [f.parent.name for f, _ in parts],
                          'split': [s for _, s in parts]})
 
+# %% ../nbs/08_files.ipynb #7d982201
 def csv_table(csv:str|Path, # A CSV file with a path column and a label column (and optionally a split column)
              ) -> pd.DataFrame:
     "The rows of a CSV of image paths and labels, or a clear error if it can't be read as a table"
@@ -207,6 +210,7 @@ def csv_table(csv:str|Path, # A CSV file with a path column and a label column (
         raise ValueError(f"{csv} can't be read as a CSV table ({type(e).__name__}: {' '.join(str(e).split())}): "
                          "give one row per image with a path column and a label column.") from None
 
+# %% ../nbs/08_files.ipynb #01922565
 @delegates(frame_dls, but=['df', 'folder', 'fn_col', 'label_col', 'split_col'])
 def folder_dls(path:str|Path, # A folder of class folders, or of `train/`, `valid/` (or `val/`) and `test/` folders of class folders
                **kwargs,
@@ -214,6 +218,7 @@ def folder_dls(path:str|Path, # A folder of class folders, or of `train/`, `vali
     "`DataLoaders` (train, valid[, test]) of an ImageNet-style folder: the class is the name of the image's parent folder"
     return frame_dls(folder_table(path), path, **kwargs)
 
+# %% ../nbs/08_files.ipynb #10694634
 @delegates(frame_dls, but=['df'])
 def csv_dls(csv:str|Path, # A CSV file with a path column and a label column (and optionally a split column)
             folder:str|Path|None=None, # Folder the paths are relative to; default: the CSV's folder

@@ -37,10 +37,10 @@ def class_preds(
     if len(p) != len(t): raise ValueError(f"Got {len(p)} predictions for {len(t)} targets: pass one prediction per target.")
     return p, t, int(n_classes if n_classes is not None else max(p.max(), t.max()) + 1)
 
+# %% ../nbs/03_metrics.ipynb #7b08e013
 def _nan_to(x, undefined:float) -> float:
     return undefined if np.isnan(x) else float(x)
 
-# %% ../nbs/03_metrics.ipynb #09499403
 def quadratic_kappa(
     preds, # Class indices (N,) or scores (N, C)
     targs, # True class indices (N,)
@@ -54,6 +54,7 @@ def quadratic_kappa(
         k = skm.cohen_kappa_score(t, p, labels=np.arange(n), weights='quadratic')
     return _nan_to(k, undefined)
 
+# %% ../nbs/03_metrics.ipynb #6dd8b6c1
 def mcc(
     preds, # Class indices (N,) or scores (N, C)
     targs, # True class indices (N,)
@@ -65,6 +66,7 @@ def mcc(
         warnings.filterwarnings('ignore', message='A single label was found')  # constant preds and targs: MCC is 0
         return float(skm.matthews_corrcoef(t, p))
 
+# %% ../nbs/03_metrics.ipynb #cb8736a7
 def kendall_tau(
     preds, # Class indices (N,) or scores (N, C)
     targs, # True class indices (N,), ordinal
@@ -78,6 +80,7 @@ def kendall_tau(
         tau = scs.kendalltau(p, t).statistic
     return _nan_to(tau, undefined)
 
+# %% ../nbs/03_metrics.ipynb #11b976c8
 def balanced_accuracy(
     preds, # Class indices (N,) or scores (N, C)
     targs, # True class indices (N,)
@@ -90,6 +93,7 @@ def balanced_accuracy(
         warnings.filterwarnings('ignore', message='A single label was found')  # one class: its recall is the answer
         return float(skm.balanced_accuracy_score(t, p))
 
+# %% ../nbs/03_metrics.ipynb #ce425063
 def macro_f1(
     preds, # Class indices (N,) or scores (N, C)
     targs, # True class indices (N,)
@@ -109,18 +113,22 @@ def QuadraticKappa(n_classes:int|None=None, # Number of classes (default: width 
     "Quadratic-weighted Cohen's kappa as a fastai metric named 'quadratic_kappa'"
     return _metric(quadratic_kappa, 'quadratic_kappa', n_classes, undefined=undefined)
 
+# %% ../nbs/03_metrics.ipynb #a268d057
 def MCC(n_classes:int|None=None) -> AccumMetric:
     "Multi-class Matthews correlation coefficient as a fastai metric named 'mcc'"
     return _metric(mcc, 'mcc', n_classes)
 
+# %% ../nbs/03_metrics.ipynb #476864a8
 def KendallTau(n_classes:int|None=None, undefined:float=0.) -> AccumMetric:
     "Kendall's tau-b between predicted and true class indices as a fastai metric named 'kendall_tau'"
     return _metric(kendall_tau, 'kendall_tau', n_classes, undefined=undefined)
 
+# %% ../nbs/03_metrics.ipynb #616b3646
 def BalancedAccuracy(n_classes:int|None=None) -> AccumMetric:
     "Mean recall over the classes present in the targets, as a fastai metric named 'balanced_accuracy'"
     return _metric(balanced_accuracy, 'balanced_accuracy', n_classes)
 
+# %% ../nbs/03_metrics.ipynb #d7fc505b
 def MacroF1(n_classes:int|None=None) -> AccumMetric:
     "Macro-averaged F1 (classes absent from preds and targets left out) as a fastai metric named 'macro_f1'"
     return _metric(macro_f1, 'macro_f1', n_classes)
@@ -133,6 +141,7 @@ class PaperMetric(NamedTuple):
     learn_metric:Callable|None # factory of the fastai `AccumMetric`; None: not recorded during training
     ordinal:bool # only meaningful for ordered classes (grades)
 
+# %% ../nbs/03_metrics.ipynb #cc7b8b2b
 def _accuracy(preds, targs, n_classes:int|None=None) -> float:
     "Fraction of items whose predicted class is the true one"
     p, t, _ = class_preds(preds, targs, n_classes)
@@ -145,12 +154,14 @@ PAPER_METRICS = (PaperMetric('quadratic_kappa', quadratic_kappa, QuadraticKappa,
                  PaperMetric('macro_f1', macro_f1, MacroF1, False),
                  PaperMetric('accuracy', _accuracy, None, False))
 
+# %% ../nbs/03_metrics.ipynb #e8e4483f
 def paper_metrics(ordinal:bool=True, # ordered classes? False leaves out the metrics that need them
                   monitored:bool=False, # only those a `Learner` records (and so can monitor)
                  ) -> list:
     "The entries of `PAPER_METRICS` that apply, in table order"
     return [m for m in PAPER_METRICS if (ordinal or not m.ordinal) and (m.learn_metric or not monitored)]
 
+# %% ../nbs/03_metrics.ipynb #907541ff
 def paper_scores(probs, # probabilities or scores `(N, C)`, or class indices `(N,)`
                  targs, # true class indices `(N,)`
                 ) -> dict:
@@ -170,6 +181,7 @@ def auroc(probs, # probabilities or scores `(N, C)`
     if not ks or len(np.unique(t == ks[0])) < 2: return float('nan')
     return float(np.mean([skm.roc_auc_score(t == k, p[:, k]) for k in ks]))
 
+# %% ../nbs/03_metrics.ipynb #8073bc5b
 def rare_class_rates(preds, # class indices `(N,)`, or scores `(N, 2)` whose argmax is the class
                      targs, # true class indices `(N,)`
                      positive:int, # the class index that counts as positive: the rare class

@@ -27,11 +27,13 @@ def check_alpha(alpha) -> float:
                          "and a larger α blends in more of it. The paper uses 0.1, 0.2 or 0.3.")
     return float(alpha)
 
+# %% ../nbs/01_mixup.ipynb #975b6dd3
 def _check_flag(value, name:str) -> bool:
     "`value` as a bool, or a clear error unless it is True or False"
     if not isinstance(value, (bool, np.bool_)): raise TypeError(f"{name}={value!r} must be True or False.")
     return bool(value)
 
+# %% ../nbs/01_mixup.ipynb #592342c5
 def lam_distrib(alpha:float) -> Beta:
     "Distribution of λ, the weight of the class-balanced batch: Beta(α, 1), whose mean is α/(1+α)"
     return Beta(tensor(check_alpha(alpha)), tensor(1.))
@@ -52,6 +54,7 @@ def _shard(dl, partner):
     import fastai_bmx.distributed  # noqa: F401, patches `DistributedDL` to broadcast under gloo (CPU) as under nccl
     return type(dl)(partner, rank=dl.rank, world_size=dl.world_size, device=dl.device)
 
+# %% ../nbs/01_mixup.ipynb #1f97027c
 class BalancedMixUp(MixHandler):
     "Balanced-MixUp (Galdran et al., MICCAI 2021): blend each training batch with a class-balanced partner batch"
     _stateattrs = ('partner_dl', '_partner_it', '_src_dl', 'xb1', 'yb1', 'lam', 'balanced_lam', 'labels')
@@ -162,6 +165,7 @@ def box_mask(
         raise ValueError(f"lam must hold area shares, numbers in [0, 1] (one per box), got {lam.flatten()[:8].tolist()}.")
     return _box_mask(lam, h, w)
 
+# %% ../nbs/01_mixup.ipynb #0b1c1341
 class BalancedCutMix(BalancedMixUp):
     "Balanced CutMix: paste a box of the class-balanced partner, covering λ ~ Beta(α, 1) of the area, on each image"
     def mix(self, xb_c, xb_i, lam):

@@ -40,6 +40,7 @@ def _check_crt_args(learn, epochs, lr, q, monitor, comp, fname):
     if comp is not None and not callable(comp): raise TypeError(f"comp={comp!r} must be np.greater, np.less or None (inferred from monitor).")
     if fname is not None and not (isinstance(fname, str) and fname): raise TypeError(f"fname={fname!r} must be a file name (a str) or None.")
 
+# %% ../nbs/02b_retrain.ipynb #3dd499ce
 def retrain_classifier(learn:Learner, # a trained `Learner` whose last parameter group is the classifier head (as `vision_learner` splits)
                        epochs:int=5, # epochs of re-training, with one-cycle
                        lr:float=1e-3, # maximum learning rate

@@ -58,6 +58,7 @@ class Plan:
     retry:bool = True # train again the runs that failed or diverged before; False: leave them as recorded
     failures:list|None = None # the `RunFailure`s among the plan's runs, once `run_plan` has run
 
+# %% ../../nbs/app/13_compare.ipynb #ceadfb45
 def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder of images or a CSV of paths and labels
                  out:str|Path='bmx_compare', # output folder (created; an existing one is resumed)
                  methods=None, # run names or families (see `expand_methods`); None: every registered method
@@ -124,7 +125,6 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
                 fams and dict(families=fams, x=frontier_x, taus=[float(t) for t in L(taus if taus is not None else FRONTIER_GRIDS['tau'])]),
                 weights=found, loading=serving_line(dls, kind, in_memory, from_disk), select=select, retry=retry)
 
-
 # %% ../../nbs/app/13_compare.ipynb #f81ccdc7
 def _train_run(plan:Plan, m:str, s:int, f:int|None, run:str) -> tuple:
     "Train and test one run of `plan`, and record it: `(row, recorded)`, False when a process sharing the folder recorded it first"
@@ -177,6 +177,7 @@ def run_plan(plan:Plan, # a checked comparison, from `plan_compare`
         plan.reference = plan.reference or pick_reference(sorted(set(res['method']), key=method_order))
         return tbl
 
+# %% ../../nbs/app/13_compare.ipynb #a6e8eb44
 @delegates(plan_compare)
 def compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder of images or a CSV of paths and labels
             out:str|Path='bmx_compare', # output folder (created; an existing one is resumed)
@@ -184,7 +185,6 @@ def compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder 
            ) -> pd.DataFrame:
     "Check the input, then train and test every method × seed (× fold) not yet in `out/results.csv`, and write the table and plots"
     return run_plan(plan_compare(data, out, **kwargs))
-
 
 # %% ../../nbs/app/13_compare.ipynb #720b29f7
 _METHODS_HELP = (f"methods: {' '.join(METHODS)} (default: {' '.join(n for n, m in METHODS.items() if m.default)}); a method with "
@@ -198,6 +198,7 @@ def _grid_help(knob:str) -> str:
 _FRONTIER_HELP = lambda knob: f"; with --frontier: {' '.join(f'{v:g}' for v in FRONTIER_GRIDS[knob])})"
 _ALPHAS_HELP,_TAUS_HELP,_QS_HELP = (_grid_help(k)[:-1] + _FRONTIER_HELP(k) for k in ('alpha', 'tau', 'q'))
 
+# %% ../../nbs/app/13_compare.ipynb #6f5543c7
 def refuse(e:Exception):
     "Print the one line of an input error to stderr and exit with status 2"
     msg = ' '.join(str(e).split()) or type(e).__name__
@@ -205,6 +206,7 @@ def refuse(e:Exception):
     print(f"bmx-compare: {msg} (--debug shows the traceback)", file=sys.stderr)
     sys.exit(2)
 
+# %% ../../nbs/app/13_compare.ipynb #9a6c7a1e
 @call_parse
 def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder of images or a CSV of paths and labels
                 out:str='bmx_compare', # output folder (created; an existing one is resumed)
@@ -280,4 +282,3 @@ def _end_failures(plan:Plan, out:str, t0:float):
           (f"\nRun the same command again to retry them (--no-retry skips them); {Path(out)/'failures.json'} has their errors."
            if fails else '\nNo run to report.') + f" ({(time.time()-t0)/60:.1f} min)", flush=True)
     sys.exit(1)
-

@@ -41,6 +41,7 @@ class ArrayImage(Transform):
         t = _to_tensor(a[None], self.size)[0]
         return TensorImage(t.expand(3, -1, -1) if self.expand and t.shape[0] == 1 else t)
 
+# %% ../../nbs/app/12_export.ipynb #56b1cbee
 class FlipAverage(nn.Module):
     "A classifier whose output is the log of its probabilities averaged over each image and its mirror: flip TTA inside the model"
     def __init__(self, model:nn.Module, # the trained model, outputting logits
@@ -50,6 +51,7 @@ class FlipAverage(nn.Module):
         self.model,self.dims = model,dims
     def forward(self, x): return torch.log((F.softmax(self.model(x), -1) + F.softmax(self.model(x.flip(self.dims)), -1)) / 2)
 
+# %% ../../nbs/app/12_export.ipynb #960182dd
 class DeployedLoss:
     "The loss of an exported run: its activation gives the post-hoc probabilities (τ, temperature), its decodes the decisions (argmax or threshold)"
     def __init__(self, loss_func, # the run's training loss (kept for `validate` and `get_preds(with_loss=True)`)

@@ -34,11 +34,13 @@ def frontier_families(alphas=None, # α values of Balanced-MixUp; None: `FRONTIE
             'bmx': [get_method(f'bmx-{a:g}').run_name for a in grid(alphas, 'alpha')],
             'la': [get_method(f'la-{t:g}').run_name for t in grid(taus, 'tau')]}
 
+# %% ../../nbs/app/10_frontier.ipynb #e0004f2b
 def pareto_mask(xs, ys) -> np.ndarray:
     "True for each point that no other point beats on both axes (higher is better; equal points all stay)"
     p = np.c_[np.asarray(xs, float), np.asarray(ys, float)]
     return np.array([not ((p >= q).all(1) & (p > q).any(1)).any() for q in p], dtype=bool)
 
+# %% ../../nbs/app/10_frontier.ipynb #4952c70f
 def front_relation(a, # points (x, y) of family A's front
                    b, # those of family B's front
                   ) -> str:
@@ -89,6 +91,7 @@ def front_table(pts:pd.DataFrame, # from `frontier_points`
     front = {f: pts[(pts.family == f) & pts.front][['x', 'y']].values for f in fams}
     return pd.DataFrame({b: ['—' if a == b else front_relation(front[a], front[b]) for a in fams] for b in fams}, index=pd.Index(fams, name='family'))
 
+# %% ../../nbs/app/10_frontier.ipynb #c08ba2f0
 def matched_pairs(pts:pd.DataFrame, # from `frontier_points`
                   reference:str='resampling', # the family each front setting is matched in
                   n:int=1000, # paired bootstrap resamples of the test items
@@ -120,6 +123,7 @@ def knob_label(setting:str) -> str:
     m = get_method(setting)
     return {'q': 'q', 'alpha': 'α', 'tau': 'τ'}.get(m.knob, m.knob or '') + f'={m.value:g}' if m.knob else setting
 
+# %% ../../nbs/app/10_frontier.ipynb #c7ce2eec
 def _span(v) -> tuple:
     "Axis limits around values `v`, with room for the labels and error bars"
     pad = max(0.3*(v.max() - v.min()), 2.)
@@ -147,6 +151,7 @@ def plot_frontier(pts:pd.DataFrame, # from `frontier_points`
     ax.grid(alpha=.3); ax.legend(fontsize=8); ax.set_title(title, fontsize=10)
     return fig
 
+# %% ../../nbs/app/10_frontier.ipynb #b4ddfe58
 def write_frontier(out:str|Path, # a `compare` output folder
                    families:dict, # run names per family, from `frontier_families`
                    x:str='balanced_accuracy', # the x axis: 'balanced_accuracy' or 'macro_f1'

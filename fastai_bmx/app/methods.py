@@ -46,6 +46,7 @@ class Method:
 
     def __repr__(self): return f'{type(self).__name__}({self.run_name!r})'
 
+# %% ../../nbs/app/01_methods.ipynb #180629d3
 METHODS = {} # name -> `Method` subclass, in the order registered
 
 def register(cls:type) -> type:
@@ -63,29 +64,34 @@ class Instance(Method):
     "Instance sampling: every image equally likely (q = 1), the plain baseline"
     name = 'instance'
 
+# %% ../../nbs/app/01_methods.ipynb #7b6c8be4
 @register
 class ClassSampling(Method):
     "Class-balanced sampling: every class equally likely (q = 0)"
     name, q = 'class', 0.
     def train_dls(self, dls, rec): return dls.resampled(self.q)
 
+# %% ../../nbs/app/01_methods.ipynb #863c7cad
 @register
 class SqrtSampling(ClassSampling):
     "Square-root sampling: class probability ∝ √n_j (q = 0.5)"
     name, q = 'sqrt', 0.5
 
+# %% ../../nbs/app/01_methods.ipynb #7257e7ec
 @register
 class Focal(Method):
     "Focal loss, γ = 2"
     name = 'focal'
     def loss_func(self, rec): return WeightedFocalLossFlat(gamma=2.)
 
+# %% ../../nbs/app/01_methods.ipynb #0e7dac37
 @register
 class ClassBalanced(Method):
     "Class-balanced cross-entropy, β = 0.999 (Cui et al.)"
     name = 'cb'
     def loss_func(self, rec): return ClassBalancedLoss(rec.counts, beta=0.999)
 
+# %% ../../nbs/app/01_methods.ipynb #d65746aa
 @register
 class BalancedMixUpMethod(Method):
     "Balanced-MixUp with λ ~ Beta(α, 1)"
@@ -101,6 +107,7 @@ class Resampling(Method):
     def check(self, value) -> float: return check_q(value)
     def train_dls(self, dls, rec): return dls.resampled(self.value)
 
+# %% ../../nbs/app/01_methods.ipynb #7747aa5f
 @register
 class LogitAdjusted(Method):
     "Logit-adjusted cross-entropy, CE(z + τ·log π), raw logits at test; τ = 1 is Balanced Softmax (Menon et al.)"
@@ -108,12 +115,14 @@ class LogitAdjusted(Method):
     def check(self, value) -> float: return check_tau(value)
     def loss_func(self, rec): return LogitAdjustedLoss(rec.counts, tau=self.value)
 
+# %% ../../nbs/app/01_methods.ipynb #e13989e7
 @register
 class DeferredReweighting(Method):
     "Deferred re-weighting: cross-entropy, class-balanced weights (β = 0.9999) for the last 20% of training (Cao et al.)"
     name, default = 'drw', False
     def cbs(self, rec) -> list: return [DeferredReweight(start=0.8, beta=0.9999, class_counts=rec.counts)]
 
+# %% ../../nbs/app/01_methods.ipynb #9c8f752b
 @register
 class ClassifierRetraining(Method):
     "cRT: train plainly, then re-train the re-initialised classifier head on class-balanced batches, body frozen (Kang et al.)"
@@ -122,6 +131,7 @@ class ClassifierRetraining(Method):
         "Re-train the head for 30% as many epochs as training had (every stage; at least one), at its peak learning rate"
         retrain_classifier(learn, epochs=max(1, round(0.3 * epochs)), lr=float(max(learn.recorder.lrs)), q=0., monitor=monitor, comp=np.greater)
 
+# %% ../../nbs/app/01_methods.ipynb #7f197484
 @register
 class BalancedCutMixMethod(BalancedMixUpMethod):
     "Balanced CutMix: the class-balanced partner pasted as a box covering λ ~ Beta(α, 1) of the image"
@@ -150,6 +160,7 @@ class Combined(Method):
     def after_fit(self, learn, rec, monitor:str, epochs:int):
         for p in self.parts: p.after_fit(learn, rec, monitor, epochs)
 
+# %% ../../nbs/app/01_methods.ipynb #e7f28df0
 def get_method(name:str) -> Method:
     "The `Method` of a run name: 'instance', 'bmx-0.2' for a method with a knob, or 'bmx-0.2+la-1' for a combination"
     name = str(name).strip().lower()
@@ -163,6 +174,7 @@ def get_method(name:str) -> Method:
     raise ValueError(f"Unknown method {name!r}: choose from {list(METHODS)}, "
                      "with a value for a method with a knob (e.g. bmx-0.2).")
 
+# %% ../../nbs/app/01_methods.ipynb #f3f64feb
 def expand_methods(methods=None, # names; a method with a knob expands over its grid ('bmx'), or names one value ('bmx-0.2'); '+' combines; None: the default set
                    alphas=None, # the α grid of 'bmx'; None: its default
                    **grids, # the grids of other knobs, by knob name (e.g. `tau=[0.5, 1, 2]`)
@@ -180,6 +192,7 @@ def expand_methods(methods=None, # names; a method with a knob expands over its 
     if not out: raise ValueError(f"No methods given: choose from {list(METHODS)}.")
     return out
 
+# %% ../../nbs/app/01_methods.ipynb #a03b9841
 def describe_methods(names=None, # run names; None: every registered method, knobs bare
                     ) -> str:
     "A markdown table of methods: name, knob and what it does"
@@ -187,6 +200,7 @@ def describe_methods(names=None, # run names; None: every registered method, kno
            [(n, ' + '.join(type(p).__doc__ for p in getattr(get_method(n), 'parts', [get_method(n)]))) for n in names]
     return '\n'.join(['| method | what it does |', '|---|---|'] + [f'| `{n}` | {d} |' for n, d in rows])
 
+# %% ../../nbs/app/01_methods.ipynb #c00adf14
 def method_order(name:str) -> tuple:
     "Sort key of a run name: single methods before combinations, then registry order and knob value of each part"
     parts = getattr(get_method(name), 'parts', [get_method(name)])

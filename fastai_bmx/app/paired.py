@@ -16,7 +16,7 @@ from ..bootstrap import _confusions, _fast_values, _draw, _FAST_BY_NAME
 # %% auto #0
 __all__ = ['PAIRABLE', 'paired_differences', 'paired_interval', 'verdict']
 
-# %% ../../nbs/app/05_paired.ipynb #d2760fc6
+# %% ../../nbs/app/05_paired.ipynb #931af059
 PAIRABLE = tuple(m.name for m in PAPER_METRICS if m.name in _FAST_BY_NAME) # the metrics `paired_differences` computes
 
 def _whole(x, low:int) -> bool:
@@ -33,6 +33,7 @@ def _run_preds(p, n:int, what:str) -> tuple:
     if a.dtype.kind not in 'iuf' or not np.isfinite(a).all(): raise ValueError(f"{what} must hold finite probabilities (N, C).")
     return a.argmax(1),a.shape[1]
 
+# %% ../../nbs/app/05_paired.ipynb #743d2bef
 def paired_differences(
     probs, # Test predictions of the method, one array per seed: probabilities `(N, C)` or class indices `(N,)`
     ref_probs, # Those of the reference, for the same seeds in the same order
@@ -64,7 +65,7 @@ def paired_differences(
     diffs = np.stack([values(a) - values(r) for (a, _), (r, _) in zip(runs[:len(probs)], runs[len(probs):])], 1)  # (1+n, S)
     return diffs[0],diffs[1:]
 
-# %% ../../nbs/app/05_paired.ipynb #d1dacb63
+# %% ../../nbs/app/05_paired.ipynb #20911798
 def paired_interval(
     diffs:np.ndarray, # Per-seed differences on the whole test set `(S,)`, from `paired_differences`
     boot:np.ndarray, # The same on paired resamples of the test items `(n, S)`
@@ -87,6 +88,7 @@ def paired_interval(
     half = (stats.norm.ppf if math.isinf(dof) else lambda q: stats.t.ppf(q, dof))(0.5 + ci/2)*se
     return dict(diff=float(d.mean()), lo=float(d.mean() - half), hi=float(d.mean() + half), se=se, dof=dof, seeds=S)
 
+# %% ../../nbs/app/05_paired.ipynb #a894c257
 def verdict(lo:float, hi:float, seeds:int=2) -> str:
     "'better' if the interval lies above 0, 'worse' if below, else 'no evidence either way'; flagged when one seed hides the training noise"
     word = 'better' if lo > 0 else 'worse' if hi < 0 else 'no evidence either way'

@@ -17,7 +17,7 @@ from .store import RunFolder
 # %% auto #0
 __all__ = ['fit_folder', 'setting_name', 'candidate_scores', 'Recommendation', 'recommend', 'recommendation_lines']
 
-# %% ../../nbs/app/07_recommend.ipynb #b06232aa
+# %% ../../nbs/app/07_recommend.ipynb #a1a9c803
 def fit_folder(folder:RunFolder, # an output folder
                metric:str, # the main metric, which τ and the threshold are tuned for
               ) -> dict:
@@ -28,8 +28,10 @@ def fit_folder(folder:RunFolder, # an output folder
         if valid is not None: fits[r.run] = fit_posthoc(*valid, counts, metric)
     return fits
 
+# %% ../../nbs/app/07_recommend.ipynb #89356eb3
 def setting_name(method:str, variant:str) -> str: return method if variant == 'plain' else f'{method} + {variant}'
 
+# %% ../../nbs/app/07_recommend.ipynb #944d870a
 def candidate_scores(folder:RunFolder, # an output folder
                      metric:str, # the metric the candidates are scored on
                      fits:dict, # `{run: PosthocFit}`, from `fit_folder`
@@ -50,7 +52,7 @@ def candidate_scores(folder:RunFolder, # an output folder
                              fold=-1 if pd.isna(r.fold) else r.fold, valid=float(vs), test=float(ts)))
     return pd.DataFrame(rows)
 
-# %% ../../nbs/app/07_recommend.ipynb #7f0ac702
+# %% ../../nbs/app/07_recommend.ipynb #e3af928f
 @dataclass(frozen=True)
 class Recommendation:
     "The setting chosen on validation: its scores, its paired verdict against the reference, and what the choice cost on the test set"
@@ -67,6 +69,7 @@ class Recommendation:
     cost:dict # `paired_interval` of setting − test-best on the test set (0 when they are the same)
     median_run:str # the run with the median validation score: the one to export
 
+# %% ../../nbs/app/07_recommend.ipynb #5a310248
 def _test_preds(folder, counts, fits, rows) -> list:
     "Each row's test decisions (class indices) of its variant, in the order of `rows`"
     return [posthoc_predictions(folder.preds(r.run)[0], counts, fits[r.run], r.variant, calibrated=False)[1] if r.run in fits

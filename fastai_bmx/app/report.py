@@ -25,7 +25,7 @@ __all__ = ['POSTHOC_TAUS', 'fold_summary', 'results_table', 'to_markdown', 'plot
            'plot_recall', 'plot_confusion', 'posthoc_results', 'pick_reference', 'paired_results', 'paired_markdown',
            'report_recommendation', 'write_report', 'bmx_report']
 
-# %% ../../nbs/app/09_report.ipynb #0b175af9
+# %% ../../nbs/app/09_report.ipynb #5ab5dcaf
 def fold_summary(results:pd.DataFrame, # one row per (method, fold), one column per metric
                  by:str='method', # column that names the method
                  metrics:list|None=None, # metric columns; defaults to every numeric column but `by` and 'fold'
@@ -41,6 +41,7 @@ def fold_summary(results:pd.DataFrame, # one row per (method, fold), one column 
     f = lambda v: f'{v:.{digits}f}'
     return pd.DataFrame({m: [f'{f(a)} ← {f(b)} → {f(c)}' for a, b, c in stats[m].values] for m in metrics}, index=stats.index)
 
+# %% ../../nbs/app/09_report.ipynb #a30100c4
 def results_table(results:pd.DataFrame, # one row per run: 'method', 'fold' (or NaN) and the metric columns
                   metrics=None, # metric columns, in the order shown; None: those of `PAPER_METRICS`
                   digits:int=2, # decimals shown
@@ -63,13 +64,14 @@ def results_table(results:pd.DataFrame, # one row per run: 'method', 'fold' (or 
     cells.index.name = 'method'
     return cells
 
+# %% ../../nbs/app/09_report.ipynb #bbce8898
 def to_markdown(df:pd.DataFrame) -> str:
     "A DataFrame as a GitHub markdown table, index first (no `tabulate` needed)"
     cols = [df.index.name or ''] + [str(c) for c in df.columns]
     rows = [[str(i)] + [str(v) for v in r] for i, r in zip(df.index, df.values)]
     return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)] + ['| ' + ' | '.join(r) + ' |' for r in rows])
 
-# %% ../../nbs/app/09_report.ipynb #f9b76718
+# %% ../../nbs/app/09_report.ipynb #4f703522
 def _figure(w:float, h:float):
     from matplotlib.figure import Figure
     return Figure(figsize=(w, h), layout='constrained')
@@ -89,6 +91,7 @@ def plot_class_counts(counts, # training items per class
     for i, c in enumerate(counts): ax.annotate(f'{c}', (i, c), ha='center', va='bottom', fontsize=8)
     return fig
 
+# %% ../../nbs/app/09_report.ipynb #940b4188
 def plot_beta_densities(alphas=None, # α values; None: the default grid of Balanced-MixUp
                        ):
     "Densities of λ ~ Beta(α, 1), the weight of the class-balanced batch, with their means α/(1+α) (Fig. 3)"
@@ -102,6 +105,7 @@ def plot_beta_densities(alphas=None, # α values; None: the default grid of Bala
     ax.legend()
     return fig
 
+# %% ../../nbs/app/09_report.ipynb #c27088c0
 def plot_recall(recall:pd.DataFrame, # methods × classes, mean test recall
                ):
     "Grouped bars of per-class test recall by method"
@@ -115,6 +119,7 @@ def plot_recall(recall:pd.DataFrame, # methods × classes, mean test recall
     ax.legend(ncol=min(4, len(recall)), fontsize=8)
     return fig
 
+# %% ../../nbs/app/09_report.ipynb #28bcb90c
 def plot_confusion(cm:np.ndarray, # confusion matrix, rows true, columns predicted
                    names, # class names
                    title:str='Confusion matrix', # the figure's title
@@ -131,13 +136,14 @@ def plot_confusion(cm:np.ndarray, # confusion matrix, rows true, columns predict
     ax.set(xlabel='predicted', ylabel='true', title=title)
     return fig
 
-# %% ../../nbs/app/09_report.ipynb #7c747f53
+# %% ../../nbs/app/09_report.ipynb #7e635100
 def _recall(folder:RunFolder, runs:pd.DataFrame, names:list) -> pd.DataFrame:
     "Methods × classes: test recall, averaged over each method's runs"
     rec = {m: np.nanmean([per_class_report(*folder.preds(r), vocab=names, zero_division=np.nan)['recall'].values.astype(float)
                           for r in grp['run']], 0) for m, grp in runs.groupby('method', sort=False)}
     return pd.DataFrame(rec, index=names).T
 
+# %% ../../nbs/app/09_report.ipynb #3c3445ed
 POSTHOC_TAUS = (0., 0.25, 0.5, 0.75, 1., 1.5, 2.) # the τ values `write_report` tries for post-hoc logit adjustment
 
 def posthoc_results(folder:RunFolder, # an output folder
@@ -155,6 +161,7 @@ def posthoc_results(folder:RunFolder, # an output folder
         rows.append(dict(run=r.run, method=r.method, fold=r.fold, tau=tau, **paper_scores(posthoc_adjust(probs, counts, tau), targs)))
     return pd.DataFrame(rows) if rows else None
 
+# %% ../../nbs/app/09_report.ipynb #c8cc673a
 def pick_reference(methods:list, # run names of the methods in a folder
                    reference:str|None=None, # a run name; None: 'instance' if it ran, else the first method
                   ) -> str:
@@ -164,6 +171,7 @@ def pick_reference(methods:list, # run names of the methods in a folder
     if ref not in methods: raise ValueError(f"reference {reference!r} is not among the methods compared ({', '.join(methods)}): name one of them.")
     return ref
 
+# %% ../../nbs/app/09_report.ipynb #25ca1e49
 def paired_results(folder:RunFolder, # an output folder
                    main:str, # the main metric
                    reference:str|None=None, # the method compared with; None: 'instance' if it ran, else the first
@@ -187,6 +195,7 @@ def paired_results(folder:RunFolder, # an output folder
         rows.append(row)
     return pd.DataFrame(rows)
 
+# %% ../../nbs/app/09_report.ipynb #020c0e3f
 def paired_markdown(pr:pd.DataFrame) -> str:
     "The table of `paired_results`: one row per method, 'difference [interval]' and the verdict for each metric"
     metrics = [c for c in pr.columns if f'{c}_verdict' in pr.columns]
@@ -195,6 +204,7 @@ def paired_markdown(pr:pd.DataFrame) -> str:
         f'{m}: verdict': pr[f'{m}_verdict'].values}.items()}}, index=pr['method'])
     return to_markdown(tbl)
 
+# %% ../../nbs/app/09_report.ipynb #31efa54a
 def _paired_section(folder:RunFolder, main:str, reference:str|None) -> list:
     "The lines of results.md on the paired comparison (none with a single method)"
     pr = paired_results(folder, main, reference)
@@ -211,6 +221,7 @@ def _schedule(settings:dict) -> str:
     return (f"fine-tuned from the weights of {settings.get('weights', 'timm')} as fastai's fine_tune: {settings.get('freeze_epochs', 1)} "
             f"epoch(s) of the new head, body frozen, then {settings['epochs']} of every layer at discriminative rates, base lr {settings['lr']}")
 
+# %% ../../nbs/app/09_report.ipynb #95e712cb
 def report_recommendation(folder:RunFolder, # an output folder
                           main:str, # the main metric
                           reference:str|None=None, # the method paired against; None: 'instance' if it ran, else the first
@@ -222,6 +233,7 @@ def report_recommendation(folder:RunFolder, # an output folder
     if not fits: return None, fits
     return recommend(folder, metric, pick_reference(sorted(folder.results()['method'].unique(), key=method_order), reference), fits), fits
 
+# %% ../../nbs/app/09_report.ipynb #f7e496a0
 def write_report(out:str|Path, # a `compare` output folder
                  reference:str|None=None, # the method of the paired comparison; None: 'instance' if it ran, else the first
                  select:str|None=None, # the metric the recommendation is chosen on (validation); None: the main one

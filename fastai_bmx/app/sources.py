@@ -62,6 +62,7 @@ def source_kind(data:str) -> str:
     if p.is_dir(): return 'folder'
     raise ValueError(f"--data {data!r} is not 'digits', a .npz file, a .csv file or a folder of images.")
 
+# %% ../../nbs/app/00_sources.ipynb #42bd903f
 @lru_cache(maxsize=2)
 def _array_source(data:str) -> tuple:
     "`(splits, class_names, ordinal, flip)` of an array source: 'digits' or a MedMNIST `.npz`"

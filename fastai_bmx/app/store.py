@@ -19,7 +19,7 @@ from .guard import RunFailure
 # %% auto #0
 __all__ = ['TABLE_KEYS', 'run_name', 'RunFolder', 'row_problem', 'read_table']
 
-# %% ../../nbs/app/04_store.ipynb #a85f324b
+# %% ../../nbs/app/04_store.ipynb #abcc7d59
 def run_name(method:str, # a run name of a method, e.g. 'bmx-0.2'
              seed:int, # training seed
              fold:int|None=None, # fold, or None for the data's own split
@@ -27,6 +27,7 @@ def run_name(method:str, # a run name of a method, e.g. 'bmx-0.2'
     "The name of one run: 'bmx-0.2_seed0', or 'bmx-0.2_seed0_fold3'"
     return f'{method}_seed{seed}' + ('' if fold is None else f'_fold{fold}')
 
+# %% ../../nbs/app/04_store.ipynb #f00bf8ba
 _NEW_SETTINGS = {'split_seed': 0, 'precision': 'fp32', 'files': 'disk'}  # settings added since folders were first written, with the value older folders used
 
 def _alive(claim:str) -> bool:
@@ -39,6 +40,7 @@ def _alive(claim:str) -> bool:
     except PermissionError: pass  # alive, under another user
     return True
 
+# %% ../../nbs/app/04_store.ipynb #9c978601
 class RunFolder:
     "The output folder of a comparison: settings, record, lock, atomic writes and the recorded runs"
     def __init__(self, path:str|Path): # the folder; created on the first write
@@ -135,7 +137,7 @@ class RunFolder:
         pre = '' if split == 'test' else 'valid_'
         return (z[f'{pre}probs'], z[f'{pre}targs']) if f'{pre}probs' in z.files else None
 
-# %% ../../nbs/app/04_store.ipynb #2715e8ab
+# %% ../../nbs/app/04_store.ipynb #36aee566
 @patch
 def failures(self:RunFolder) -> dict:
     "The runs that gave no result: run name -> `RunFailure`, from failures.json"
@@ -144,6 +146,7 @@ def failures(self:RunFolder) -> dict:
     try: return {k: RunFailure(**v) for k, v in json.loads(f.read_text()).items()}
     except (ValueError, TypeError) as e: raise ValueError(f"{f} is damaged ({e}).") from None
 
+# %% ../../nbs/app/04_store.ipynb #4f1f26b1
 @patch
 def _write_failures(self:RunFolder, fails:dict):
     if fails: self.write('failures.json', json.dumps({k: v.to_dict() for k, v in fails.items()}, indent=1))
