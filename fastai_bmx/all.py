@@ -15,4 +15,5 @@ from .splits import *
 from .weights import *
 from .app.training import *
 from .precision import *
+from .app.tables import *
 from .app.report import *

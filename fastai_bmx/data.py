@@ -10,7 +10,6 @@ import os, random
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from fastcore.basics import *
-from fastcore.foundation import L
 from fastcore.meta import delegates
 from fasttransform import Transform
 from fastai.data.core import Datasets, DataLoaders
@@ -66,7 +65,6 @@ def _read_npz(path:Path) -> dict:
         try: return {k: npz[k] for k in MEDMNIST_KEYS}
         except Exception as e: raise ValueError(f"{path} is not a readable .npz: {type(e).__name__}: {e}") from e
 
-# %% ../nbs/06_data.ipynb #5da3a932
 def _check_split(x:np.ndarray, y:np.ndarray, name:str, src:str) -> tuple:
     "Check one split's images and labels; return them with labels as a 1-D int64 array"
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)):
@@ -111,7 +109,6 @@ def medmnist_classes(path:str|Path, # A MedMNIST file name or path
     if 'derma' in stem: return list(DERMA_CLASSES)
     return None if n_classes is None else [str(i) for i in range(n_classes)]
 
-# %% ../nbs/06_data.ipynb #cb523def
 def _label_categorize(dls:DataLoaders) -> Categorize|None:
     "The `Categorize` transform of the labels of fastai `Datasets`-based `dls`, or None"
     tls = getattr(dls.train_ds, 'tls', None)
@@ -124,7 +121,6 @@ def is_ordinal(o, # A MedMNIST file name/path, or `DataLoaders` marked by `mark_
     cat = _label_categorize(o)
     return bool(cat is not None and cat.__dict__.get('ordinal', False))  # unmarked: not ordered
 
-# %% ../nbs/06_data.ipynb #4b2944b4
 def mark_ordinal(dls:DataLoaders, # `DataLoaders` whose label pipeline ends in fastai's `Categorize`
                  ordinal:bool=True, # Whether the classes are ordered grades
                 ) -> DataLoaders:
@@ -143,7 +139,6 @@ class IndexedImage(Transform):
         x = self.images[i]
         return TensorImage(x.expand(3, -1, -1) if self.expand and x.shape[0] == 1 else x)
 
-# %% ../nbs/06_data.ipynb #e6a8d47e
 class IndexedLabel(Transform):
     "Index -> class name, read from an in-memory label array; never touches the inputs"
     def __init__(self, labels:np.ndarray, names:list): store_attr()
@@ -227,7 +222,6 @@ def arrays_dls(splits:dict, # `{'train': (images, labels), 'valid': ..., 'test':
     if seed is not None: dls.train.rng = random.Random(seed)
     return mark_ordinal(dls, ordinal)
 
-# %% ../nbs/06_data.ipynb #978cc4dd
 @patch(as_prop=True)
 def test(self:DataLoaders):
     "The test loader (`dls[2]`) of `DataLoaders` with three loaders, as built by `medmnist_dls` and `digits_dls`"
@@ -266,7 +260,6 @@ def longtail_counts(n_max:int, # Items of the largest class (class 0)
     j = np.arange(n_classes)
     return np.maximum(1, np.round(n_max * float(imbalance) ** (-j / (n_classes - 1)))).astype(np.int64)
 
-# %% ../nbs/06_data.ipynb #d2ecbcf2
 def digits_splits(imbalance:float=10., # Ratio of the largest to the smallest class (see `longtail_counts`)
                   valid_pct:float=0.2, # Fraction of the kept images in the valid split
                   test_pct:float=0.2, # Fraction of the kept images in the test split

@@ -23,7 +23,8 @@ from .sources import RunRecord, load_source, source_kind
 from ..files import fits_in_memory, serving_line
 from .training import train_eval, get_arch, check_monitor
 from .store import RunFolder, run_name
-from .report import report_recommendation, write_report, to_markdown, pick_reference, paired_results, paired_markdown
+from .tables import to_markdown
+from .report import report_recommendation, write_report, pick_reference, paired_results, paired_markdown
 from .frontier import FRONTIER_GRIDS, frontier_families, write_frontier, front_table
 from ..precision import check_precision
 from ..weights import Weights, find_weights

@@ -14,7 +14,8 @@ from ..adjust import posthoc_adjust
 from .methods import get_method
 from .paired import paired_differences, paired_interval, verdict
 from .store import RunFolder
-from .report import to_markdown, _figure
+from .report import _figure
+from .tables import to_markdown
 
 # %% auto #0
 __all__ = ['FRONTIER_GRIDS', 'COLORS', 'frontier_families', 'pareto_mask', 'front_relation', 'frontier_points', 'front_table',

@@ -13,6 +13,7 @@ from .methods import method_order
 from .posthoc import posthoc_predictions
 from .recommend import Recommendation, recommendation_lines
 from .store import RunFolder
+from .tables import to_markdown
 
 # %% auto #0
 __all__ = ['fill_run_scores', 'calibration_results', 'calibration_table', 'threshold_results', 'threshold_table',
@@ -140,5 +141,4 @@ def posthoc_sections(folder:RunFolder, # an output folder
 
 def _md(df:pd.DataFrame) -> str:
     "The markdown of a table (`fastai_bmx.app.report`, which imports this module, renders it)"
-    from fastai_bmx.app.report import to_markdown
     return to_markdown(df)

@@ -15,14 +15,15 @@ from ..evaluation import per_class_report, confusion_matrix
 from .methods import METHODS, get_method, describe_methods, method_order
 from .guard import failures_markdown
 from .store import RunFolder
+from .tables import to_markdown
 from .paired import paired_differences, paired_interval, verdict, PAIRABLE
 from fastcore.script import call_parse
 from .recommend import fit_folder, recommend, recommendation_lines
 from .posthoc_report import fill_run_scores, posthoc_sections
 
 # %% auto #0
-__all__ = ['POSTHOC_TAUS', 'fold_summary', 'results_table', 'to_markdown', 'plot_class_counts', 'plot_beta_densities',
-           'plot_recall', 'plot_confusion', 'posthoc_results', 'pick_reference', 'paired_results', 'paired_markdown',
+__all__ = ['POSTHOC_TAUS', 'fold_summary', 'results_table', 'plot_class_counts', 'plot_beta_densities', 'plot_recall',
+           'plot_confusion', 'posthoc_results', 'pick_reference', 'paired_results', 'paired_markdown',
            'report_recommendation', 'write_report', 'bmx_report']
 
 # %% ../../nbs/app/09_report.ipynb #5ab5dcaf
@@ -63,13 +64,6 @@ def results_table(results:pd.DataFrame, # one row per run: 'method', 'fold' (or 
     cells.insert(0, 'runs', g.size().loc[order].values)
     cells.index.name = 'method'
     return cells
-
-# %% ../../nbs/app/09_report.ipynb #bbce8898
-def to_markdown(df:pd.DataFrame) -> str:
-    "A DataFrame as a GitHub markdown table, index first (no `tabulate` needed)"
-    cols = [df.index.name or ''] + [str(c) for c in df.columns]
-    rows = [[str(i)] + [str(v) for v in r] for i, r in zip(df.index, df.values)]
-    return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)] + ['| ' + ' | '.join(r) + ' |' for r in rows])
 
 # %% ../../nbs/app/09_report.ipynb #4f703522
 def _figure(w:float, h:float):
