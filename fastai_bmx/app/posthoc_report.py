@@ -130,15 +130,11 @@ def posthoc_sections(folder:RunFolder, # an output folder
                   "Test calibration of each method's probabilities, before → after temperature scaling (T fitted per run by "
                   "log-likelihood on its validation predictions; it changes no decision, so every table above stays as it is). "
                   "ECE: top label, 15 equal-width bins; classwise ECE: mean over classes; ECE, classwise ECE and Brier in %, "
-                  "NLL in nats per image; lower is better.", '', _md(calibration_table(cal)), '']
+                  "NLL in nats per image; lower is better.", '', to_markdown(calibration_table(cal)), '']
         if r is not None: lines += ['![reliability of the recommended setting](reliability.png)', '']
     thr = threshold_results(folder, fits, main)
     if thr is not None:
         lines += ['## Decision threshold', '',
                   f"Two classes: the rare class called when its probability reaches a threshold tuned per run on validation for {main}, "
-                  "instead of 0.5. Test metrics at 0.5 → at the tuned threshold (mean over runs, %):", '', _md(threshold_table(thr)), '']
+                  "instead of 0.5. Test metrics at 0.5 → at the tuned threshold (mean over runs, %):", '', to_markdown(threshold_table(thr)), '']
     return lines, figs
-
-def _md(df:pd.DataFrame) -> str:
-    "The markdown of a table (`fastai_bmx.app.report`, which imports this module, renders it)"
-    return to_markdown(df)
