@@ -52,8 +52,7 @@ def _read_npz(path:Path) -> dict:
     "All arrays of the `.npz` at `path`, or a clear error"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist. {_DATA_HINT}, and load it with e.g. `medmnist_dls(bmx_data('retinamnist.npz'))`.")
-    try:
-        npz = np.load(path, allow_pickle=False)
+    try: npz = np.load(path, allow_pickle=False)
     except Exception as e: raise ValueError(f"{path} is not a readable .npz: {type(e).__name__}: {e}") from e
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ValueError(f"{path} is not a readable .npz: it holds a single array (a .npy file), not MedMNIST's named arrays.")
@@ -72,9 +71,8 @@ def _check_split(x:np.ndarray, y:np.ndarray, name:str, src:str) -> tuple:
                          "expected uint8 images of shape (N, H, W) (grayscale) or (N, H, W, 3) (RGB), as MedMNIST v2 stores them.")
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] > 1:
-        raise ValueError(f"{name} labels{src} have shape {y.shape}: {y.shape[1]} labels per image. This is a multi-label task "
-                         "(like ChestMNIST) or one-hot labels; only single-label classification, with labels of shape (N,) or "
-                         "(N, 1), is supported.")
+        raise ValueError(f"{name} labels{src} have shape {y.shape}: {y.shape[1]} labels per image. This is a multi-label task (like ChestMNIST) "
+                         "or one-hot labels; only single-label classification, with labels of shape (N,) or (N, 1), is supported.")
     y = check_labels(y, what=f"{name} labels{src}")
     if len(x) != len(y):
         raise ValueError(f"{name} has {len(x)} images but {len(y)} labels{src}: there must be one label per image, in the same order.")
@@ -200,11 +198,9 @@ def arrays_dls(splits:dict, # `{'train': (images, labels), 'valid': ..., 'test':
     names = [k for k in ('train', 'valid', 'test') if k in splits]
     splits = _check_splits({k: splits[k] for k in names})
     n_cls = 1 + max(int(y.max()) for _, y in splits.values())
-    if class_names is None: class_names = [str(i) for i in range(n_cls)]
-    class_names = [str(c) for c in class_names]
-    if len(class_names) < n_cls:
-        raise ValueError(f"The labels go up to class index {n_cls-1}, but only {len(class_names)} class_names were given: "
-                         f"{class_names}. Pass one name per class.")
+    class_names = [str(c) for c in (range(n_cls) if class_names is None else class_names)]
+    if len(class_names) < n_cls: raise ValueError(f"The labels go up to class index {n_cls-1}, but only {len(class_names)} "
+                                                  f"class_names were given: {class_names}. Pass one name per class.")
     if len(set(class_names)) != len(class_names): raise ValueError(f"class_names must be distinct, got {class_names}.")
     xs = [_to_tensor(splits[k][0], size) for k in names]
     n = np.cumsum([0] + [len(x) for x in xs])
@@ -225,8 +221,14 @@ def arrays_dls(splits:dict, # `{'train': (images, labels), 'valid': ..., 'test':
 @patch(as_prop=True)
 def test(self:DataLoaders):
     "The test loader (`dls[2]`) of `DataLoaders` with three loaders, as built by `medmnist_dls` and `digits_dls`"
-    if len(self.loaders) < 3: raise AttributeError(f"These DataLoaders have {len(self.loaders)} loaders, so no test loader (dls[2]).")
+    if len(self.loaders) < 3: raise AttributeError('test')  # Python drops this error and asks `__getattr__`, which says why
     return self.loaders[2]
+
+def _dls_getattr(self:DataLoaders, k:str, _fastai=DataLoaders.__getattr__):
+    "fastai's lookup in `dls.train`, except that a missing `dls.test` says why (not `@patch`: a module's `__getattr__` is special)"
+    if k == 'test': raise AttributeError(f"These DataLoaders have {len(self.loaders)} loaders, so no test loader (dls[2]): give a 'test' split, or make a loader with dls.test_dl(items).")
+    return _fastai(self, k)
+DataLoaders.__getattr__ = _dls_getattr
 
 # %% ../nbs/06_data.ipynb #356b1f07
 def medmnist_dls(path:str|Path, # A MedMNIST v2 `.npz` file (any of the 28/64/128/224 px variants)
@@ -243,9 +245,8 @@ def medmnist_dls(path:str|Path, # A MedMNIST v2 `.npz` file (any of the 28/64/12
                 ) -> DataLoaders:
     "`DataLoaders` (train, valid, test) of a MedMNIST `.npz` file: normalised float images, labels readable without the images"
     path = Path(path)
-    splits = load_medmnist(path)
     if class_names is None: class_names = medmnist_classes(path)
-    return arrays_dls(splits, class_names=class_names, bs=bs, size=size, num_workers=num_workers, seed=seed,
+    return arrays_dls(load_medmnist(path), class_names=class_names, bs=bs, size=size, num_workers=num_workers, seed=seed,
                       item_tfms=item_tfms, batch_tfms=batch_tfms, device=device,
                       ordinal=is_ordinal(path) if ordinal is None else ordinal, path=path.parent, **kwargs)
 
@@ -271,14 +272,12 @@ def digits_splits(imbalance:float=10., # Ratio of the largest to the smallest cl
     d = load_digits()
     x, y = np.round(d.images * 255 / 16).astype(np.uint8), d.target.astype(np.int64)
     counts = longtail_counts(np.bincount(y).min(), 10, imbalance)
-    if counts.min() < 5:
-        raise ValueError(f"imbalance={imbalance} leaves the rarest digit only {counts.min()} images, too few for three "
-                         "stratified splits: use imbalance <= 34.")
+    if counts.min() < 5: raise ValueError(f"imbalance={imbalance} leaves the rarest digit only {counts.min()} images, too few "
+                                          "for three stratified splits: use imbalance <= 34.")
     rng = np.random.default_rng(seed)
     keep = np.concatenate([np.sort(rng.choice(np.flatnonzero(y == j), n, replace=False)) for j, n in enumerate(counts)])
     x, y = x[keep], y[keep]
-    idx = np.arange(len(y))
-    trval, te = train_test_split(idx, test_size=test_pct, stratify=y, random_state=seed)
+    trval, te = train_test_split(np.arange(len(y)), test_size=test_pct, stratify=y, random_state=seed)
     tr, va = train_test_split(trval, test_size=valid_pct / (1 - test_pct), stratify=y[trval], random_state=seed)
     return {k: (x[i], y[i]) for k, i in (('train', tr), ('valid', va), ('test', te))}
 

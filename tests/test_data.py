@@ -2,6 +2,7 @@
 import os, math
 from pathlib import Path
 import numpy as np, pandas as pd, torch, pytest
+import pickle
 import fastcore.test as fct
 from fastai.torch_core import set_seed
 from hypothesis import given, settings, strategies as st
@@ -111,6 +112,11 @@ def test_no_test_loader():
     dls = arrays_dls({'train': (x, y), 'valid': (x, y)}, bs=4)
     fct.test_eq(len(dls.loaders), 2)
     assert not hasattr(dls, 'test')
+    fct.test_fail(lambda: dls.test, exc=AttributeError, contains="2 loaders, so no test loader (dls[2]): give a 'test' split")
+    fct.test_fail(lambda: dls.no_such_name, exc=AttributeError)  # other names go on to fastai's lookup in dls.train
+    fct.test_eq((dls.c, dls.bs), (dls.train.c, 4))
+    again = pickle.loads(pickle.dumps(dls))
+    fct.test_eq((len(again.loaders), again.vocab), (2, dls.vocab))
     fct.test_fail(lambda: arrays_dls({'train': (x, y)}), contains="must have 'train' and 'valid'")
 
 
