@@ -60,14 +60,16 @@ class Recommendation:
     method:str # the method's run name
     variant:str # one of `VARIANTS`
     metric:str # the metric it was chosen on
-    valid_mean:float; valid_std:float # validation score over its runs
-    test_mean:float; test_std:float # test score over its runs
-    runs:int # runs of the setting (seeds × folds)
+    valid_mean:float; valid_std:float # validation score over its ranked runs
+    test_mean:float; test_std:float # test score over its ranked runs
+    runs:int # ranked runs of the setting (seeds × folds)
     reference:str # the method it is paired against
     vs_reference:dict # `paired_interval` of setting − reference on the test set, and its `verdict`
     test_best:str # the setting with the best mean test score
     cost:dict # `paired_interval` of setting − test-best on the test set (0 when they are the same)
     median_run:str # the run with the median validation score: the one to export
+    left_out:tuple=() # runs left out of the ranking: on seeds or folds that some method has not recorded
+    shared:bool=True # whether every method has a seed or fold in common; False: each setting is ranked on its own runs
 
 # %% ../../nbs/app/07_recommend.ipynb #5a310248
 def _test_preds(folder, counts, fits, rows) -> list:
@@ -84,6 +86,15 @@ def _paired(folder, counts, fits, a:pd.DataFrame, b:pd.DataFrame, metric:str) ->
     ci = paired_interval(*paired_differences(_test_preds(folder, counts, fits, pick(a)), _test_preds(folder, counts, fits, pick(b)), targs, metric))
     return {**ci, 'verdict': verdict(ci['lo'], ci['hi'], len(keys))}
 
+def _on_shared_runs(cands:pd.DataFrame) -> tuple:
+    "The candidate rows on the seeds and folds every method has recorded, the runs left out, and whether any is shared"
+    plain = cands[cands.variant == 'plain']
+    per_method = [set(zip(d.seed, d.fold)) for _, d in plain.groupby('method')]
+    keys = set.intersection(*per_method) if per_method else set()
+    if not keys: return cands, (), False
+    keep = np.array([k in keys for k in zip(cands.seed, cands.fold)])
+    return cands[keep], tuple(sorted(set(cands.run[~keep]))), True
+
 def recommend(folder:RunFolder, # an output folder with recorded runs
               metric:str, # the metric to choose on: the main one, or `--select`
               reference:str='instance', # the method the chosen setting is paired against
@@ -93,6 +104,7 @@ def recommend(folder:RunFolder, # an output folder with recorded runs
     if metric not in PAIRABLE: raise ValueError(f"--select {metric}: choose on one of {list(PAIRABLE)}.")
     fits = fit_folder(folder, metric) if fits is None else fits
     cands, counts = candidate_scores(folder, metric, fits), folder.record.counts
+    cands, left_out, shared = _on_shared_runs(cands)
     g = cands.groupby('setting', sort=False)
     means, first = g[['valid', 'test']].mean(), g[['method', 'variant']].first()
     simpler = lambda s: (VARIANTS.index(first.loc[s, 'variant']), method_order(first.loc[s, 'method']))
@@ -106,18 +118,22 @@ def recommend(folder:RunFolder, # an output folder with recorded runs
     median = rows.iloc[np.argsort(rows.valid.values, kind='stable')[(len(rows) - 1) // 2]].run
     std = lambda c: float(rows[c].std(ddof=1)) if len(rows) > 1 else float('nan')
     return Recommendation(chosen, rows.method.iloc[0], rows.variant.iloc[0], metric, float(rows.valid.mean()), std('valid'),
-                          float(rows.test.mean()), std('test'), len(rows), reference, vs_ref or {}, test_best, cost or {}, median)
+                          float(rows.test.mean()), std('test'), len(rows), reference, vs_ref or {}, test_best, cost or {}, median,
+                          left_out, shared)
 
 # %% ../../nbs/app/07_recommend.ipynb #c6760f46
 def _pm(m:float, s:float) -> str: return f'{100*m:.2f}' + ('' if np.isnan(s) else f' ± {100*s:.2f}')
 def _ci(d:dict) -> str: return f"{100*d['diff']:+.2f} [{100*d['lo']:+.2f}, {100*d['hi']:+.2f}]" if d else 'not paired'
 
 def recommendation_lines(r:Recommendation) -> list:
-    "The recommendation in words: the `Recommended:` line, then what choosing on validation cost"
+    "The recommendation in words: the `Recommended:` line, what choosing on validation cost, and any runs left out of the ranking"
     ref = ('it is the reference' if r.setting == r.reference else
            f"against {r.reference} {_ci(r.vs_reference)}: {r.vs_reference.get('verdict', 'not paired')}")
     cost = (f'it is also the setting with the best test {r.metric}, so the choice cost nothing' if r.setting == r.test_best else
-            f"the choice cost {_ci(r.cost)} points of test {r.metric} against the test-best setting, {r.test_best}")
+            f"against the test-best setting, {r.test_best}, it scored {_ci(r.cost)} points of test {r.metric}")
+    ranked = ([] if r.shared and not r.left_out else
+              [f"Ranked on the seeds and folds every method has recorded; left out: {', '.join(r.left_out)}."] if r.shared else
+              ["No seed or fold is recorded for every method, so each setting was ranked on its own runs."])
     return [f"Recommended: {r.setting} (validation {r.metric} {_pm(r.valid_mean, r.valid_std)} over {r.runs} run{'s' * (r.runs > 1)}); "
             f"test {r.metric} {_pm(r.test_mean, r.test_std)}, {ref}.",
-            f"Chosen on validation only; {cost}."]
+            f"Chosen on validation only; {cost}.", *ranked]

@@ -105,12 +105,14 @@ def _probs(t, right, k):
     return p
 
 def _folder(path, scores, k=3, n=300):
-    "Per method and seed (validation right, test right) items: a folder whose accuracies are known exactly"
+    "Per method and seed (validation right, test right) items, or None for a seed not run: a folder whose accuracies are known exactly"
     Path(path).mkdir(parents=True, exist_ok=True)
     folder, t = RunFolder(path), np.arange(n) % k
     folder.save_record(RunRecord('toy', tuple('abcdefg'[:k]), (100,) * k))
     for m, per_seed in scores.items():
-        for seed, (v, te) in enumerate(per_seed):
+        for seed, scored in enumerate(per_seed):
+            if scored is None: continue  # a seed this method has not recorded
+            v, te = scored
             folder.add_run(dict(run=f'{m}_seed{seed}', seed=seed, fold=None, method=m, accuracy=te / n, valid_accuracy=v / n),
                            _probs(t, te, k), t, valid_probs=_probs(t, v, k), valid_targs=t)
     return folder
@@ -138,6 +140,22 @@ def test_the_test_set_never_moves_the_recommendation(tmp_path):
     b = recommend(_folder(tmp_path/'b', flipped), 'accuracy')
     fct.test_eq((a.setting, b.setting), ('sqrt', 'sqrt'))
     assert a.test_mean != b.test_mean
+
+
+def test_a_method_missing_a_seed_is_ranked_on_the_seeds_all_share(tmp_path):
+    "A seed not yet run (or failed) never flatters a method: every setting is ranked on the seeds all methods have"
+    scores = {'instance': [(150, 150)] * 3, 'sqrt': [(200, 160), (120, 160), (200, 160)], 'cb': [(190, 200)] * 3}
+    fct.test_eq(recommend(_folder(tmp_path/'all', scores), 'accuracy').setting, 'cb')  # mean validation 190 against sqrt's 173
+    r = recommend(_folder(tmp_path/'part', {**scores, 'cb': [(190, 200), None, (190, 200)]}), 'accuracy')
+    fct.test_eq((r.setting, r.runs, r.left_out, r.shared), ('sqrt', 2, ('instance_seed1', 'sqrt_seed1'), True))
+    fct.test_close(r.valid_mean, 200 / 300)  # seeds 0 and 2 only: sqrt 200 against cb 190
+    fct.test_eq(recommendation_lines(r)[2], 'Ranked on the seeds and folds every method has recorded; left out: instance_seed1, sqrt_seed1.')
+
+
+def test_with_no_seed_in_common_each_setting_is_ranked_on_its_own_runs(tmp_path):
+    r = recommend(_folder(tmp_path, {'instance': [(150, 150)], 'sqrt': [None, (200, 160)]}), 'accuracy')
+    fct.test_eq((r.setting, r.runs, r.left_out, r.shared), ('sqrt', 1, (), False))
+    assert recommendation_lines(r)[2].startswith('No seed or fold is recorded for every method'), recommendation_lines(r)
 
 
 def test_old_rows_gain_every_score_from_their_predictions(tmp_path):
