@@ -8,6 +8,13 @@ import pytest
 os.environ['HF_HUB_OFFLINE'] = '1'
 os.environ.setdefault('BMX_CACHE', tempfile.mkdtemp(prefix='bmx_cache_'))
 
+# Under pytest-xdist (`pytest -n auto`) each worker takes an equal share of the cores for torch, so that the workers
+# don't oversubscribe them; subprocesses a test starts choose their own threads (the CLI tests pass --threads 1)
+_workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+if _workers > 1:
+    import torch
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
+
 def data_dir() -> Path:
     "`$BMX_DATA` when set, else `shared/data` beside the project checkout"
     env = os.environ.get('BMX_DATA')

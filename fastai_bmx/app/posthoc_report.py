@@ -108,7 +108,7 @@ def recommended_reliability(folder:RunFolder, # an output folder
         return np.concatenate(ps), np.concatenate(ts)
     curves = {f'{r.setting}': pooled(r.method, r.variant, False), f'{r.setting}, temperature scaled': pooled(r.method, r.variant, True)}
     if r.reference != r.method: curves[r.reference] = pooled(r.reference, 'plain', False)
-    return plot_reliability(curves, title=f'Reliability of the recommended setting (test, {(res.method == r.method).sum()} runs)')  # the runs pooled
+    return plot_reliability(curves, title=f'Reliability of the recommended setting\n(test, {(res.method == r.method).sum()} runs pooled)')  # two lines: one is wider than the figure
 
 # %% ../../nbs/app/08_posthoc_report.ipynb #f6aea034
 def posthoc_sections(folder:RunFolder, # an output folder

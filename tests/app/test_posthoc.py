@@ -158,6 +158,21 @@ def test_with_no_seed_in_common_each_setting_is_ranked_on_its_own_runs(tmp_path)
     assert recommendation_lines(r)[2].startswith('No seed or fold is recorded for every method'), recommendation_lines(r)
 
 
+def test_the_reliability_title_counts_the_pooled_runs_and_fits_the_figure(tmp_path):
+    "The diagram pools all 3 runs of the chosen method, though it was ranked on 2; its title says 3 and stays inside the figure"
+    from fastai_bmx.app.posthoc_report import recommended_reliability
+    scores = {'instance': [(150, 150)] * 3, 'sqrt': [(200, 160)] * 3, 'cb': [(190, 200), None, (190, 200)]}
+    folder = _folder(tmp_path, scores)
+    r = recommend(folder, 'accuracy')
+    fct.test_eq((r.method, r.runs), ('sqrt', 2))
+    fig = recommended_reliability(folder, fit_folder(folder, 'accuracy'), r)
+    fig.canvas.draw()
+    title = fig.axes[0].title
+    assert '3 runs pooled' in title.get_text(), title.get_text()
+    box, page = title.get_window_extent(), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1, (box, page)  # a one-line title of this length ran past the right edge
+
+
 def test_old_rows_gain_every_score_from_their_predictions(tmp_path):
     folder = _folder(tmp_path, {'instance': [(150, 150)], 'sqrt': [(200, 180)]})
     before = folder.results()
