@@ -14,6 +14,11 @@ def test_readme_is_what_the_index_gives():
         "README.md differs from nbs/index.ipynb: edit the index, then run `python tools/make_readme.py`"
 
 
+def test_a_newcomer_reads_the_readme_in_five_minutes():
+    n = len((ROOT/'README.md').read_text().splitlines())
+    assert n <= 250, f"README.md has {n} lines: keep it to 250, with the full tables on the Results page and one line per comparison"
+
+
 def test_the_conversion_drops_hidden_cells_and_directives_and_fixes_links(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell('# pkg\n> what it is'),

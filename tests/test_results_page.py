@@ -1,5 +1,5 @@
 "The Results page shows what the committed reports hold: each table's saved output is what its cell renders from them now"
-import json
+import json, re
 from pathlib import Path
 import pytest
 
@@ -27,31 +27,23 @@ def test_results_page_tables_match_the_committed_reports(monkeypatch):
         checked += 1
     assert checked >= 12, checked  # every comparison's table, HAM10000's included
 
-def _tables(md:str) -> list:
-    "The markdown tables in a text, each as its rows of cells (the separator row left out)"
-    tables, rows = [], []
-    for line in md.splitlines() + ['']:
-        if line.startswith('|'): rows.append([c.strip() for c in line.strip().strip('|').split('|')]); continue
-        if rows: tables.append([r for r in rows if set(''.join(r)) != {'-'}]); rows = []
-    return tables
+_INTERVAL = re.compile(r'([+−-]?\d+\.\d+) \[([+−-]?\d+\.\d+), ([+−-]?\d+\.\d+)\]')  # "+5.73 [+1.64, +9.82]"
 
-_INDEX_NAMES = {'kappa': 'quadratic_kappa', 'MCC': 'mcc', 'bal. acc.': 'balanced_accuracy'}  # index column -> page column
+def _intervals(text:str, digits:int|None=None) -> set:
+    "The paired differences with their intervals in a text, as (diff, lo, hi), rounded to `digits` if given"
+    num = lambda x: float(x.replace('−', '-'))
+    return {tuple(round(num(v), digits) if digits is not None else num(v) for v in m.groups()) for m in _INTERVAL.finditer(text)}
 
-def test_index_fine_tuned_tables_are_the_results_page_rows():
-    "The home page (and so the README) shows the fine-tuned comparisons' rows exactly as the Results page has them"
-    cells = json.loads((NBS/'index.ipynb').read_text())['cells']
-    index_md = next(''.join(c['source']) for c in cells if ''.join(c['source']).startswith('### Fine-tuned'))
-    shown = _tables(index_md)
-    page = {}
+def test_every_interval_the_home_page_quotes_is_one_the_results_page_computes():
+    "The home page's one line per comparison (and so the README's) quotes, rounded, intervals that the Results page's cells compute from the reports"
+    quoted = _intervals(next(''.join(c['source']) for c in json.loads((NBS/'index.ipynb').read_text())['cells']
+                             if ''.join(c['source']).startswith('## What it found')))
+    computed = set()
     for cell in json.loads((NBS/'results.ipynb').read_text())['cells']:
-        src = ''.join(cell['source'])
-        for folder in ('retinamnist_64', 'ham10000_128'):
-            if cell['cell_type'] == 'code' and 'with_paired' in src and f"results/pretrained/{folder}'" in src:
-                page[folder] = _tables(''.join(cell['outputs'][0]['data']['text/markdown']))[0]
-    assert len(shown) == 2 and set(page) == {'retinamnist_64', 'ham10000_128'}, (len(shown), set(page))
-    for rows, folder in zip(shown, ('retinamnist_64', 'ham10000_128')):
-        full = page[folder]
-        idx = [full[0].index(_INDEX_NAMES.get(h, h)) for h in rows[0]]
-        want = [[r[i] for i in idx] for r in full[1:]]
-        assert rows[1:] == want, (f"index.ipynb's {folder} table is not the Results page's: copy the rows again, "
-                                  "then run tools/make_readme.py")
+        for o in cell.get('outputs', []):
+            for text in list(o.get('data', {}).values()) + [o.get('text', '')]:
+                computed |= _intervals(''.join(text) if isinstance(text, list) else str(text), digits=1)
+    assert len(quoted) >= 9, quoted  # both fine-tuned comparisons, the H100 ones and the frontier's
+    missing = quoted - computed
+    assert not missing, (f"index.ipynb quotes {sorted(missing)}, which no output of results.ipynb shows: quote the page's "
+                         "numbers, then run tools/make_readme.py")
