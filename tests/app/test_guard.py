@@ -96,7 +96,9 @@ def test_the_guard_stops_a_diverging_run_in_its_epoch():
     dls, rec = load_source('digits', bs=32)
     with pytest.raises(RunDiverged, match='in epoch 1'): train_eval(dls, rec, 'instance', arch='resnet10t', epochs=2, lr=1000., path='/tmp', fname='diverge_test', show_bar=False)
     row, _ = train_eval(dls, rec, 'instance', arch='resnet10t', epochs=1, lr=2e-3, path='/tmp', fname='diverge_test', show_bar=False)
-    assert row['mcc'] > 0.3  # a sane rate isn't stopped
+    # a sane rate isn't stopped: the run ends with its epoch and finite scores (what one epoch from scratch learns
+    # depends on the CPU's floating point: on one Intel Xeon it still predicted one class, MCC 0)
+    assert row['best_epoch'] == 1 and all(math.isfinite(row[m]) for m in ('valid_mcc', 'mcc', 'accuracy')), row
     assert loss_diverged(float('nan'), 1.) and loss_diverged(101., 1.) and not loss_diverged(99., 0.5)
     with pytest.raises(ValueError, match='factor=1'): DivergenceGuard(1)
 
