@@ -17,13 +17,11 @@ from .sampling import check_counts, check_labels, as_np, _finite_real
 from .losses import class_counts, _check_reduction, _check_axis
 
 # %% auto #0
-__all__ = ['check_tau', 'log_prior', 'LogitAdjustedCE', 'LogitAdjustedLoss', 'posthoc_adjust', 'tune_tau']
+__all__ = ['log_prior', 'LogitAdjustedCE', 'LogitAdjustedLoss', 'posthoc_adjust', 'tune_tau', 'check_tau']
 
 # %% ../nbs/02a_adjust.ipynb #262b02c5
-def check_tau(tau) -> float:
-    "`tau` as a float, or a clear error unless it is a finite number >= 0"
-    if not (_finite_real(tau) and tau >= 0): raise ValueError(f"tau={tau!r} must be a number >= 0 (0: no adjustment, 1: Balanced Softmax).")
-    return float(tau)
+from .checks import check_tau  # pure Python, in a module that loads no torch: a command line checks τ before torch loads
+_all_ = ['check_tau']
 
 # %% ../nbs/02a_adjust.ipynb #19bbf74b
 def log_prior(class_counts, # training items per class (the whole training set, not a batch)

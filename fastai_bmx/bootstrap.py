@@ -13,7 +13,7 @@ from fastcore.foundation import L
 from fastai.metrics import AccumMetric, ActivationType
 from fastai.torch_core import flatten_check
 import sklearn.metrics as skm
-from .metrics import PAPER_METRICS
+from .metrics import PAPER_METRICS, class_preds
 from .evaluation import _to_preds, _check_inputs
 
 # %% auto #0
@@ -116,34 +116,49 @@ def _fast_kind(spec):
 # %% ../nbs/05_bootstrap.ipynb #371b5869
 def _confusions(t:np.ndarray, p:np.ndarray, idx:np.ndarray, k:int) -> np.ndarray:
     "Confusion matrices `(B, k, k)` (rows: true) of codes `t`, `p` in 0..k-1, for each row of resample indices `idx`"
-    codes = t[idx]*k + p[idx] + (np.arange(len(idx))*k*k)[:, None]
+    codes = (t*k + p)[idx] + (np.arange(len(idx))*k*k)[:, None]  # one gather of the pair codes
     return np.bincount(codes.ravel(), minlength=len(idx)*k*k).reshape(len(idx), k, k).astype(np.float64)
 
 # %% ../nbs/05_bootstrap.ipynb #4ab8f760
 def _fast_values(kind:str, cm:np.ndarray) -> tuple:
-    "Metric `kind` for a batch of confusion matrices, and a mask of those it can't compute (left to sklearn)"
+    "Metric `kind` of a batch of confusion matrices `(B, k, k)` as sklearn gives it on each, and a mask of those where sklearn warns"
     k = cm.shape[-1]
     t_sum, p_sum, n = cm.sum(2), cm.sum(1), cm.sum((1, 2))
     diag = np.diagonal(cm, axis1=1, axis2=2)
-    bad = ((t_sum + p_sum) == 0).any(1)  # a class absent from the resample: sklearn would use fewer labels
+    seen = (t_sum + p_sum) > 0  # the labels sklearn lists: those in y_true or y_pred of the resample
+    single = seen.sum(1) == 1  # sklearn warns 'A single label was found'
     with np.errstate(divide='ignore', invalid='ignore'):
-        if kind.startswith('kappa'):
-            i = np.arange(k, dtype=np.float64)
-            w = {'kappa_None': 1 - np.eye(k), 'kappa_linear': np.abs(i[:, None] - i), 'kappa_quadratic': (i[:, None] - i)**2,
-                 'kappa_all': (i[:, None] - i)**2}[kind]
+        if kind.startswith('kappa'):  # 0/0 (one class, true and predicted) is NaN, sklearn's `replace_undefined_by`
+            pos = np.arange(k, dtype=np.float64) if kind == 'kappa_all' else np.cumsum(seen, 1) - 1.  # every class index (ours), or the rank among the labels seen (sklearn's)
+            d = pos[..., :, None] - pos[..., None, :]
+            w = {'kappa_None': 1 - np.eye(k), 'kappa_linear': np.abs(d), 'kappa_quadratic': d**2, 'kappa_all': d**2}[kind]
             expected = t_sum[:, :, None] * p_sum[:, None, :] / n[:, None, None]
             den = (w * expected).sum((1, 2))
-            if kind == 'kappa_all': bad = np.zeros_like(bad)  # every class index is listed: absent classes change nothing
-            return 1 - (w * cm).sum((1, 2)) / den, bad | (den == 0)
+            return np.where(den == 0, np.nan, 1 - (w * cm).sum((1, 2)) / den), single
         if kind == 'mcc':
             cov_tp = diag.sum(1) * n - (t_sum * p_sum).sum(1)
-            cov_pp, cov_tt = n**2 - (p_sum**2).sum(1), n**2 - (t_sum**2).sum(1)
-            den = cov_pp * cov_tt
-            return cov_tp / np.sqrt(den), bad | (den == 0)
-        if kind == 'bacc': return (diag / t_sum).mean(1), bad | (t_sum == 0).any(1)
-        if kind == 'f1_macro': return (2*diag / (t_sum + p_sum)).mean(1), bad
-        if kind == 'acc': return diag.sum(1) / n, bad
+            den = (n**2 - (p_sum**2).sum(1)) * (n**2 - (t_sum**2).sum(1))
+            return np.where(den == 0, 0., cov_tp / np.sqrt(den)), single  # 0 where predictions or targets are constant
+        if kind == 'bacc':  # recall averaged over the classes in y_true; a predicted class not in it warns
+            has = t_sum > 0
+            return np.where(has, diag / t_sum, 0).sum(1) / has.sum(1), single | (~has & (p_sum > 0)).any(1)
+        if kind == 'f1_macro':  # F1 = 2tp / (2tp + fp + fn) averaged over the labels seen (those unseen are 0/0: left out)
+            return np.where(seen, 2*diag / (t_sum + p_sum), 0).sum(1) / seen.sum(1), np.zeros(len(cm), bool)
+        if kind == 'acc': return diag.sum(1) / n, np.zeros(len(cm), bool)
     raise ValueError(kind)
+
+# %% ../nbs/05_bootstrap.ipynb #96f151fd
+def _closed_form(name:str):
+    "This package's metric `name` as `(preds, targs) -> float` from one confusion matrix (the metric's values, without scikit-learn's checks)"
+    f = {m.name: m.func for m in PAPER_METRICS}[name]
+    kind = _FAST_BY_NAME.get(name)
+    if kind is None: return f
+    def metric(preds, targs, n_classes:int|None=None) -> float:
+        p, t, k = class_preds(preds, targs, n_classes)
+        v = float(_fast_values(kind, _confusions(t, p, np.arange(len(t))[None], k))[0][0])
+        return f(p, t, n_classes) if np.isnan(v) else v  # kappa's 0/0: the metric's own `undefined`
+    metric.__name__ = name
+    return metric
 
 # %% ../nbs/05_bootstrap.ipynb #ead47fbf
 def _draw(rng, n_items:int, groups:list|None) -> np.ndarray:
@@ -189,16 +204,19 @@ def bootstrap_metrics(probs_or_preds, # probabilities `(N, C)` or predicted clas
             cols = slice(start, start + len(idx))
             cms = {}
             for j, m in enumerate(ms):
-                todo = np.arange(len(idx))
                 if j in fast:
                     kind, q, labels = fast[j]
                     key = (id(q), len(labels))  # both kinds of labels hold t and q: of one length, they are the same
                     if key not in cms:
                         cms[key] = _confusions(np.searchsorted(labels, t), np.searchsorted(labels, q), idx, len(labels))
-                    v, bad = _fast_values(kind, cms[key])
+                    v, warned = _fast_values(kind, cms[key])
+                    if m.own and np.isnan(v).any():  # our kappa's 0/0 (one class): its `undefined`, the same for every such resample
+                        b = np.flatnonzero(np.isnan(v))
+                        v[b] = m.call(preps[j][idx[b[0]]], t[idx[b[0]]])
+                    elif not m.own: n_warn[j] += int(warned.sum())  # where sklearn would have warned
                     vals[j, cols] = v
-                    todo = np.flatnonzero(bad)
-                for b in todo:
+                    continue
+                for b in range(len(idx)):
                     n0 = len(caught)
                     vals[j, start + b] = m.call(preps[j][idx[b]], t[idx[b]])
                     n_warn[j] += len(caught) > n0

@@ -17,15 +17,11 @@ from .sampling import _finite_real, check_q, check_labels, class_probs, resample
 from .schedule import schedule_pct
 
 # %% auto #0
-__all__ = ['check_alpha', 'lam_distrib', 'bmx_class_mass', 'BalancedMixUp', 'box_mask', 'BalancedCutMix']
+__all__ = ['lam_distrib', 'bmx_class_mass', 'BalancedMixUp', 'box_mask', 'BalancedCutMix', 'check_alpha']
 
 # %% ../nbs/01_mixup.ipynb #34914f8f
-def check_alpha(alpha) -> float:
-    "Return `alpha` as a float, or raise a clear error unless it is a finite number > 0"
-    if not (_finite_real(alpha) and alpha > 0):
-        raise ValueError(f"alpha={alpha!r} must be a finite number > 0: λ ~ Beta(α, 1) weighs the class-balanced batch, "
-                         "and a larger α blends in more of it. The paper uses 0.1, 0.2 or 0.3.")
-    return float(alpha)
+from .checks import check_alpha  # pure Python, in a module that loads no torch: a command line checks α before torch loads
+_all_ = ['check_alpha']
 
 # %% ../nbs/01_mixup.ipynb #975b6dd3
 def _check_flag(value, name:str) -> bool:

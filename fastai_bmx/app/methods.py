@@ -7,18 +7,14 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/app/methods.html.md"""
 # %% ../../nbs/app/01_methods.ipynb #cfc16363
 from __future__ import annotations
 import itertools
-import numpy as np
 from fastcore.foundation import L
-from ..mixup import BalancedMixUp, BalancedCutMix, check_alpha
-from ..losses import WeightedFocalLossFlat, ClassBalancedLoss, DeferredReweight
-from ..adjust import LogitAdjustedLoss, check_tau
-from ..retrain import retrain_classifier
-from ..sampling import check_q
+from ..checks import check_alpha, check_tau, check_q  # pure Python: the registry loads no torch (each method imports its training code when it runs)
 
 # %% auto #0
-__all__ = ['METHODS', 'Method', 'register', 'Instance', 'ClassSampling', 'SqrtSampling', 'Focal', 'ClassBalanced',
-           'BalancedMixUpMethod', 'Resampling', 'LogitAdjusted', 'DeferredReweighting', 'ClassifierRetraining',
-           'BalancedCutMixMethod', 'Combined', 'get_method', 'expand_methods', 'describe_methods', 'method_order']
+__all__ = ['METHODS', 'FRONTIER_GRIDS', 'Method', 'register', 'Instance', 'ClassSampling', 'SqrtSampling', 'Focal',
+           'ClassBalanced', 'BalancedMixUpMethod', 'Resampling', 'LogitAdjusted', 'DeferredReweighting',
+           'ClassifierRetraining', 'BalancedCutMixMethod', 'Combined', 'get_method', 'expand_methods',
+           'describe_methods', 'method_order']
 
 # %% ../../nbs/app/01_methods.ipynb #10bb1263
 class Method:
@@ -82,14 +78,18 @@ class SqrtSampling(ClassSampling):
 class Focal(Method):
     "Focal loss, γ = 2"
     name = 'focal'
-    def loss_func(self, rec): return WeightedFocalLossFlat(gamma=2.)
+    def loss_func(self, rec):
+        from fastai_bmx.losses import WeightedFocalLossFlat
+        return WeightedFocalLossFlat(gamma=2.)
 
 # %% ../../nbs/app/01_methods.ipynb #0e7dac37
 @register
 class ClassBalanced(Method):
     "Class-balanced cross-entropy, β = 0.999 (Cui et al.)"
     name = 'cb'
-    def loss_func(self, rec): return ClassBalancedLoss(rec.counts, beta=0.999)
+    def loss_func(self, rec):
+        from fastai_bmx.losses import ClassBalancedLoss
+        return ClassBalancedLoss(rec.counts, beta=0.999)
 
 # %% ../../nbs/app/01_methods.ipynb #d65746aa
 @register
@@ -97,7 +97,9 @@ class BalancedMixUpMethod(Method):
     "Balanced-MixUp with λ ~ Beta(α, 1)"
     name, knob, grid = 'bmx', 'alpha', (0.1, 0.2, 0.3)
     def check(self, value) -> float: return check_alpha(value)
-    def cbs(self, rec) -> list: return [BalancedMixUp(self.value)]
+    def cbs(self, rec) -> list:
+        from fastai_bmx.mixup import BalancedMixUp
+        return [BalancedMixUp(self.value)]
 
 # %% ../../nbs/app/01_methods.ipynb #084f008f
 @register
@@ -113,14 +115,18 @@ class LogitAdjusted(Method):
     "Logit-adjusted cross-entropy, CE(z + τ·log π), raw logits at test; τ = 1 is Balanced Softmax (Menon et al.)"
     name, knob, grid, default = 'la', 'tau', (1.,), False
     def check(self, value) -> float: return check_tau(value)
-    def loss_func(self, rec): return LogitAdjustedLoss(rec.counts, tau=self.value)
+    def loss_func(self, rec):
+        from fastai_bmx.adjust import LogitAdjustedLoss
+        return LogitAdjustedLoss(rec.counts, tau=self.value)
 
 # %% ../../nbs/app/01_methods.ipynb #e13989e7
 @register
 class DeferredReweighting(Method):
     "Deferred re-weighting: cross-entropy, class-balanced weights (β = 0.9999) for the last 20% of training (Cao et al.)"
     name, default = 'drw', False
-    def cbs(self, rec) -> list: return [DeferredReweight(start=0.8, beta=0.9999, class_counts=rec.counts)]
+    def cbs(self, rec) -> list:
+        from fastai_bmx.losses import DeferredReweight
+        return [DeferredReweight(start=0.8, beta=0.9999, class_counts=rec.counts)]
 
 # %% ../../nbs/app/01_methods.ipynb #9c8f752b
 @register
@@ -129,6 +135,8 @@ class ClassifierRetraining(Method):
     name, default = 'crt', False
     def after_fit(self, learn, rec, monitor, epochs):
         "Re-train the head for 30% as many epochs as training had (every stage; at least one), at its peak learning rate"
+        import numpy as np
+        from fastai_bmx.retrain import retrain_classifier
         retrain_classifier(learn, epochs=max(1, round(0.3 * epochs)), lr=float(max(learn.recorder.lrs)), q=0., monitor=monitor, comp=np.greater)
 
 # %% ../../nbs/app/01_methods.ipynb #7f197484
@@ -136,7 +144,9 @@ class ClassifierRetraining(Method):
 class BalancedCutMixMethod(BalancedMixUpMethod):
     "Balanced CutMix: the class-balanced partner pasted as a box covering λ ~ Beta(α, 1) of the image"
     name, grid, default = 'bcutmix', (0.2, 1.), False
-    def cbs(self, rec) -> list: return [BalancedCutMix(self.value)]
+    def cbs(self, rec) -> list:
+        from fastai_bmx.mixup import BalancedCutMix
+        return [BalancedCutMix(self.value)]
 
 # %% ../../nbs/app/01_methods.ipynb #91c1e51f
 class Combined(Method):
@@ -205,3 +215,7 @@ def method_order(name:str) -> tuple:
     "Sort key of a run name: single methods before combinations, then registry order and knob value of each part"
     parts = getattr(get_method(name), 'parts', [get_method(name)])
     return (len(parts),) + tuple((list(METHODS).index(p.name), p.value or 0.) for p in parts)  # single methods first
+
+# %% ../../nbs/app/01_methods.ipynb #a4ed2f5c
+FRONTIER_GRIDS = {'alpha': (0.1, 0.2, 0.3, 0.5, 1., 2.), 'q': (1., 0.75, 0.5, 0.25, 0.), 'tau': (0.5, 1., 2.)} # the frontier's default knob values
+

@@ -6,7 +6,7 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/app/paired.html.md"""
 
 # %% ../../nbs/app/05_paired.ipynb #da74a96b
 from __future__ import annotations
-import math, numbers
+import hashlib, math, numbers
 import numpy as np
 from scipy import stats
 from ..metrics import PAPER_METRICS
@@ -33,6 +33,35 @@ def _run_preds(p, n:int, what:str) -> tuple:
     if a.dtype.kind not in 'iuf' or not np.isfinite(a).all(): raise ValueError(f"{what} must hold finite probabilities (N, C).")
     return a.argmax(1),a.shape[1]
 
+# %% ../../nbs/app/05_paired.ipynb #0a2ee3cb
+_RESAMPLES, _VALUES = {}, {}  # the latest resamples of a test set, and of runs' metrics on them
+
+def _remember(memo:dict, key, make, keep:int):
+    "`make()`, or its value for the same `key` from one of the `keep` latest calls"
+    if key not in memo:
+        while len(memo) >= keep: memo.pop(next(iter(memo)))
+        memo[key] = make()
+    return memo[key]
+
+def _digest(a:np.ndarray) -> tuple: return a.dtype.str, a.shape, hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest()
+
+def _resamples(t:np.ndarray, n:int, seed:int) -> np.ndarray:
+    "Row 0: the test set itself; then `n` stratified resamples of its indices `(1+n, N)`"
+    rng, groups = np.random.default_rng(seed),[np.flatnonzero(t == c) for c in np.unique(t)]
+    return np.stack([np.arange(len(t))] + [_draw(rng, len(t), groups) for _ in range(n)])
+
+def _run_values(t:np.ndarray, q:np.ndarray, idx:np.ndarray, k:int) -> dict:
+    "Every metric of `PAIRABLE` of class indices `q` on each resample `idx`, in closed form from one batch of confusion matrices"
+    cms, out = _confusions(t, q, idx, k),{}
+    for m in PAPER_METRICS:
+        if m.name not in PAIRABLE: continue
+        v = _fast_values(_FAST_BY_NAME[m.name], cms)[0]  # edge cases (e.g. one class predicted) included
+        b = np.flatnonzero(np.isnan(v))  # kappa's 0/0 (one class, true and predicted): the metric's `undefined`, the same for all
+        if len(b): v[b] = m.func(q[idx[b[0]]], t[idx[b[0]]])
+        v.flags.writeable = False  # shared by the calls that remember it
+        out[m.name] = v
+    return out
+
 # %% ../../nbs/app/05_paired.ipynb #743d2bef
 def paired_differences(
     probs, # Test predictions of the method, one array per seed: probabilities `(N, C)` or class indices `(N,)`
@@ -44,7 +73,6 @@ def paired_differences(
 ) -> tuple:
     "Per-seed differences method − reference `(S,)`, and the same on `n` stratified resamples shared by both and all seeds `(n, S)`"
     if metric not in PAIRABLE: raise ValueError(f"metric={metric!r}: use one of {list(PAIRABLE)}.")
-    kind = _FAST_BY_NAME[metric]
     if len(probs) != len(ref_probs) or not len(probs):
         raise ValueError(f"{len(probs)} runs of the method and {len(ref_probs)} of the reference: pair them by seed, at least one pair.")
     if not _whole(n, 2): raise ValueError(f"n={n!r} must be an integer >= 2, the number of paired bootstrap resamples (1000 by default).")
@@ -55,13 +83,9 @@ def paired_differences(
     if len(cols) > 1: raise ValueError(f"The runs' probabilities have {cols} columns: every run must score the same classes.")
     if cols and t.max() >= cols[0]: raise ValueError(f"targs hold class index {t.max()}, but the probabilities have only {cols[0]} columns, one per class.")
     k = int(max(t.max(), *(q.max() if c is None else c - 1 for q, c in runs))) + 1
-    rng, groups = np.random.default_rng(seed),[np.flatnonzero(t == c) for c in np.unique(t)]
-    idx = np.stack([np.arange(len(t))] + [_draw(rng, len(t), groups) for _ in range(n)])  # row 0: the test set itself
-    func = {m.name: m.func for m in PAPER_METRICS}[metric]
-    def values(q):
-        v, bad = _fast_values(kind, _confusions(t, q, idx, k))
-        for b in np.flatnonzero(bad): v[b] = func(q[idx[b]], t[idx[b]])  # an edge case (e.g. one class predicted): the metric's own value
-        return v
+    tkey = (_digest(t), n, seed)
+    idx = _remember(_RESAMPLES, tkey, lambda: _resamples(t, n, seed), keep=2)
+    values = lambda q: _remember(_VALUES, (tkey, _digest(q), k), lambda: _run_values(t, q, idx, k), keep=256)[metric]
     diffs = np.stack([values(a) - values(r) for (a, _), (r, _) in zip(runs[:len(probs)], runs[len(probs):])], 1)  # (1+n, S)
     return diffs[0],diffs[1:]
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, asdict
 import numpy as np
 from ..sampling import as_np
 from ..metrics import PAPER_METRICS
+from ..bootstrap import _closed_form
 from ..adjust import posthoc_adjust, tune_tau
 from ..calibration import fit_temperature, temperature_scale
 from ..threshold import tune_threshold, threshold_preds
@@ -36,7 +37,7 @@ class PosthocFit:
 def _metric_func(metric:str):
     funcs = {m.name: m.func for m in PAPER_METRICS}
     if metric not in funcs: raise ValueError(f"metric={metric!r}: use one of {list(funcs)}.")
-    return funcs[metric]
+    return _closed_form(metric)  # the metric's values, from one confusion matrix: τ and the threshold try many
 
 def fit_posthoc(valid_probs, # validation probabilities `(N, C)` of one run
                 valid_targs, # validation class indices `(N,)`

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import numpy as np, pandas as pd
 from ..metrics import PAPER_METRICS
+from ..bootstrap import _closed_form
 from .methods import method_order
 from .paired import paired_differences, paired_interval, verdict, PAIRABLE
 from .posthoc import VARIANTS, PosthocFit, fit_posthoc, posthoc_predictions
@@ -37,14 +38,12 @@ def candidate_scores(folder:RunFolder, # an output folder
                      fits:dict, # `{run: PosthocFit}`, from `fit_folder`
                     ) -> pd.DataFrame:
     "One row per run and deployable variant: its setting, seed, fold, validation and test score on `metric`"
-    func, counts, rows = {m.name: m.func for m in PAPER_METRICS}[metric], folder.record.counts, []
+    func, counts, rows = _closed_form(metric), folder.record.counts, []
     for r in folder.results().itertuples():
-        fit = fits.get(r.run)
+        fit, (test_p, test_t), valid = fits.get(r.run), folder.preds(r.run), folder.preds(r.run, 'valid')
         for v in VARIANTS:
             if fit is None and v != 'plain': continue
             if v == 'threshold' and (fit is None or fit.threshold is None): continue
-            test_p, test_t = folder.preds(r.run)
-            valid = folder.preds(r.run, 'valid')
             if valid is None: vs = getattr(r, f'valid_{metric}', np.nan)  # an old run: the best epoch's recorded score
             else: vs = func(posthoc_predictions(valid[0], counts, fit, v, calibrated=False)[1] if fit else valid[0], valid[1])
             ts = func(posthoc_predictions(test_p, counts, fit, v, calibrated=False)[1] if fit else test_p, test_t)

@@ -7,10 +7,12 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/app/report.html.md"""
 # %% ../../nbs/app/09_report.ipynb #d0fa43b6
 from __future__ import annotations
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from ..metrics import PAPER_METRICS, paper_scores
 from ..adjust import posthoc_adjust, tune_tau
+from ..bootstrap import _closed_form
 from ..evaluation import per_class_report, confusion_matrix
 from .methods import METHODS, get_method, describe_methods, method_order
 from .guard import failures_markdown
@@ -143,14 +145,15 @@ POSTHOC_TAUS = (0., 0.25, 0.5, 0.75, 1., 1.5, 2.) # the τ values `write_report`
 def posthoc_results(folder:RunFolder, # an output folder
                     main:str, # the metric τ is tuned for, on each run's validation predictions
                     taus=POSTHOC_TAUS, # the τ values tried
+                    fits:dict|None=None, # `{run: PosthocFit}` fitted for `main` with `taus` (`report_recommendation`): their τ, not tuned again
                    ) -> pd.DataFrame|None:
     "Every run's test scores after post-hoc logit adjustment, τ tuned per run on its validation predictions (None if none were saved)"
-    counts, func, rows = folder.record.counts, {m.name: m.func for m in PAPER_METRICS}[main], []
+    counts, func, rows = folder.record.counts, _closed_form(main), []
     if min(counts) == 0: return None  # a class without training items has no log prior
     for r in folder.results().itertuples():
         valid = folder.preds(r.run, 'valid')
         if valid is None: continue  # recorded before validation predictions were saved
-        tau, _ = tune_tau(*valid, counts, func, taus)
+        tau = fits[r.run].tau if fits and r.run in fits else tune_tau(*valid, counts, func, taus)[0]
         probs, targs = folder.preds(r.run)
         rows.append(dict(run=r.run, method=r.method, fold=r.fold, tau=tau, **paper_scores(posthoc_adjust(probs, counts, tau), targs)))
     return pd.DataFrame(rows) if rows else None
@@ -216,6 +219,15 @@ def _schedule(settings:dict) -> str:
             f"epoch(s) of the new head, body frozen, then {settings['epochs']} of every layer at discriminative rates, base lr {settings['lr']}")
 
 # %% ../../nbs/app/09_report.ipynb #95e712cb
+@contextmanager
+def _one_thread():
+    "torch on one thread: the report's tensors are small (N × C), and threads only slow them down, the more on a busy machine"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try: yield
+    finally: torch.set_num_threads(n)
+
+@_one_thread()
 def report_recommendation(folder:RunFolder, # an output folder
                           main:str, # the main metric
                           reference:str|None=None, # the method paired against; None: 'instance' if it ran, else the first
@@ -228,12 +240,13 @@ def report_recommendation(folder:RunFolder, # an output folder
     return recommend(folder, metric, pick_reference(sorted(folder.results()['method'].unique(), key=method_order), reference), fits), fits
 
 # %% ../../nbs/app/09_report.ipynb #f7e496a0
+@_one_thread()
 def write_report(out:str|Path, # a `compare` output folder
                  reference:str|None=None, # the method of the paired comparison; None: 'instance' if it ran, else the first
                  select:str|None=None, # the metric the recommendation is chosen on (validation); None: the main one
                 ) -> pd.DataFrame:
     "Write `results.md` and the plots from the folder's recorded runs (filling their missing scores first); return the table"
-    folder = RunFolder(out)
+    folder = RunFolder(out, keep_preds=True)  # each run's predictions read once, for every table
     res, settings, rec = fill_run_scores(folder), folder.read_json('settings.json'), folder.record
     res = res.iloc[sorted(range(len(res)), key=lambda i: method_order(res['method'].iloc[i]))]  # one order, however runs finished
     main, names = settings['monitor'], list(rec.classes)
@@ -266,7 +279,7 @@ def write_report(out:str|Path, # a `compare` output folder
              '## Per-class test recall (mean over runs)', '', to_markdown((recall * 100).round(1)), '',
              '![class counts](class_counts.png) ![beta densities](beta_densities.png)', '',
              '![per-class recall](per_class_recall.png) ![confusion matrix](confusion_matrix.png)', '']
-    ph = posthoc_results(folder, main)
+    ph = posthoc_results(folder, main, fits=fits if (select or main) == main else None)  # their τ: tuned once, for main
     if ph is not None:
         ph = ph.iloc[sorted(range(len(ph)), key=lambda i: method_order(ph['method'].iloc[i]))]
         ph_tbl = results_table(ph, [main] + [m for m in rec.metrics if m != main])
@@ -277,22 +290,9 @@ def write_report(out:str|Path, # a `compare` output folder
             f"with τ in {list(POSTHOC_TAUS)} tuned per run for validation {main} (`tune_tau`). τ = 0 leaves a run as it was.", '',
             to_markdown(ph_tbl), '']
     folder.write('results.md', '\n'.join(lines))
+    tbl.attrs['recommendation'] = recommendation  # so that `bmx-report` needn't choose it again
     return tbl
 
 # %% ../../nbs/app/09_report.ipynb #5d7f0c68
-@call_parse
-def bmx_report(out:str, # a bmx-compare output folder
-               reference:str=None, # the method the others are paired against (default: instance if it ran, else the first)
-               select:str=None, # the metric the recommendation is chosen on, on validation (default: the main one)
-              ):
-    "Write a comparison's results.md and plots again from its recorded runs and saved predictions (filling the scores they lack); no training"
-    folder = RunFolder(out)
-    if not folder.csv.exists() or not (folder.path/'settings.json').exists():
-        print(f"bmx-report: {out} holds no bmx-compare runs (no results.csv and settings.json): give the --out folder of a comparison.", file=sys.stderr)
-        sys.exit(2)
-    with folder.lock():
-        repaired = folder.repair()
-        if repaired: print(repaired)
-        tbl = write_report(folder.path, reference=reference, select=select)
-        r, _ = report_recommendation(folder, folder.read_json('settings.json')['monitor'], reference, select)
-    print(to_markdown(tbl) + ('\n\n' + '\n'.join(recommendation_lines(r)) if r else '') + f"\n\nWrote {folder.path/'results.md'} and the plots.")
+from .cli import bmx_report  # the console script: it reads its arguments before the report's code, and torch, load
+_all_ = ['bmx_report']

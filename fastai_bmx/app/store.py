@@ -43,9 +43,12 @@ def _alive(claim:str) -> bool:
 # %% ../../nbs/app/04_store.ipynb #9c978601
 class RunFolder:
     "The output folder of a comparison: settings, record, lock, atomic writes and the recorded runs"
-    def __init__(self, path:str|Path): # the folder; created on the first write
+    def __init__(self, path:str|Path, # the folder; created on the first write
+                 keep_preds:bool=False, # keep the predictions once read, for a report's many tables (no run may be recorded meanwhile)
+                ):
         self.path = Path(path)
         self.csv = self.path/'results.csv'
+        self._preds = {} if keep_preds else None  # (run, split) -> arrays
 
     @contextmanager
     def lock(self):
@@ -133,9 +136,14 @@ class RunFolder:
 
     def preds(self, run:str, split:str='test') -> tuple|None:
         "`(probs, targs)` of a recorded run's 'test' or 'valid' predictions (None where the run didn't save them)"
-        z = np.load(self.path/'preds'/f'{run}.npz')
-        pre = '' if split == 'test' else 'valid_'
-        return (z[f'{pre}probs'], z[f'{pre}targs']) if f'{pre}probs' in z.files else None
+        kept = self._preds if self._preds is not None else {}
+        if (run, split) not in kept:
+            with np.load(self.path/'preds'/f'{run}.npz') as z:
+                for s in {split} if self._preds is None else {split, 'test', 'valid'}:  # kept: both, from one read
+                    pre = '' if s == 'test' else 'valid_'
+                    kept[(run, s)] = (z[f'{pre}probs'], z[f'{pre}targs']) if f'{pre}probs' in z.files else None
+        p = kept[(run, split)]
+        return p if p is None or self._preds is None else tuple(a.copy() for a in p)  # kept: copies, a caller may change its arrays
 
 # %% ../../nbs/app/04_store.ipynb #36aee566
 @patch

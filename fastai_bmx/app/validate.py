@@ -10,12 +10,12 @@ import numbers, os, tempfile
 from pathlib import Path
 import numpy as np
 from fastcore.foundation import L
-from ..sampling import get_labels, _finite_real
-from ..files import folder_table, csv_table, image_problems
-from .sources import source_kind
+from ..checks import _finite_real, check_precision_name
+from .methods import expand_methods  # the registry loads no torch; the checks of the data import theirs when they run
 
 # %% auto #0
-__all__ = ['check_options', 'check_out', 'check_batch', 'check_images', 'count_files', 'check_classes', 'check_folds']
+__all__ = ['check_options', 'check_out', 'check_batch', 'check_frontier_x', 'check_command', 'check_images', 'count_files',
+           'check_classes', 'check_folds']
 
 # %% ../../nbs/app/11_validate.ipynb #0aabd18c
 def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -81,9 +81,41 @@ def check_batch(bs:int, # the batch size
         raise ValueError(f"--bs {bs} is more than the {n_train} training images{' of a fold' if folds else ''}: the training loader drops "
                          f"an incomplete last batch, so it would yield none. Use --bs {2**int(np.log2(n_train))} or less.")
 
+# %% ../../nbs/app/11_validate.ipynb #fb712953
+def check_frontier_x(frontier_x:str, # the frontier's x axis
+                    ) -> str:
+    "`frontier_x`, or a clear error unless it is 'balanced_accuracy' or 'macro_f1'"
+    if frontier_x not in ('balanced_accuracy', 'macro_f1'): raise ValueError(f"frontier_x={frontier_x!r}: use balanced_accuracy or macro_f1.")
+    return frontier_x
+
+# %% ../../nbs/app/11_validate.ipynb #de8d6101
+_OPTIONS = ('epochs', 'lr', 'bs', 'size', 'seeds', 'folds', 'split_seed', 'freeze_epochs')  # the arguments of `plan_compare` that `check_options` checks
+
+def check_command(out:str|Path='bmx_compare', # the output folder
+                  methods=None, # run names or families; None: the default set
+                  alphas=None, # α values of 'bmx' and 'bcutmix'; None: their default grids
+                  taus=None, # τ values of 'la'; None: its default grid
+                  qs=None, # q values of 'sample'; None: its default grid
+                  reference:str|None=None, # the method the others are paired against; None: the default
+                  precision:str='fp32', # 'fp32', 'bf16' or 'fp16'
+                  frontier:bool=False, # also sweep each family's knob
+                  frontier_x:str='balanced_accuracy', # the frontier's x axis
+                  **kwargs, # the other arguments of `plan_compare`: those of `check_options` are checked, the rest left to it
+                 ):
+    "Raise what `plan_compare` would raise first, of its checks that need neither torch nor the data; return at the first that needs more"
+    check_options(**{k: v for k, v in kwargs.items() if k in _OPTIONS})
+    check_frontier_x(frontier_x)
+    if frontier: return  # the frontier's families are checked by `plan_compare`
+    expand_methods(methods, alphas, tau=taus, q=qs)
+    if reference is not None: return  # the reference is checked against the methods by `plan_compare`
+    check_out(out)
+    check_precision_name(precision)  # whether the machine can train in it needs torch: `plan_compare` checks it
+
 # %% ../../nbs/app/11_validate.ipynb #3a149a82
 def _source_files(data:str) -> list:
     "The image files that a folder or CSV source lists"
+    from fastai_bmx.files import folder_table, csv_table
+    from fastai_bmx.app.sources import source_kind
     if source_kind(data) == 'folder': return [Path(data)/f for f in folder_table(data)['fname']]
     df = csv_table(data)
     if 'fname' not in df.columns: raise ValueError(f"{data} has no 'fname' column of image paths (its columns: {list(df.columns)}).")
@@ -93,6 +125,8 @@ def check_images(data:str, # a folder or a CSV source ('digits' and `.npz` files
                  workers:int|None=None, # threads for `image_problems`
                 ):
     "Raise a `ValueError` naming the bad files unless every image file of `data` exists and decodes"
+    from fastai_bmx.files import image_problems
+    from fastai_bmx.app.sources import source_kind
     if source_kind(data) not in ('folder', 'csv'): return
     files = _source_files(data)
     bad = image_problems(files, workers)
@@ -104,6 +138,7 @@ def check_images(data:str, # a folder or a CSV source ('digits' and `.npz` files
 # %% ../../nbs/app/11_validate.ipynb #342d2eb3
 def count_files(data:str) -> int:
     "How many image files a folder or CSV source lists (0 for 'digits' and `.npz` files, which hold arrays)"
+    from fastai_bmx.app.sources import source_kind
     return len(_source_files(data)) if source_kind(data) in ('folder', 'csv') else 0
 
 # %% ../../nbs/app/11_validate.ipynb #ee289b00
@@ -111,6 +146,7 @@ def check_classes(dls, # the `DataLoaders` of a source, with its test loader
                   rec, # its `RunRecord`
                  ):
     "Raise unless training has two classes or more and every class in valid and test has training images"
+    from fastai_bmx.sampling import get_labels
     trained = set(np.flatnonzero(np.asarray(rec.counts) > 0).tolist())
     if len(trained) < 2:
         raise ValueError(f"Training has images of {len(trained)} class only ({[rec.classes[i] for i in trained]}): a classifier needs two or more.")
@@ -126,6 +162,7 @@ def check_folds(dls, # the `DataLoaders` of the data's own split
                ):
     "Raise unless every class has at least `folds` images in train and valid together"
     if not folds: return
+    from fastai_bmx.sampling import get_labels
     pool = np.asarray(rec.counts) + np.bincount(get_labels(dls.valid), minlength=len(rec.classes))
     few = {c: int(n) for c, n in zip(rec.classes, pool) if 0 < n < folds}
     if few:

@@ -104,6 +104,56 @@ def test_bad_options_are_refused_in_one_line(tmp_path, args, contains):
     assert not out.exists()
 
 
+HEAVY = ('torch', 'torchvision', 'fastai')
+
+def _loaded_heavy(script, *args):
+    "A script that calls `script`'s installed entry point with `args`, as its console script does, then prints its exit status and which of `HEAVY` it imported"
+    code = ("import sys\n"
+            "from importlib.metadata import entry_points\n"
+            f"entry = entry_points(group='console_scripts', name={script!r})[0].load()\n"
+            f"sys.argv = {[script, *map(str, args)]!r}\n"
+            "try: entry()\n"  # at the top level of a script file, as the console script calls it: call_parse reads sys.argv
+            "except SystemExit as e: status = e.code\n"
+            f"print(status, sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n")
+    return code
+
+
+@pytest.mark.parametrize('script, args, status', [
+    ('bmx-compare', ['--help'], 0), ('bmx-report', ['--help'], 0),
+    ('bmx-compare', ['--epochs', 0], 2), ('bmx-compare', ['--methods', 'nosuch'], 2), ('bmx-compare', ['--seeds', -1], 2),
+    ('bmx-compare', ['--threads', 0], 2), ('bmx-compare', ['--precision', 'half'], 2), ('bmx-compare', ['--methods', 'bmx', '--alphas', 0], 2),
+])
+def test_help_and_a_wrong_option_load_no_torch(tmp_path, script, args, status):
+    "--help, and the refusal of an option wrong on its face, answer before torch, torchvision or fastai load (a structural check, not a timing)"
+    f = tmp_path/'run.py'
+    f.write_text(_loaded_heavy(script, *args))
+    r = subprocess.run([sys.executable, str(f)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    fct.test_eq(r.stderr.strip().splitlines()[-1], f'{status} []')
+    assert not (tmp_path/'bmx_compare').exists()
+
+
+def test_the_light_checks_refuse_as_plan_compare_does(tmp_path):
+    "`check_command` (no torch) raises the very error `plan_compare` raises first; the old import paths still work"
+    from fastai_bmx.app.compare import plan_compare, bmx_compare, compare
+    from fastai_bmx.app.validate import check_command
+    from fastai_bmx.app.cli import bmx_compare as cli_bmx_compare
+    from fastai_bmx.app.frontier import FRONTIER_GRIDS
+    from fastai_bmx.app.methods import FRONTIER_GRIDS as grids
+    from fastai_bmx.app.report import bmx_report
+    assert FRONTIER_GRIDS is grids
+    assert bmx_compare is cli_bmx_compare and callable(compare) and callable(bmx_report)
+    (tmp_path/'file').write_text('')
+    for kw in [dict(epochs=0), dict(lr=0), dict(seeds=[0, 0]), dict(methods=['nosuch']), dict(methods=['bmx-0.2+la', 'nosuch-1']),
+               dict(methods=['bmx'], alphas=[0]), dict(methods=['la'], taus=[-1]), dict(methods=['sample'], qs=[2]),
+               dict(precision='half'), dict(frontier_x='accuracy'), dict(out=tmp_path/'file'), dict(epochs=0, methods=['nosuch'])]:
+        kw = {'out': tmp_path/'out', **kw}
+        with pytest.raises(Exception) as light: check_command(**kw)
+        with pytest.raises(Exception) as heavy: plan_compare('digits', **kw)
+        fct.test_eq((type(light.value), str(light.value)), (type(heavy.value), str(heavy.value)))
+    check_command(out=tmp_path/'out', methods=['bmx', 'la'], arch='resnet_nope', precision='fp16')  # left to plan_compare
+    assert not (tmp_path/'out').exists()
+
+
 def _override(base, args):
     "`base` CLI arguments with the options in `args` replacing theirs"
     flags = {str(a) for a in args if str(a).startswith('--')}

@@ -70,3 +70,29 @@ def test_report_table_pairs_by_seed_and_refuses_an_unknown_reference(tmp_path):
     fct.test_close(pr['mcc'].iloc[0], 100 * np.mean([skm.matthews_corrcoef(t, a[s]) - skm.matthews_corrcoef(t, r[s]) for s in range(2)]))
     fct.test_eq(pick_reference(['bmx-0.2', 'focal']), 'bmx-0.2')
     with pytest.raises(ValueError, match='not among the methods compared'): pick_reference(['instance'], 'cb')
+
+
+@pytest.mark.parametrize('metric', PAIRABLE)
+def test_degenerate_runs_in_closed_form_equal_the_metric(metric, monkeypatch):
+    "A run that predicts one class, one that never predicts a class, targets with a gap: no call per resample, the metric's values"
+    from fastai_bmx.bootstrap import _draw
+    from fastai_bmx.metrics import PAPER_METRICS
+    import fastai_bmx.metrics as fm
+    rng = np.random.default_rng(3)
+    t = rng.choice([0, 1, 3, 4], 120)  # class 2 never true
+    runs_ = [np.full(120, 1), np.where(t == 4, 0, t), np.where(rng.random(120) < .5, t, 2), np.full(120, 3)]
+    func = {m.name: m.func for m in PAPER_METRICS}[metric]
+    groups, rng2 = [np.flatnonzero(t == c) for c in np.unique(t)], np.random.default_rng(7)
+    idx = [np.arange(120)] + [_draw(rng2, 120, groups) for _ in range(40)]
+    want = np.array([[func(a[i], t[i]) - func(r[i], t[i]) for a, r in zip(runs_[:2], runs_[2:])] for i in idx])
+    calls = []
+    monkeypatch.setattr(fm.skm, 'matthews_corrcoef', lambda *a, **kw: calls.append(a))
+    d, boot = paired_differences(runs_[:2], runs_[2:], t, metric, n=40, seed=7)
+    fct.test_eq(calls, [])
+    np.testing.assert_allclose(np.r_[d[None], boot], want, rtol=0, atol=1e-12)
+
+
+def test_one_class_everywhere_takes_kappas_undefined():
+    t = np.zeros(30, int)
+    d, boot = paired_differences([t], [t], t, 'quadratic_kappa', n=20)
+    fct.test_eq((d.tolist(), np.abs(boot).max()), ([0.], 0.))

@@ -17,3 +17,21 @@ def test_fold_summary():
     fct.test_close(num.loc['BMX', ('mcc', 'median')], np.median(res.loc[res.method == 'BMX', 'mcc']))
     fct.test_fail(lambda: fold_summary(res, by='x'), contains="no column 'x'")
 
+
+
+def test_a_report_reads_each_predictions_file_once_and_writes_the_committed_text(tmp_path, monkeypatch):
+    "write_report on a copy of a committed comparison: results.md byte for byte, each run's predictions file opened once"
+    import shutil
+    from pathlib import Path
+    from fastai_bmx.app.report import write_report, posthoc_results
+    from fastai_bmx.app.recommend import fit_folder
+    from fastai_bmx.app.store import RunFolder
+    src = Path(__file__).resolve().parents[2]/'nbs/results/pretrained/ham10000_128'
+    out = shutil.copytree(src, tmp_path/'h128')
+    opened, load = [], np.load
+    monkeypatch.setattr(np, 'load', lambda f, *a, **kw: opened.append(Path(f).name) or load(f, *a, **kw))
+    write_report(out)
+    fct.test_eq(sorted(opened), sorted(p.name for p in (src/'preds').glob('*.npz')))
+    fct.test_eq((out/'results.md').read_bytes(), (src/'results.md').read_bytes())
+    folder = RunFolder(out, keep_preds=True)
+    pd.testing.assert_frame_equal(posthoc_results(folder, 'mcc', fits=fit_folder(folder, 'mcc')), posthoc_results(folder, 'mcc'))
