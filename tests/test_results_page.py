@@ -47,3 +47,12 @@ def test_every_interval_the_home_page_quotes_is_one_the_results_page_computes():
     missing = quoted - computed
     assert not missing, (f"index.ipynb quotes {sorted(missing)}, which no output of results.ipynb shows: quote the page's "
                          "numbers, then run tools/make_readme.py")
+
+
+def test_the_rules_table_is_what_the_tool_computes_from_the_committed_folders():
+    "nbs/results/rules/rules.md, which the Results page shows, is what tools/recommendation_rules.py gives from the committed predictions now"
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('recommendation_rules', NBS.parent/'tools'/'recommendation_rules.py')
+    tool = importlib.util.module_from_spec(spec); spec.loader.exec_module(tool)
+    assert (NBS/'results'/'rules'/'rules.md').read_text() == tool.markdown(), \
+        "rules.md differs from what the rules give now: run python tools/recommendation_rules.py, then execute the Results page's cell again"

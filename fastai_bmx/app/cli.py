@@ -67,6 +67,7 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
                 qs:Annotated[float, {'nargs': '+', 'help': _QS_HELP}]=None, # (help from the method registry)
                 frontier_x:str='balanced_accuracy', # the frontier's x axis: balanced_accuracy or macro_f1
                 select:str=None, # the metric the recommendation is chosen on, on validation (default: the main metric)
+                rule:Annotated[str, {'choices': ['best', 'one-se', 'evidence']}]='best', # how the recommendation may leave the reference: best (the best validation mean), one-se or evidence (only a setting that validation shows better)
                 export:bool=False, # write OUT/recommended.pkl: the recommended setting as a fastai Learner.export
                 no_retry:bool=False, # leave the runs that failed or diverged before as they are (default: train them again)
                 debug:bool=False, # show the traceback of an error in the input or in a run (which then stops the sweep), not just its one line
@@ -79,7 +80,7 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
                     weights=weights, freeze_epochs=freeze_epochs, from_disk=from_disk,
                     channels_last={'auto': None, 'on': True, 'off': False}[channels_last],
                     keep_models=keep_models, show_bar=not quiet, reference=reference, precision=precision,
-                    frontier=frontier, qs=qs, frontier_x=frontier_x, select=select, retry=not no_retry)
+                    frontier=frontier, qs=qs, frontier_x=frontier_x, select=select, rule=rule, retry=not no_retry)
         check_options(threads=threads)
         check_command(**args)  # what needs neither torch nor the data, so that a refusal answers at once
     except Exception as e:
@@ -93,6 +94,7 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
 def bmx_report(out:str, # a bmx-compare output folder
                reference:str=None, # the method the others are paired against (default: instance if it ran, else the first)
                select:str=None, # the metric the recommendation is chosen on, on validation (default: the main one)
+               rule:Annotated[str, {'choices': ['best', 'one-se', 'evidence']}]='best', # how the recommendation may leave the reference: best (the best validation mean), one-se or evidence (only a setting that validation shows better)
               ):
     "Write a comparison's results.md and plots again from its recorded runs and saved predictions (filling the scores they lack); no training"
     from fastai_bmx.app.store import RunFolder  # the report's code, and torch, load once the arguments are read
@@ -106,6 +108,6 @@ def bmx_report(out:str, # a bmx-compare output folder
     with folder.lock():
         repaired = folder.repair()
         if repaired: print(repaired)
-        tbl = write_report(folder.path, reference=reference, select=select)
+        tbl = write_report(folder.path, reference=reference, select=select, rule=rule)
         r = tbl.attrs['recommendation']  # chosen by `write_report`
     print(to_markdown(tbl) + ('\n\n' + '\n'.join(recommendation_lines(r)) if r else '') + f"\n\nWrote {folder.path/'results.md'} and the plots.")

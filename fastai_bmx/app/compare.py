@@ -28,7 +28,7 @@ from .frontier import frontier_families, write_frontier, front_table
 from ..precision import check_precision
 from ..weights import Weights, find_weights
 from .paired import PAIRABLE
-from .recommend import Recommendation, recommendation_lines, fit_folder
+from .recommend import Recommendation, recommendation_lines, fit_folder, RULES
 from .export import export_run
 from .validate import check_options, check_frontier_x, check_out, check_images, check_classes, check_folds, check_batch, count_files
 from .guard import RunFailure, free_memory
@@ -56,6 +56,7 @@ class Plan:
     weights:Weights|None = None # the pretrained weights every run fine-tunes, or None: from scratch
     loading:str = '' # how the images are served (a folder or CSV: decoded once into memory, or read every epoch)
     select:str|None = None # the metric the recommendation is chosen on (validation); None: the main one
+    rule:str = 'best' # how the recommendation may leave the reference, one of `RULES`
     recommendation:Recommendation|None = None # the setting chosen on validation, once `run_plan` has written the report
     retry:bool = True # train again the runs that failed or diverged before; False: leave them as recorded
     failures:list|None = None # the `RunFailure`s among the plan's runs, once `run_plan` has run
@@ -88,6 +89,7 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
                  qs=None, # resampling exponents q of 'sample' (with `frontier`, of the resampling family); None: the default grid
                  frontier_x:str='balanced_accuracy', # the frontier's x axis: 'balanced_accuracy' or 'macro_f1'
                  select:str|None=None, # the metric the recommendation is chosen on, on validation; None: the main metric
+                 rule:str='best', # how the recommendation may leave the reference: one of `RULES` (see `recommend`)
                  retry:bool=True, # train again the runs recorded as failed or diverged; False: skip them
                 ) -> Plan:
     "Check everything a comparison needs before any training, writing nothing; raise a clear error for bad input"
@@ -110,6 +112,7 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
     check_classes(dls, rec)
     check_folds(dls, rec, folds)
     monitor = check_monitor(monitor or rec.monitor)
+    if rule not in RULES: raise ValueError(f"--rule {rule}: use one of {list(RULES)}.")
     if select is not None and select not in [m for m in rec.metrics if m in PAIRABLE]:
         raise ValueError(f"--select {select}: choose the recommendation on one of {[m for m in rec.metrics if m in PAIRABLE]}.")
     settings = dict(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, monitor=monitor, folds=folds,
@@ -125,7 +128,7 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
                 dict(arch=arch, epochs=epochs, lr=lr, monitor=monitor, weights=found, freeze_epochs=freeze_epochs, keep_model=keep_models,
                      show_bar=show_bar, precision=precision, channels_last=channels_last), reference,
                 fams and dict(families=fams, x=frontier_x, taus=[float(t) for t in L(taus if taus is not None else FRONTIER_GRIDS['tau'])]),
-                weights=found, loading=serving_line(dls, kind, in_memory, from_disk), select=select, retry=retry)
+                weights=found, loading=serving_line(dls, kind, in_memory, from_disk), select=select, rule=rule, retry=retry)
 
 # %% ../../nbs/app/13_compare.ipynb #f81ccdc7
 def _train_run(plan:Plan, m:str, s:int, f:int|None, run:str) -> tuple:
@@ -174,7 +177,7 @@ def run_plan(plan:Plan, # a checked comparison, from `plan_compare`
         if not len(res): return res  # no run gave a result: nothing to tabulate
         if plan.reference not in set(res['method']): plan.reference = None  # its runs all failed: pair against the first that ran
         if plan.frontier: plan.points = write_frontier(folder.path, **plan.frontier)
-        tbl = write_report(folder.path, reference=plan.reference, select=plan.select)
+        tbl = write_report(folder.path, reference=plan.reference, select=plan.select, rule=plan.rule)
         plan.recommendation = tbl.attrs['recommendation']  # chosen on validation by `write_report`
         plan.reference = plan.reference or pick_reference(sorted(set(res['method']), key=method_order))
         return tbl

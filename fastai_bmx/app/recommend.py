@@ -16,7 +16,7 @@ from .posthoc import VARIANTS, PosthocFit, fit_posthoc, posthoc_predictions
 from .store import RunFolder
 
 # %% auto #0
-__all__ = ['fit_folder', 'setting_name', 'candidate_scores', 'Recommendation', 'recommend', 'recommendation_lines']
+__all__ = ['RULES', 'fit_folder', 'setting_name', 'candidate_scores', 'Recommendation', 'recommend', 'recommendation_lines']
 
 # %% ../../nbs/app/07_recommend.ipynb #a1a9c803
 def fit_folder(folder:RunFolder, # an output folder
@@ -69,21 +69,45 @@ class Recommendation:
     median_run:str # the run with the median validation score: the one to export
     left_out:tuple=() # runs left out of the ranking: on seeds or folds that some method has not recorded
     shared:bool=True # whether every method has a seed or fold in common; False: each setting is ranked on its own runs
+    rule:str='best' # how it was chosen, one of `RULES`
+    valid_vs_reference:dict|None=None # `paired_interval` of setting − reference on the validation predictions; None: not paired
+    valid_items:int=0 # validation items the choice rests on (pooled over the folds of a seed)
+    closest:tuple=() # where the reference was kept: the `(setting, validation interval)`s that came closest to beating it
 
 # %% ../../nbs/app/07_recommend.ipynb #5a310248
-def _test_preds(folder, counts, fits, rows) -> list:
-    "Each row's test decisions (class indices) of its variant, in the order of `rows`"
-    return [posthoc_predictions(folder.preds(r.run)[0], counts, fits[r.run], r.variant, calibrated=False)[1] if r.run in fits
-            else folder.preds(r.run)[0] for r in rows.itertuples()]
+RULES = ('best', 'one-se', 'evidence') # how the choice may leave the reference: the best validation mean; only a setting whose validation lead over it exceeds one standard error; only one whose 95% interval lies above 0
 
-def _paired(folder, counts, fits, a:pd.DataFrame, b:pd.DataFrame, metric:str) -> dict|None:
-    "`paired_interval` of setting a − setting b over their shared seeds and folds, with the verdict; None if none are shared"
+def _split_preds(folder, counts, fits, rows, split:str='test') -> list:
+    "Each row's decisions (class indices) of its variant on `split` ('test' or 'valid'), in the order of `rows`"
+    return [posthoc_predictions(folder.preds(r.run, split)[0], counts, fits[r.run], r.variant, calibrated=False)[1] if r.run in fits
+            else folder.preds(r.run, split)[0] for r in rows.itertuples()]
+
+def _valid_seeds(folder, counts, fits, rows) -> tuple|None:
+    "Per seed, the validation decisions of its folds one after another, and the targets they share; None if any is missing"
+    if any(folder.preds(r, 'valid') is None for r in rows.run): return None
+    rows = rows.sort_values(['seed', 'fold'])
+    preds, targs = _split_preds(folder, counts, fits, rows, 'valid'), [folder.preds(r, 'valid')[1] for r in rows.run]
+    by_seed = [np.flatnonzero(rows.seed.values == s) for s in rows.seed.unique()]
+    joined = [np.concatenate([targs[i] for i in ix]) for ix in by_seed]
+    if any(len(t) != len(joined[0]) or (t != joined[0]).any() for t in joined): return None
+    return [np.concatenate([preds[i] for i in ix]) for ix in by_seed], joined[0]
+
+def _paired(folder, counts, fits, a:pd.DataFrame, b:pd.DataFrame, metric:str, split:str='test') -> dict|None:
+    "`paired_interval` of setting a − setting b over their shared seeds and folds, with the verdict and items; None if none are shared"
     keys = sorted(set(zip(a.seed, a.fold)) & set(zip(b.seed, b.fold)))
     if not keys or metric not in PAIRABLE: return None
     pick = lambda df: df.set_index(['seed', 'fold']).loc[keys].reset_index()
-    targs = folder.preds(a.run.iloc[0])[1]
-    ci = paired_interval(*paired_differences(_test_preds(folder, counts, fits, pick(a)), _test_preds(folder, counts, fits, pick(b)), targs, metric))
-    return {**ci, 'verdict': verdict(ci['lo'], ci['hi'], len(keys))}
+    if split == 'valid':  # a fold's validation items are its own: each seed's folds are pooled
+        va, vb = _valid_seeds(folder, counts, fits, pick(a)), _valid_seeds(folder, counts, fits, pick(b))
+        if va is None or vb is None: return None
+        (pa, targs), (pb, _) = va, vb
+    else: pa, pb, targs = _split_preds(folder, counts, fits, pick(a)), _split_preds(folder, counts, fits, pick(b)), folder.preds(a.run.iloc[0])[1]
+    ci = paired_interval(*paired_differences(pa, pb, targs, metric))
+    return {**ci, 'verdict': verdict(ci['lo'], ci['hi'], len(pa)), 'items': len(targs)}
+
+def _beats(iv:dict|None, rule:str) -> bool:
+    "Whether a validation interval against the reference lets `rule` leave the reference"
+    return iv is not None and (iv['lo'] > 0 if rule == 'evidence' else iv['diff'] > iv['se'])
 
 def _on_shared_runs(cands:pd.DataFrame) -> tuple:
     "The candidate rows on the seeds and folds every method has recorded, the runs left out, and whether any is shared"
@@ -98,9 +122,11 @@ def recommend(folder:RunFolder, # an output folder with recorded runs
               metric:str, # the metric to choose on: the main one, or `--select`
               reference:str='instance', # the method the chosen setting is paired against
               fits:dict|None=None, # `{run: PosthocFit}`; None: fitted here (`fit_folder`)
+              rule:str='best', # one of `RULES`: the best validation mean, or the reference unless validation shows better
              ) -> Recommendation:
-    "The setting with the best mean validation score on `metric` (never the test set), with what it scored on test and what the choice cost"
+    "The setting chosen on validation by `rule` (never the test set), with what it scored on test and what the choice cost"
     if metric not in PAIRABLE: raise ValueError(f"--select {metric}: choose on one of {list(PAIRABLE)}.")
+    if rule not in RULES: raise ValueError(f"--rule {rule}: use one of {list(RULES)}.")
     fits = fit_folder(folder, metric) if fits is None else fits
     cands, counts = candidate_scores(folder, metric, fits), folder.record.counts
     cands, left_out, shared = _on_shared_runs(cands)
@@ -108,21 +134,40 @@ def recommend(folder:RunFolder, # an output folder with recorded runs
     means, first = g[['valid', 'test']].mean(), g[['method', 'variant']].first()
     simpler = lambda s: (VARIANTS.index(first.loc[s, 'variant']), method_order(first.loc[s, 'method']))
     order = sorted(means.index, key=lambda s: (-means.loc[s, 'valid'], *simpler(s)))  # of equal scores, the simpler setting
-    chosen, test_best = order[0], max(means.index, key=lambda s: (means.loc[s, 'test'], -order.index(s)))
+    test_best, ref_rows = max(means.index, key=lambda s: (means.loc[s, 'test'], -order.index(s))), cands[cands.setting == reference]
+    on_valid = lambda s: _paired(folder, counts, fits, cands[cands.setting == s], ref_rows, metric, 'valid')
+    chosen, closest = order[0], ()
+    if rule != 'best' and reference in means.index:  # leave the reference only for a setting that validation shows better
+        ivs = {s: on_valid(s) for s in order if s != reference}
+        chosen = next((s for s in order if s in ivs and _beats(ivs[s], rule)), reference)
+        if chosen == reference: closest = tuple(sorted(((s, v) for s, v in ivs.items() if v and v['hi'] > v['lo']), key=lambda sv: -sv[1]['lo'])[:2])  # not those deciding as it does
     rows = cands[cands.setting == chosen]
-    ref_rows = cands[(cands.method == reference) & (cands.variant == 'plain')]
     same = dict(diff=0., lo=0., hi=0., verdict='the same setting')
     vs_ref = same if chosen == reference else _paired(folder, counts, fits, rows, ref_rows, metric)
+    valid_ref = None if chosen == reference or reference not in means.index else ivs[chosen] if rule != 'best' else on_valid(chosen)
     cost = same if chosen == test_best else _paired(folder, counts, fits, rows, cands[cands.setting == test_best], metric)
     median = rows.iloc[np.argsort(rows.valid.values, kind='stable')[(len(rows) - 1) // 2]].run
     std = lambda c: float(rows[c].std(ddof=1)) if len(rows) > 1 else float('nan')
     return Recommendation(chosen, rows.method.iloc[0], rows.variant.iloc[0], metric, float(rows.valid.mean()), std('valid'),
                           float(rows.test.mean()), std('test'), len(rows), reference, vs_ref or {}, test_best, cost or {}, median,
-                          left_out, shared)
+                          left_out, shared, rule, valid_ref, len((_valid_seeds(folder, counts, fits, rows) or ((), ()))[1]), closest)
 
 # %% ../../nbs/app/07_recommend.ipynb #c6760f46
 def _pm(m:float, s:float) -> str: return f'{100*m:.2f}' + ('' if np.isnan(s) else f' ± {100*s:.2f}')
 def _ci(d:dict) -> str: return f"{100*d['diff']:+.2f} [{100*d['lo']:+.2f}, {100*d['hi']:+.2f}]" if d else 'not paired'
+
+_RULE_WORDS = {'one-se': 'by more than one standard error', 'evidence': 'beyond the noise (a 95% interval above 0)'}
+
+def _how_sure(r:Recommendation) -> list:
+    "What the choice rests on: its validation lead over the reference, or, where the reference was kept, what came closest"
+    on = f"({r.valid_items} validation items, {r.runs} run{'s' * (r.runs > 1)})"
+    if r.rule != 'best' and r.setting == r.reference:
+        return [f"No setting beat {r.reference} on validation {_RULE_WORDS[r.rule]}, so it is kept {on}"
+                + ('; closest: ' + '; '.join(f'{s} {_ci(v)}' for s, v in r.closest) if r.closest else '') + '.']
+    if r.valid_vs_reference is None: return []
+    v, noise = r.valid_vs_reference, r.valid_vs_reference['lo'] <= 0
+    return [f"On validation it beat {r.reference} by {_ci(v)} {on}" + (f": within the noise, so validation can't tell it from {r.reference}."
+            if noise else '.') + (f" Rule: {r.rule}; --rule evidence keeps {r.reference} unless validation shows better beyond the noise." if noise and r.rule == 'best' else '')]
 
 def recommendation_lines(r:Recommendation) -> list:
     "The recommendation in words: the `Recommended:` line, what choosing on validation cost, and any runs left out of the ranking"
@@ -134,5 +179,5 @@ def recommendation_lines(r:Recommendation) -> list:
               [f"Ranked on the seeds and folds every method has recorded; left out: {', '.join(r.left_out)}."] if r.shared else
               ["No seed or fold is recorded for every method, so each setting was ranked on its own runs."])
     return [f"Recommended: {r.setting} (validation {r.metric} {_pm(r.valid_mean, r.valid_std)} over {r.runs} run{'s' * (r.runs > 1)}); "
-            f"test {r.metric} {_pm(r.test_mean, r.test_std)}, {ref}.",
+            f"test {r.metric} {_pm(r.test_mean, r.test_std)}, {ref}.", *_how_sure(r),
             f"Chosen on validation only; {cost}.", *ranked]

@@ -232,18 +232,19 @@ def report_recommendation(folder:RunFolder, # an output folder
                           main:str, # the main metric
                           reference:str|None=None, # the method paired against; None: 'instance' if it ran, else the first
                           select:str|None=None, # the metric to choose on; None: `main`
+                          rule:str='best', # how the choice may leave the reference, one of `RULES` (`recommend`)
                          ) -> tuple:
     "`(recommendation, fits)`: the setting chosen on validation (None if no run saved validation predictions), and the runs' post-hoc fits"
-    metric = select or main
-    fits = fit_folder(folder, metric)
+    fits = fit_folder(folder, metric := select or main)
     if not fits: return None, fits
-    return recommend(folder, metric, pick_reference(sorted(folder.results()['method'].unique(), key=method_order), reference), fits), fits
+    return recommend(folder, metric, pick_reference(sorted(folder.results()['method'].unique(), key=method_order), reference), fits, rule), fits
 
 # %% ../../nbs/app/09_report.ipynb #f7e496a0
 @_one_thread()
 def write_report(out:str|Path, # a `compare` output folder
                  reference:str|None=None, # the method of the paired comparison; None: 'instance' if it ran, else the first
                  select:str|None=None, # the metric the recommendation is chosen on (validation); None: the main one
+                 rule:str='best', # how the recommendation may leave the reference, one of `RULES` (`recommend`)
                 ) -> pd.DataFrame:
     "Write `results.md` and the plots from the folder's recorded runs (filling their missing scores first); return the table"
     folder = RunFolder(out, keep_preds=True)  # each run's predictions read once, for every table
@@ -259,7 +260,7 @@ def write_report(out:str|Path, # a `compare` output folder
             'beta_densities.png': plot_beta_densities(alphas or None),
             'per_class_recall.png': plot_recall(recall),
             'confusion_matrix.png': plot_confusion(cm, names, f"Best run: {best['run']} (test {main} {100*best[main]:.1f})")}
-    recommendation, fits = report_recommendation(folder, main, reference, select)
+    recommendation, fits = report_recommendation(folder, main, reference, select, rule)
     ph_lines, ph_figs = posthoc_sections(folder, main, fits, recommendation)
     for fn, fig in {**figs, **ph_figs}.items(): fig.savefig(folder.path/fn, dpi=110)
     by_fold = res['fold'].notna().any()
