@@ -302,9 +302,9 @@ def test_a_fine_tuned_run_exports_and_predicts(method, tiny_weights, tmp_path):
 
 
 def test_crt_retrains_after_the_second_stage_for_30_percent_of_all_epochs(tiny_weights, tmp_path, monkeypatch):
-    import fastai_bmx.app.methods as methods
+    import fastai_bmx.retrain as retrain  # the method imports it from there when it runs
     seen = {}
-    monkeypatch.setattr(methods, 'retrain_classifier', lambda learn, epochs, **kw: seen.update(epochs=epochs, n_fits=learn.opt is not None))
+    monkeypatch.setattr(retrain, 'retrain_classifier', lambda learn, epochs, **kw: seen.update(epochs=epochs, n_fits=learn.opt is not None))
     dls, rec = _tiny()
     train_eval(dls, rec, 'crt', arch='resnet10t', epochs=4, weights=tiny_weights, freeze_epochs=1, path=tmp_path, show_bar=False)
     fct.test_eq(seen['epochs'], 2)  # 30% of all 1 + 4 epochs, rounded (of the 4 unfrozen ones alone it would be 1)
