@@ -19,7 +19,7 @@ from fastai_bmx.app.tables import to_markdown
 root = Path(__file__).resolve().parent.parent
 RESULTS, OUT = root/'nbs'/'results', root/'nbs'/'results'/'rules'/'rules.md'
 SIX = ('frontier/retinamnist', 'pretrained/retinamnist_64', 'pretrained/ham10000_128', 'frontier/dermamnist', 'h100/retinamnist', 'h100/dermamnist')
-ci = lambda d: 'the same' if d.get('verdict') == 'the same setting' else f"{100*d['diff']:+.2f} [{100*d['lo']:+.2f}, {100*d['hi']:+.2f}]"
+ci = lambda d, same: same if d.get('verdict') == 'the same setting' else f"{100*d['diff']:+.2f} [{100*d['lo']:+.2f}, {100*d['hi']:+.2f}]"
 
 
 def folders() -> list:
@@ -39,8 +39,8 @@ def rows() -> pd.DataFrame:
         for rule in RULES:
             r, _ = report_recommendation(f, main, rule=rule)
             out.append(dict(folder=str(f.path.relative_to(RESULTS)), metric=main, valid_items=r.valid_items, runs=r.runs, rule=rule,
-                            chosen=r.setting, vs_reference=ci(r.vs_reference), worse=r.vs_reference['hi'] < 0,
-                            cost=ci(r.cost), cost_points=100*r.cost['diff'], test_best=r.test_best))
+                            chosen=r.setting, vs_reference=ci(r.vs_reference, 'it is instance'), worse=r.vs_reference['hi'] < 0,
+                            cost=ci(r.cost, '0: it tested best'), cost_points=100*r.cost['diff'], test_best=r.test_best))
     return pd.DataFrame(out)
 
 
