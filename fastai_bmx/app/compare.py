@@ -16,14 +16,13 @@ from fastcore.foundation import L
 from fastcore.meta import delegates
 from fastprogress.fastprogress import progress_bar
 from fastai.torch_core import set_seed
-from .methods import expand_methods, method_order
+from .methods import expand_methods, method_order, FRONTIER_GRIDS
 from .sources import RunRecord, load_source, source_kind
 from ..files import fits_in_memory, serving_line
 from .training import train_eval, get_arch, check_monitor
 from .store import RunFolder, run_name
 from .tables import to_markdown
 from .report import write_report, pick_reference, paired_results, paired_markdown
-from .methods import FRONTIER_GRIDS
 from .frontier import frontier_families, write_frontier, front_table
 from ..precision import check_precision
 from ..weights import Weights, find_weights
