@@ -9,7 +9,7 @@ from __future__ import annotations
 import math, numbers
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'check_q', 'check_alpha', 'check_tau', 'check_precision_name']
+__all__ = ['PRECISIONS', 'check_q', 'check_alpha', 'check_tau', 'check_precision_name', 'check_window']
 
 # %% ../nbs/00b_checks.ipynb #de7e779d
 def _finite_real(x) -> bool:
@@ -45,3 +45,13 @@ def check_precision_name(precision:str, # 'fp32', 'bf16' or 'fp16'
     "`precision`, or a clear error unless it is one of `PRECISIONS` (whether the device can train in it is `check_precision`'s)"
     if precision not in PRECISIONS: raise ValueError(f"precision={precision!r}: use one of {', '.join(PRECISIONS)}.")
     return precision
+
+# %% ../nbs/00b_checks.ipynb #b1d2c27d
+def check_window(window, # None, 'range' or (center, width)
+                ) -> tuple|str|None:
+    "`window` as None (each DICOM file's own), 'range' (each image's own range) or `(center, width)` floats, or a clear error"
+    if window is None or window == 'range': return window
+    if isinstance(window, (tuple, list)) and len(window) == 2 and all(_finite_real(v) for v in window) and window[1] > 0:
+        return (float(window[0]), float(window[1]))
+    raise ValueError(f"window={window!r}: give None (each DICOM file's own window), 'range' (each image's own range) or "
+                     "(center, width) with width > 0, e.g. (40, 400) for soft tissue in CT.")

@@ -6,8 +6,9 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/files.html.md"""
 
 # %% ../nbs/08_files.ipynb #da3da99f
 from __future__ import annotations
-import multiprocessing, os, random
+import io, multiprocessing, os, random
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image
@@ -15,35 +16,40 @@ from fastcore.foundation import L
 from fastcore.meta import delegates
 from fastai.data.core import DataLoaders
 from fastai.data.transforms import Normalize
+from fastai.vision.core import PILImage
 from .data import default_augs, mark_ordinal, arrays_dls
+from .checks import check_window
+from .images import read_pixels, DICOM_SUFFIXES, image_problems, _need_pydicom  # image_problems: also importable from here, as before
 from .splits import valid_mask
 
 # %% auto #0
-__all__ = ['decode_images', 'fits_in_memory', 'memory_dls', 'frame_dls', 'serving_line', 'folder_table', 'csv_table',
-           'folder_dls', 'csv_dls', 'image_problems']
+__all__ = ['decode_images', 'fits_in_memory', 'memory_dls', 'MedicalImage', 'frame_dls', 'serving_line', 'folder_table',
+           'csv_table', 'folder_dls', 'csv_dls']
 
 # %% ../nbs/08_files.ipynb #448bb1d2
-def _decode(path:str, size:int) -> np.ndarray|str:
-    "The RGB uint8 image at `path` as fastai's validation `Resize(size)` gives it (centred crop of the largest square, bilinear resize); or what is wrong"
-    try:
-        with Image.open(path) as im: im = im.convert('RGB')
-    except Exception as e: return f"{type(e).__name__}: {' '.join(str(e).split())[:80]}"
+def _decode(path:str, size:int, window:tuple|str|None=None) -> np.ndarray|str:
+    "The image at `path` (`read_pixels`: grey or RGB uint8) as fastai's validation `Resize(size)` gives it (centred crop of the largest square, bilinear resize); or what is wrong"
+    try: im = Image.fromarray(read_pixels(path, window))
+    except ImportError: raise
+    except Exception as e: return f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
     w, h = im.size
     m = w/size if w/size < h/size else h/size  # fastai's `Resize`, method 'crop', to a square
     cw, ch = int(m*size), int(m*size)
     left, top = int(0.5*(w - cw)), int(0.5*(h - ch))
     return np.asarray(im.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BILINEAR))
 
-def _decode_chunk(args) -> list: return [_decode(p, args[1]) for p in args[0]]
+def _decode_chunk(args) -> list: return [_decode(p, *args[1:]) for p in args[0]]
 
-def decode_images(paths, # image file paths
+def decode_images(paths, # image file paths (DICOM, PNG, JPEG, TIFF, ...: `read_pixels`)
                   size:int, # every image becomes `size`×`size` pixels
                   workers:int|None=None, # processes; default one per CPU core (1: none)
                   chunk:int=500, # files per task of a process
+                  window:tuple|str|None=None, # grey images: `read_pixels`'s window
                  ) -> np.ndarray:
-    "Every image in `paths` decoded and resized once as fastai's validation `Resize(size)` does: uint8 `(N, size, size, 3)`"
+    "Every image in `paths` decoded and resized once as fastai's validation `Resize(size)` does: uint8 `(N, size, size)` if all are grey, else `(N, size, size, 3)`"
     paths = [str(p) for p in paths]
-    chunks = [(paths[i:i+chunk], size) for i in range(0, len(paths), chunk)]
+    _need_pydicom(paths)
+    chunks = [(paths[i:i+chunk], size, window) for i in range(0, len(paths), chunk)]
     workers = min(workers or os.cpu_count() or 1, len(chunks))
     if workers <= 1: out = [r for c in chunks for r in _decode_chunk(c)]
     else:
@@ -51,7 +57,8 @@ def decode_images(paths, # image file paths
         with ProcessPoolExecutor(workers, mp_context=ctx) as ex: out = [r for rs in ex.map(_decode_chunk, chunks) for r in rs]
     bad = [(p, r) for p, r in zip(paths, out) if isinstance(r, str)]
     if bad: raise ValueError(f"{len(bad)} of {len(paths)} image files can't be decoded: " + '; '.join(f'{p} ({r})' for p, r in bad[:3]) + '.')
-    return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
+    if out and all(x.ndim == 2 for x in out): return np.stack(out)  # every image grey: one channel in memory
+    return np.stack([np.repeat(x[..., None], 3, -1) if x.ndim == 2 else x for x in out]) if out else np.zeros((0, size, size, 3), np.uint8)
 
 # %% ../nbs/08_files.ipynb #96462d13
 def _available_memory() -> int|None:
@@ -62,16 +69,17 @@ def _available_memory() -> int|None:
 def fits_in_memory(n:int, # number of images
                    size:int, # their side in pixels
                    available:int|None=None, # bytes available; None: read from the system (else 4 GiB is assumed)
+                   channels:int=3, # 3 for colour, 1 where every image is grey
                   ) -> bool:
-    "Whether `n` RGB images of `size`² pixels, three times over (the array and the loaders' copies), take at most half the memory available"
+    "Whether `n` images of `size`² pixels and `channels` channels, three times over (the array and the loaders' copies), take at most half the memory available"
     available = available if available is not None else (_available_memory() or 4 << 30)
-    return 3 * n * size * size * 3 <= available // 2
+    return 3 * n * size * size * channels <= available // 2
 
 # %% ../nbs/08_files.ipynb #4edcd146
 from functools import lru_cache
 
 @lru_cache(maxsize=2)
-def _decoded(paths:tuple, size:int) -> np.ndarray: return decode_images(paths, size)
+def _decoded(paths:tuple, size:int, window=None) -> np.ndarray: return decode_images(paths, size, window=window)
 
 def memory_dls(df:pd.DataFrame, # the table `frame_dls` checked: one row per image
                pooled:np.ndarray, # per row: True for train or valid, False for test
@@ -81,11 +89,12 @@ def memory_dls(df:pd.DataFrame, # the table `frame_dls` checked: one row per ima
                label_col:str, # column of class names
                vocab:list, # the class names, in class-index order
                size:int=64, # images are resized once to `size`×`size`
+               window:tuple|str|None=None, # grey images: `read_pixels`'s window
                **kwargs, # passed on to `arrays_dls` (e.g. `bs`, `seed`, `batch_tfms`, `ordinal`)
               ) -> DataLoaders:
     "`DataLoaders` (train, valid[, test]) of the images in `df`, decoded once (cached for the process) and served from memory"
     from fastai.vision.core import imagenet_stats
-    images = _decoded(tuple(str(Path(folder)/f) for f in df[fn_col]), size)
+    images = _decoded(tuple(str(Path(folder)/f) for f in df[fn_col]), size, window)
     labels = pd.Series(df[label_col].values).map({c: i for i, c in enumerate(vocab)}).values
     rows = np.flatnonzero(pooled)
     parts = {'train': rows[~is_valid], 'valid': rows[is_valid], 'test': np.flatnonzero(~pooled)}
@@ -93,7 +102,11 @@ def memory_dls(df:pd.DataFrame, # the table `frame_dls` checked: one row per ima
     return arrays_dls(splits, class_names=vocab, size=None, stats=imagenet_stats, path=folder, **kwargs)
 
 # %% ../nbs/08_files.ipynb #5da59e31
-_SPLIT_NAMES = {'train': 'train', 'valid': 'valid', 'val': 'valid', 'test': 'test'}
+_SPLIT_NAMES = {'train': 'train', 'training': 'train', 'valid': 'valid', 'val': 'valid', 'validation': 'valid', 'test': 'test', 'testing': 'test'}
+
+def _split_names(values) -> np.ndarray:
+    "'train', 'valid' or 'test' for each split name, matched without case or spaces; None where it is none of them"
+    return pd.Series(values).astype(str).str.strip().str.lower().map(_SPLIT_NAMES).values
 
 def _check_frame_labels(labels, src:str) -> np.ndarray:
     "Single-label class names as strings, or a clear error (missing, multi-label, or non-integer numbers)"
@@ -115,12 +128,35 @@ def _sort_vocab(names) -> list:
     names = sorted(set(names))
     return sorted(names, key=int) if all(n.lstrip('-').isdigit() for n in names) else names
 
+# %% ../nbs/08_files.ipynb #15e07132
+def _channels(folder:str|Path, fnames, window:tuple|str|None=None, k:int=16) -> int:
+    "1 if `k` files spread over `fnames` are all grey (`read_pixels`), else 3: how many channels the set takes in memory"
+    fnames = list(fnames)
+    pick = [fnames[i] for i in sorted(set(np.linspace(0, len(fnames) - 1, min(k, len(fnames))).round().astype(int)))] if fnames else []
+    try: return 1 if pick and all(read_pixels(Path(folder)/f, window).ndim == 2 for f in pick) else 3
+    except Exception: return 3  # a bad file is reported where the images are decoded
+
+# %% ../nbs/08_files.ipynb #3c417cbf
+class MedicalImage(PILImage):
+    "fastai's `PILImage`, read from a file with `read_pixels` (DICOM, 16-bit, grey), in RGB as fastai's models take it"
+    @classmethod
+    def create(cls, fn, window:tuple|str|None=None, **kwargs): # `read_pixels`'s window, for grey images
+        "The image at `fn` through `read_pixels`; anything other than a path as `PILImage.create` takes it"
+        if isinstance(fn, (str, Path)): return cls(Image.fromarray(read_pixels(fn, window)).convert('RGB'))
+        return super().create(fn, **kwargs)
+
+@dataclass(frozen=True)
+class _Windowed:
+    "What `ImageBlock` takes as a class: `create` reads with one window (a picklable stand-in for a class per window)"
+    window:tuple|str
+    def create(self, fn, **kwargs): return MedicalImage.create(fn, self.window, **kwargs)
+
 # %% ../nbs/08_files.ipynb #4fae1504
 def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label column and optionally a split column
               folder:str|Path='.', # The paths in `fn_col` are relative to this folder
               fn_col:str='fname', # Column of image paths
               label_col:str='label', # Column of class names or indices (one per image)
-              split_col:str|None='split', # Column of 'train'/'valid' (or 'val')/'test'; missing: all rows train, valid drawn
+              split_col:str|None='split', # Column of 'train'/'valid'/'test' (any case; 'val' or 'validation' too); missing: all rows train, valid drawn
               bs:int=64, # Batch size
               size:int=64, # Images are resized (`Resize`, center crop) to `size`×`size` as items
               valid_pct:float=0.2, # Stratified fraction drawn for validation when the data gives no valid split
@@ -131,21 +167,23 @@ def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label colum
               batch_tfms:list|None=None, # Augmentations; None is `default_augs()`, [] none
               ordinal:bool=False, # Whether the classes are ordered grades (`is_ordinal(dls)`, kept by `dls.resampled`)
               in_memory:bool|None=None, # Decode and resize every image once and serve the arrays (`memory_dls`); None: if they fit (`fits_in_memory`)
+              window:tuple|str|None=None, # Grey images: None (DICOM: its own window; 16-bit: the bit depth), 'range' or (center, width) (`read_pixels`)
               **kwargs, # Passed on to `ImageDataLoaders.from_df`, or `arrays_dls` in memory (e.g. `num_workers`, `item_tfms`)
              ) -> DataLoaders:
     "`DataLoaders` (train, valid[, test]) of image files listed in `df`: fastai's `ImageDataLoaders.from_df`, or the images decoded once"
     from fastai.vision.data import ImageDataLoaders
     from fastai.vision.augment import Resize
     from fastai.vision.core import imagenet_stats
+    window = check_window(window)
     missing = [c for c in (fn_col, label_col) if c not in df.columns]
     if missing: raise ValueError(f"The table has no column {missing} (its columns: {list(df.columns)}): pass fn_col= and label_col=.")
     if len(df) == 0: raise ValueError("The table has no rows: there are no images to load.")
     df = df.reset_index(drop=True).copy()
     df[label_col] = _check_frame_labels(df[label_col], 'labels')
     if split_col is not None and split_col in df.columns:
-        bad = sorted(set(df[split_col].astype(str)) - set(_SPLIT_NAMES))
-        if bad: raise ValueError(f"Column {split_col!r} has values {bad}: use 'train', 'valid' (or 'val') and 'test'.")
-        split = df[split_col].astype(str).map(_SPLIT_NAMES).values
+        split = _split_names(df[split_col])
+        bad = sorted(set(df[split_col].astype(str)[pd.isna(split)]))
+        if bad: raise ValueError(f"Column {split_col!r} has values {bad}: use 'train', 'valid' (or 'val', 'validation') and 'test', in any case.")
     else: split = np.full(len(df), 'train', dtype=object)
     pool, test = df[split != 'test'].reset_index(drop=True), df[split == 'test'].reset_index(drop=True)
     vocab = _sort_vocab(pool[label_col])
@@ -155,11 +193,13 @@ def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label colum
     pool['is_valid'] = valid_mask(pool[label_col].values, split[split != 'test'], fold, k, split_seed, valid_pct)
     from fastai.data.block import CategoryBlock
     augs = default_augs() if batch_tfms is None else list(batch_tfms)
-    if in_memory is None: in_memory = fits_in_memory(len(df), size)
+    if in_memory is None: in_memory = fits_in_memory(len(df), size, channels=_channels(folder, df[fn_col], window))
     if in_memory: return memory_dls(df, split != 'test', pool['is_valid'].values, folder, fn_col, label_col, vocab, size=size, bs=bs,
-                                    seed=seed, batch_tfms=augs, ordinal=ordinal, **kwargs)
+                                    seed=seed, batch_tfms=augs, ordinal=ordinal, window=window, **kwargs)
+    _need_pydicom(df[fn_col].astype(str).tolist())
     dls = ImageDataLoaders.from_df(pool, folder, fn_col=fn_col, label_col=label_col, valid_col='is_valid',
                                    y_block=CategoryBlock(vocab=vocab, sort=False), bs=bs, seed=seed,
+                                   img_cls=MedicalImage if window is None else _Windowed(window),
                                    item_tfms=[Resize(size), *L(kwargs.pop('item_tfms', None))],
                                    batch_tfms=[*augs, Normalize.from_stats(*imagenet_stats)], **kwargs)
     if len(test): dls.loaders.append(dls.test_dl(test, with_labels=True))
@@ -178,37 +218,51 @@ def serving_line(dls, # the `DataLoaders` of the source
     n = sum(len(dl.dataset) for dl in dls.loaders)
     if in_memory:
         x = dls.train.dataset.tls[0].fs[0].images  # `arrays_dls`' `IndexedImage`: every split's images, as one tensor
-        return (f"{n:,} images decoded once at {x.shape[-1]} px, served from memory: {x.numel()*x.element_size()/2**20:,.0f} MB "
+        grey = ' grey' if x.shape[1] == 1 else ''  # one channel in memory, three in the batch
+        return (f"{n:,}{grey} images decoded once at {x.shape[-1]} px, served from memory: {x.numel()*x.element_size()/2**20:,.0f} MB "
                 "(--from-disk reads the files every epoch instead)")
     return f"{n:,} images read from their files every epoch " + ('(--from-disk)' if from_disk else "(they don't fit in memory)")
 
 # %% ../nbs/08_files.ipynb #dca60a92
 def _image_files(d:Path) -> list:
-    from fastai.data.transforms import get_image_files
-    return list(get_image_files(d))
+    from fastai.data.transforms import get_files, image_extensions
+    return list(get_files(d, extensions=image_extensions | set(DICOM_SUFFIXES), recurse=True))
 
-def folder_table(path:str|Path, # A folder of class folders, or of `train/`, `valid/` (or `val/`) and `test/` folders of class folders
+def folder_table(path:str|Path, # A folder of class folders, or of `train/`, `valid/` (or `val/`, `validation/`) and `test/` folders of class folders, in any case
                 ) -> pd.DataFrame:
-    "One row per image file of an ImageNet-style folder: its path relative to `path` (`fname`), its class (`label`, the parent folder's name) and `split`"
+    "One row per image file (DICOM too) of an ImageNet-style folder: its path relative to `path` (`fname`), its class (`label`, the parent folder's name) and `split`"
     path = Path(path)
     if not path.is_dir(): raise FileNotFoundError(f"{path} is not a folder: pass a folder of class folders (or of train/valid/test folders).")
-    subs = {s: _SPLIT_NAMES[s] for s in _SPLIT_NAMES if (path/s).is_dir()}
-    parts = [(f, name) for s, name in subs.items() for f in _image_files(path/s)] if 'train' in subs else \
+    subs = {d.name: _SPLIT_NAMES[d.name.lower()] for d in sorted(path.iterdir()) if d.is_dir() and d.name.lower() in _SPLIT_NAMES}
+    parts = [(f, name) for s, name in subs.items() for f in _image_files(path/s)] if 'train' in subs.values() else \
             [(f, 'train') for f in _image_files(path)]
-    if not parts: raise ValueError(f"No image files under {path}: expected {path}/<class>/*.png (or .jpg, ...), or train/valid/test folders of them.")
+    if not parts: raise ValueError(f"No image files under {path}: expected {path}/<class>/*.png (or .jpg, .dcm, ...), or train/valid/test folders of them.")
     return pd.DataFrame({'fname': [str(f.relative_to(path)) for f, _ in parts], 'label': [f.parent.name for f, _ in parts],
                          'split': [s for _, s in parts]})
 
 # %% ../nbs/08_files.ipynb #7d982201
+_SEPARATORS = {',': 'comma', ';': 'semicolon', '\t': 'tab'}
+
+def _csv_text(csv:Path) -> tuple:
+    "The text of `csv` and its encoding: UTF-8 (with or without BOM), UTF-16 with a BOM, else Latin-1"
+    raw = csv.read_bytes()
+    if raw[:4] == b'PK\x03\x04': raise ValueError(f"{csv} is a zip file (an Excel workbook?), not a CSV: save it as CSV (comma- or semicolon-separated).")
+    if raw[:2] in (b'\xff\xfe', b'\xfe\xff'): return raw.decode('utf-16'), 'UTF-16'
+    try: return raw.decode('utf-8-sig'), 'UTF-8'
+    except UnicodeDecodeError: return raw.decode('latin-1'), 'Latin-1'
+
 def csv_table(csv:str|Path, # A CSV file with a path column and a label column (and optionally a split column)
              ) -> pd.DataFrame:
-    "The rows of a CSV of image paths and labels, or a clear error if it can't be read as a table"
+    "The rows of a CSV of image paths and labels, its separator (comma, semicolon or tab) and encoding detected; or a clear error"
     csv = Path(csv)
     if not csv.is_file(): raise FileNotFoundError(f"No CSV file at {csv}.")
-    try: return pd.read_csv(csv)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise ValueError(f"{csv} can't be read as a CSV table ({type(e).__name__}: {' '.join(str(e).split())}): "
-                         "give one row per image with a path column and a label column.") from None
+    text, encoding = _csv_text(csv)
+    header = text.lstrip().split('\n', 1)[0]
+    sep = max(_SEPARATORS, key=header.count) if any(s in header for s in _SEPARATORS) else ','
+    try: return pd.read_csv(io.StringIO(text), sep=sep)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
+        raise ValueError(f"{csv} can't be read as a CSV table, read as {encoding} with {_SEPARATORS[sep]}s between the columns "
+                         f"({type(e).__name__}: {' '.join(str(e).split())}): give one row per image with a path column and a label column.") from None
 
 # %% ../nbs/08_files.ipynb #01922565
 @delegates(frame_dls, but=['df', 'folder', 'fn_col', 'label_col', 'split_col'])
@@ -226,29 +280,3 @@ def csv_dls(csv:str|Path, # A CSV file with a path column and a label column (an
            ) -> DataLoaders:
     "`DataLoaders` (train, valid[, test]) of the images listed in a CSV file (see `frame_dls` for the columns)"
     return frame_dls(csv_table(csv), Path(csv).parent if folder is None else folder, **kwargs)
-
-# %% ../nbs/08_files.ipynb #52125c18
-def _image_problem(path:Path) -> str|None:
-    "None if the image file at `path` exists and decodes, else what is wrong with it"
-    try:
-        with Image.open(path) as im: im.load()
-    except FileNotFoundError: return 'missing'
-    except IsADirectoryError: return 'a folder, not an image'
-    except Exception as e: return f"doesn't decode: {type(e).__name__}: {' '.join(str(e).split())[:80]}"
-    return None
-
-def _problems(paths:list) -> list: return [_image_problem(p) for p in paths]
-
-def image_problems(paths, # image file paths
-                   workers:int|None=None, # processes; default: one per CPU core (1: no subprocess)
-                   chunk:int=1000, # files per task of a process
-                  ) -> dict:
-    "`{path: problem}` for every file in `paths` that is missing or doesn't decode as an image ({} when all are fine)"
-    paths = [Path(p) for p in paths]
-    chunks = [paths[i:i+chunk] for i in range(0, len(paths), chunk)]
-    workers = min(workers or os.cpu_count() or 1, len(chunks))
-    if workers <= 1: found = _problems(paths)
-    else:
-        ctx = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else None)
-        with ProcessPoolExecutor(workers, mp_context=ctx) as ex: found = [r for rs in ex.map(_problems, chunks) for r in rs]
-    return {p: r for p, r in zip(paths, found) if r is not None}

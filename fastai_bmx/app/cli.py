@@ -11,11 +11,12 @@ from typing import Annotated
 from fastcore.script import call_parse
 from .methods import METHODS, FRONTIER_GRIDS
 from .validate import check_options, check_command
+from ..checks import check_window
 # torch deprecates `torch.jit.script`, which fastai.layers calls at import: keep that notice out of the commands' output
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
 
 # %% auto #0
-__all__ = ['refuse', 'bmx_compare', 'bmx_report']
+__all__ = ['refuse', 'window_arg', 'bmx_compare', 'bmx_report']
 
 # %% ../../nbs/app/14_cli.ipynb #5b733bf8
 _METHODS_HELP = (f"methods: {' '.join(METHODS)} (default: {' '.join(n for n, m in METHODS.items() if m.default)}); a method with "
@@ -37,6 +38,16 @@ def refuse(e:Exception):
     print(f"bmx-compare: {msg} (--debug shows the traceback)", file=sys.stderr)
     sys.exit(2)
 
+# %% ../../nbs/app/14_cli.ipynb #9b404976
+def window_arg(words:list|None, # the words after --window
+              ) -> tuple|str|None:
+    "The window of `--window CENTER WIDTH` or `--window range` (None without it), or a clear error"
+    if words is None: return None
+    if list(words) == ['range']: return 'range'
+    try: return check_window(tuple(float(w) for w in words))
+    except ValueError: raise ValueError(f"--window {' '.join(words)}: give CENTER WIDTH (numbers, the width > 0; CT soft tissue: --window 40 400) "
+                                        "or --window range (each image's own range).") from None
+
 # %% ../../nbs/app/14_cli.ipynb #1dbe2ac6
 @call_parse
 def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder of images or a CSV of paths and labels
@@ -57,6 +68,7 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
                 weights:str=None, # a state-dict file (.pth or .safetensors) of ARCH to fine-tune; implies --pretrained
                 freeze_epochs:int=1, # with --pretrained: epochs of the new head alone, body frozen, before EPOCHS of every layer
                 from_disk:bool=False, # a folder or CSV: read the image files every epoch (default: decoded once into memory, if they fit)
+                window:Annotated[str, {'nargs': '+', 'metavar': 'CENTER WIDTH'}]=None, # grey images to 8 bits: CENTER WIDTH (CT soft tissue: --window 40 400) or 'range' (each image's own); default: each DICOM's own window, 16-bit files by bit depth
                 channels_last:Annotated[str, {'choices': ['auto', 'on', 'off']}]='auto', # channels-last memory (auto: for networks with depthwise convolutions, or mixed precision)
                 keep_models:bool=False, # keep every run's best checkpoint under OUT/models
                 threads:int=None, # torch CPU threads (default: torch's choice)
@@ -77,7 +89,7 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
     try:
         args = dict(data=data, out=out, methods=methods, alphas=alphas, taus=taus, seeds=seeds, folds=folds, split_seed=split_seed,
                     arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, monitor=monitor, pretrained=pretrained,
-                    weights=weights, freeze_epochs=freeze_epochs, from_disk=from_disk,
+                    weights=weights, freeze_epochs=freeze_epochs, from_disk=from_disk, window=window_arg(window),
                     channels_last={'auto': None, 'on': True, 'off': False}[channels_last],
                     keep_models=keep_models, show_bar=not quiet, reference=reference, precision=precision,
                     frontier=frontier, qs=qs, frontier_x=frontier_x, select=select, rule=rule, retry=not no_retry)

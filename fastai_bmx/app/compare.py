@@ -18,7 +18,8 @@ from fastprogress.fastprogress import progress_bar
 from fastai.torch_core import set_seed
 from .methods import expand_methods, method_order, FRONTIER_GRIDS
 from .sources import RunRecord, load_source, source_kind
-from ..files import fits_in_memory, serving_line
+from ..files import serving_line
+from ..checks import check_window
 from .training import train_eval, get_arch, check_monitor
 from .store import RunFolder, run_name
 from .tables import to_markdown
@@ -29,7 +30,7 @@ from ..weights import Weights, find_weights
 from .paired import PAIRABLE
 from .recommend import Recommendation, recommendation_lines, fit_folder, RULES
 from .export import export_run
-from .validate import check_options, check_frontier_x, check_out, check_images, check_classes, check_folds, check_batch, count_files
+from .validate import check_options, check_frontier_x, check_out, check_images, check_classes, check_folds, check_batch
 from .guard import RunFailure, free_memory
 from .cli import bmx_compare, refuse  # the console script, which loads no torch before it calls `run_command`
 _all_ = ['bmx_compare', 'refuse']
@@ -79,6 +80,7 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
                  weights:str|Path|None=None, # a state-dict file (.pth or .safetensors) for `arch` to fine-tune; implies `pretrained`
                  freeze_epochs:int=1, # pretrained: epochs of the new head alone, body frozen, before the `epochs` of every layer
                  from_disk:bool=False, # a folder or CSV: read and resize the image files every epoch, instead of decoding them once into memory
+                 window:tuple|str|None=None, # a folder or CSV: grey levels to 8 bits (`read_pixels`): None (each DICOM's own window, 16-bit by bit depth), 'range' or (center, width)
                  channels_last:bool|None=None, # train in channels-last memory; None: where it pays (`wants_channels_last`)
                  keep_models:bool=False, # keep every run's best checkpoint under out/models
                  show_bar:bool=True, # show fastai's per-epoch bars under the bar over runs
@@ -105,9 +107,10 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
     get_arch(arch)
     found = find_weights(arch, weights) if pretrained else None  # before any data is read: no download mid-run
     check_images(data)
-    kind, n_files = source_kind(data), count_files(data)
-    in_memory = None if kind not in ('folder', 'csv') else not from_disk and fits_in_memory(n_files, size or 64)
-    dls, rec = load_source(data, bs=bs, size=size, seed=seeds[0], split_seed=split_seed, in_memory=in_memory)
+    kind, window = source_kind(data), check_window(window)
+    in_memory = False if from_disk else None  # None: decoded once if they fit (`fits_in_memory`, one channel where all are grey)
+    dls, rec = load_source(data, bs=bs, size=size, seed=seeds[0], split_seed=split_seed, in_memory=in_memory, window=window)
+    if kind in ('folder', 'csv'): in_memory = hasattr(dls.train.dataset.tls[0].fs[0], 'images')  # `IndexedImage`: decoded once; every run does the same
     check_classes(dls, rec)
     check_folds(dls, rec, folds)
     monitor = check_monitor(monitor or rec.monitor)
@@ -117,13 +120,14 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
     settings = dict(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, monitor=monitor, folds=folds,
                     pretrained=pretrained, split_seed=split_seed, precision=precision,
                     **(dict(weights=found.source, freeze_epochs=freeze_epochs) if pretrained else {}),
-                    **(dict(files='disk' if from_disk else 'memory') if kind in ('folder', 'csv') else {}))
+                    **(dict(files='disk' if from_disk else 'memory', window=list(window) if isinstance(window, tuple) else window)
+                       if kind in ('folder', 'csv') else {}))
     check_batch(bs, rec, len(dls.valid.dataset), folds)
     folder = RunFolder(out)
     folder.check_settings(settings)
     folder.results()  # refuses a results.csv of another tool (a damaged row is put aside when the runs start)
     return Plan(folder, names, seeds, folds, settings, rec,
-                dict(data=data, bs=bs, size=size, k=max(folds, 2), split_seed=split_seed, in_memory=in_memory),
+                dict(data=data, bs=bs, size=size, k=max(folds, 2), split_seed=split_seed, in_memory=in_memory, window=window),
                 dict(arch=arch, epochs=epochs, lr=lr, monitor=monitor, weights=found, freeze_epochs=freeze_epochs, keep_model=keep_models,
                      show_bar=show_bar, precision=precision, channels_last=channels_last), reference,
                 fams and dict(families=fams, x=frontier_x, taus=[float(t) for t in L(taus if taus is not None else FRONTIER_GRIDS['tau'])]),

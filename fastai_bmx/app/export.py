@@ -17,6 +17,7 @@ from fastai.data.core import Datasets
 from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize, ToTensor
 from fastai.torch_core import TensorImage, set_seed, defaults, trainable_params
 from fastai.vision.core import PILImage
+from ..files import MedicalImage, _Windowed
 from fastai.vision.augment import Resize
 from ..adjust import log_prior
 from ..data import _to_tensor
@@ -77,12 +78,14 @@ class DeployedLoss:
 def export_dls(vocab:list, # class names
                size:int|None, # the side images are resized to; None: as they come (arrays only)
                mean, std, # the normalisation of the run's inputs
-               files:bool, # True: items are image files (PIL, fastai's validation `Resize`); False: uint8 arrays (`ArrayImage`)
+               files:bool, # True: items are image files (`MedicalImage`: DICOM and 16-bit too; fastai's validation `Resize`); False: uint8 arrays (`ArrayImage`)
+              window:tuple|str|None=None, # image files: how grey levels become 8 bits, as in training (`read_pixels`)
               ):
     "Loaders that take new items as the comparison's source gave them, and make them the run's inputs"
     dummy = np.zeros((size or 8, size or 8, 3), np.uint8)
     label = lambda o: vocab[0]
-    x_tfms, item = ([PILImage.create], [Resize(size), ToTensor()]) if files else ([ArrayImage(size)], [])
+    reader = MedicalImage if window is None else _Windowed(window)  # the comparison's own reading of the files
+    x_tfms, item = ([reader.create], [Resize(size), ToTensor()]) if files else ([ArrayImage(size)], [])
     ds = Datasets([dummy], [x_tfms, [label, Categorize(vocab=list(vocab), sort=False)]], splits=[[0], [0]])
     norm = Normalize(torch.as_tensor(mean).reshape(1, -1, 1, 1).cpu(), torch.as_tensor(std).reshape(1, -1, 1, 1).cpu())
     return ds.dataloaders(bs=64, after_item=item, after_batch=[IntToFloatTensor(), norm], device='cpu')
@@ -116,7 +119,7 @@ def export_run(folder, # the `RunFolder` of the comparison
     norm = next(f for f in dls.train.after_batch.fs if isinstance(f, Normalize))
     size = (dls.train.one_batch()[0].shape[-1] if load_kw.get('size') is None and source_kind(load_kw['data']) != 'npz' else load_kw.get('size'))
     files = source_kind(load_kw['data']) in ('folder', 'csv')
-    learn.dls = export_dls(rec.classes, size or (64 if files else None), norm.mean.flatten(), norm.std.flatten(), files)
+    learn.dls = export_dls(rec.classes, size or (64 if files else None), norm.mean.flatten(), norm.std.flatten(), files, load_kw.get('window'))
     if rec.flip: learn.model,learn.splitter = FlipAverage(learn.model),trainable_params  # one group: nothing is trained now
     tau = fit.tau if fit is not None and variant == 'post-hoc τ' else 0.
     temp = 1. if fit is None else fit.adjusted_temperature if variant == 'post-hoc τ' else fit.temperature

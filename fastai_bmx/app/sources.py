@@ -78,15 +78,17 @@ def load_source(data:str='digits', # 'digits', a MedMNIST `.npz`, a folder of im
                 k:int=5, # number of folds, with `fold`
                 split_seed:int=0, # seeds the folds (and a drawn validation split); not the training seed
                 in_memory:bool|None=None, # a folder or CSV: decode its images once and serve them from memory; None: if they fit
+                window:tuple|str|None=None, # a folder or CSV: how grey levels become 8 bits (`read_pixels`); None: each DICOM's own window
                ) -> tuple:
     "`(dls, record)`: the `DataLoaders` (train, valid, test) of a `bmx-compare` source and its `RunRecord`"
     data, kind = str(data), source_kind(str(data))
     if kind in ('folder', 'csv'):
         load = folder_dls if kind == 'folder' else csv_dls
-        dls = load(data, bs=bs, size=size or 64, seed=seed, fold=fold, k=k, split_seed=split_seed, in_memory=in_memory)
+        dls = load(data, bs=bs, size=size or 64, seed=seed, fold=fold, k=k, split_seed=split_seed, in_memory=in_memory, window=window)
         if len(dls.loaders) < 3: raise ValueError(f"{data} has no test split: add a test/ folder or rows with split 'test'.")
         ordinal, flip = False, True
     else:
+        if window is not None: raise ValueError(f"--window applies to image files (a folder or a CSV); {data} holds 8-bit arrays.")
         splits, names, ordinal, flip = _array_source(data)
         if fold is not None: splits = refold(splits, fold, k, split_seed)
         dls = arrays_dls(splits, class_names=names, bs=bs, size=(32 if kind == 'digits' else None) if size is None else size,
