@@ -1,14 +1,19 @@
 """Overhead of Balanced-MixUp: wall time per training epoch against plain training and fastai's `MixUp`.
 
-    python bench/overhead.py [--rounds 3] [--threads 1]
+    python bench/overhead.py [--rounds 3] [--threads 1] [--cases model data] [--file-px 64] [--file-format png]
 
 Two cases, each measured in one process with the methods alternating round by round (so drift in a shared machine's
-load hits them all alike); the figure is the median epoch time over the rounds:
+load hits them all alike); the figure is the median epoch time over the rounds. Each ratio is given three ways: of the
+medians, the median of the rounds' own ratios, and of the fastest epochs (the least disturbed, on a shared machine):
 - model-bound: in-memory uint8 images (`arrays_dls`, 28 px RGB, 2,048 items), a ResNet-18, `num_workers=0`;
-- data-bound: PNG files on disk read and resized by item transforms in 2 worker processes (`ImageDataLoaders.from_folder`,
-  64 px files resized to 48 px, 1,024 items), with a tiny CNN, so loading dominates.
+- data-bound: image files on disk read and resized by item transforms in 2 worker processes (`ImageDataLoaders.from_folder`,
+  64 px PNG files resized to 48 px, 1,024 items in 5 long-tailed classes, 553 to 28 items), with a tiny CNN, so loading
+  dominates. `--file-px` and `--file-format` change the files (e.g. `--file-px 256 --file-format jpg`).
 In the data-bound case the partner loader is a copy of the training loader (`dl.new`), so it keeps `num_workers` and
-prefetches in worker processes like the main one. Every run uses `pretrained=False` and `bs=64`.
+prefetches in worker processes like the main one. The case runs BalancedMixUp twice: with the partner's item cache
+(the default, `cache_mb=None`: the decoded files of the smallest classes kept in memory, here all of them) and without
+it (`cache_mb=0`: every partner item is read from its file again). The model-bound data is in memory, so it gets no
+cache. Every run uses `pretrained=False` and `bs=64`.
 """
 import argparse, statistics, tempfile, time, warnings
 warnings.filterwarnings('ignore')
@@ -21,7 +26,10 @@ from fastai.vision.all import (vision_learner, Learner, ImageDataLoaders, Resize
 from fastai_bmx.mixup import BalancedMixUp
 from fastai_bmx.data import arrays_dls, longtail_counts
 
-METHODS = {'plain': lambda: [], 'fastai MixUp(0.4)': lambda: [MixUp(0.4)], 'BalancedMixUp(0.2)': lambda: [BalancedMixUp(0.2)]}
+BMX = 'BalancedMixUp(0.2)'
+METHODS = {'plain': lambda: [], 'fastai MixUp(0.4)': lambda: [MixUp(0.4)], BMX: lambda: [BalancedMixUp(0.2)]}
+NO_CACHE = 'BalancedMixUp(0.2, cache_mb=0)'
+DATA_METHODS = {**METHODS, NO_CACHE: lambda: [BalancedMixUp(0.2, cache_mb=0)]}
 
 
 def longtail_labels(n, k=5, seed=0):
@@ -36,15 +44,15 @@ def model_bound_dls(n=2048):
     return arrays_dls({'train': split(n, 0), 'valid': split(256, 1)}, bs=64, seed=0, batch_tfms=[])
 
 
-def data_bound_dls(root, n=1024):
+def data_bound_dls(root, n=1024, px=64, fmt='png'):
     y = longtail_labels(n)
     g = np.random.default_rng(0)
     for i, c in enumerate(y):
         (root/'train'/str(c)).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(g.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root/'train'/str(c)/f'{i}.png')
+        Image.fromarray(g.integers(0, 256, (px, px, 3), dtype=np.uint8)).save(root/'train'/str(c)/f'{i}.{fmt}')
         if i < 128:
             (root/'valid'/str(c)).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(g.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root/'valid'/str(c)/f'{i}.png')
+            Image.fromarray(g.integers(0, 256, (px, px, 3), dtype=np.uint8)).save(root/'valid'/str(c)/f'{i}.{fmt}')
     return ImageDataLoaders.from_folder(root, item_tfms=Resize(48), bs=64, num_workers=2, seed=0)
 
 
@@ -56,34 +64,43 @@ def epoch_time(make_learn, cbs):
     set_seed(0)
     learn = make_learn(cbs)
     learn.remove_cb(ProgressCallback)
-    with learn.no_logging(): learn.fit(1, 1e-3)  # warm-up: partner loader built, workers started, caches warm
+    with learn.no_logging(): learn.fit(1, 1e-3)  # warm-up: partner loader (and its item cache) built, workers started
     t = time.perf_counter()
     with learn.no_logging(): learn.fit(1, 1e-3)
     return time.perf_counter() - t
 
 
-def bench(name, make_learn, rounds):
-    times = {m: [] for m in METHODS}
+def bench(name, make_learn, rounds, methods=METHODS):
+    times = {m: [] for m in methods}
     for r in range(rounds):
-        order = list(METHODS) if r % 2 == 0 else list(METHODS)[::-1]
-        for m in order: times[m].append(epoch_time(make_learn, METHODS[m]()))
+        order = list(methods) if r % 2 == 0 else list(methods)[::-1]
+        for m in order: times[m].append(epoch_time(make_learn, methods[m]()))
     med = {m: statistics.median(t) for m, t in times.items()}
     print(f"\n{name}: median seconds per epoch over {rounds} rounds (all rounds: {', '.join(f'{m} {[round(x, 2) for x in t]}' for m, t in times.items())})")
-    for m, t in med.items(): print(f"  {m:<20} {t:7.2f} s")
-    b = med['BalancedMixUp(0.2)']
-    print(f"  BalancedMixUp / plain = {b / med['plain']:.2f}, BalancedMixUp / fastai MixUp = {b / med['fastai MixUp(0.4)']:.2f}")
+    for m, t in med.items(): print(f"  {m:<31} {t:7.2f} s")
+    for m in (BMX, NO_CACHE):
+        for ref in ('plain', 'fastai MixUp(0.4)'):
+            if m not in med: continue
+            rounds_ratio = statistics.median(a / b for a, b in zip(times[m], times[ref]))  # within a round, the load is alike
+            print(f"  {m} / {ref} = {med[m] / med[ref]:.2f} (medians), {rounds_ratio:.2f} (median of the rounds' ratios), "
+                  f"{min(times[m]) / min(times[ref]):.2f} (fastest epochs)")
 
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--rounds', type=int, default=3)
     ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--cases', nargs='+', choices=('model', 'data'), default=['model', 'data'], help='which cases to run')
+    ap.add_argument('--file-px', type=int, default=64, help='side of the data-bound case\'s image files, in pixels')
+    ap.add_argument('--file-format', choices=('png', 'jpg'), default='png', help='format of the data-bound case\'s image files')
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    dls = model_bound_dls()
-    bench('model-bound (ResNet-18, in-memory 28 px images, num_workers=0)',
-          lambda cbs: vision_learner(dls, 'resnet18', pretrained=False, cbs=cbs), args.rounds)
-    with tempfile.TemporaryDirectory() as d:
-        fdls = data_bound_dls(Path(d))
-        bench('data-bound (tiny CNN, PNG files resized by item transforms, num_workers=2)',
-              lambda cbs: Learner(fdls, tiny_cnn(len(fdls.vocab)), loss_func=CrossEntropyLossFlat(), cbs=cbs), args.rounds)
+    if 'model' in args.cases:
+        dls = model_bound_dls()
+        bench('model-bound (ResNet-18, in-memory 28 px images, num_workers=0)',
+              lambda cbs: vision_learner(dls, 'resnet18', pretrained=False, cbs=cbs), args.rounds)
+    if 'data' in args.cases:
+        with tempfile.TemporaryDirectory() as d:
+            fdls = data_bound_dls(Path(d), px=args.file_px, fmt=args.file_format)
+            bench(f'data-bound (tiny CNN, {args.file_px} px {args.file_format.upper()} files resized to 48 px by item transforms, num_workers=2)',
+                  lambda cbs: Learner(fdls, tiny_cnn(len(fdls.vocab)), loss_func=CrossEntropyLossFlat(), cbs=cbs), args.rounds, DATA_METHODS)

@@ -10,7 +10,7 @@ import io, multiprocessing, os, random
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-import numpy as np, pandas as pd
+import numpy as np, pandas as pd, torch
 from PIL import Image
 from fastcore.foundation import L
 from fastcore.meta import delegates
@@ -140,7 +140,7 @@ def _channels(folder:str|Path, fnames, window:tuple|str|None=None, k:int=16) -> 
 class MedicalImage(PILImage):
     "fastai's `PILImage`, read from a file with `read_pixels` (DICOM, 16-bit, grey), in RGB as fastai's models take it"
     @classmethod
-    def create(cls, fn, window:tuple|str|None=None, **kwargs): # `read_pixels`'s window, for grey images
+    def create(cls, fn:Path|str|torch.Tensor|np.ndarray|bytes|Image.Image, window:tuple|str|None=None, **kwargs): # `read_pixels`'s window, for grey images
         "The image at `fn` through `read_pixels`; anything other than a path as `PILImage.create` takes it"
         if isinstance(fn, (str, Path)): return cls(Image.fromarray(read_pixels(fn, window)).convert('RGB'))
         return super().create(fn, **kwargs)
@@ -149,7 +149,7 @@ class MedicalImage(PILImage):
 class _Windowed:
     "What `ImageBlock` takes as a class: `create` reads with one window (a picklable stand-in for a class per window)"
     window:tuple|str
-    def create(self, fn, **kwargs): return MedicalImage.create(fn, self.window, **kwargs)
+    def create(self, fn:Path|str|torch.Tensor|np.ndarray|bytes|Image.Image, **kwargs): return MedicalImage.create(fn, self.window, **kwargs)
 
 # %% ../nbs/08_files.ipynb #4fae1504
 def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label column and optionally a split column

@@ -13,7 +13,7 @@ from torch.distributions.beta import Beta
 from fastcore.basics import *
 from fastai.torch_core import tensor, unsqueeze, find_bs
 from fastai.callback.mixup import MixHandler
-from .sampling import _finite_real, check_q, check_labels, class_probs, resampled_dl
+from .sampling import _finite_real, check_q, check_labels, check_cache_mb, class_probs, resampled_dl
 from .schedule import schedule_pct
 
 # %% auto #0
@@ -60,19 +60,22 @@ class BalancedMixUp(MixHandler):
         q:float=0., # Partner batches draw class j with probability ∝ n_j**q; 0 is class-balanced, as in the paper
         labels=None, # Class index of every training item, when `get_labels` can't read them from `dls.train`
         stop:float|None=None, # Mix no batch after this fraction of training (of every stage, with a `StagedProgress`), so the class mass ends at the instance one
+        cache_mb:float|None=None, # MiB of decoded training items of the smallest classes the partner loader keeps in memory; None: `default_cache_mb()`, 0: none
     ):
         alpha = check_alpha(alpha)
         if stop is not None and not (_finite_real(stop) and 0 <= stop <= 1): raise ValueError(f"stop={stop!r} must be a fraction of training in [0, 1], or None.")
-        per_sample,q = _check_flag(per_sample, 'per_sample'),check_q(q)
+        per_sample,q,cache_mb = _check_flag(per_sample, 'per_sample'),check_q(q),check_cache_mb(cache_mb)
         labels = None if labels is None else check_labels(labels)  # their length is checked against `dls.train` when training starts
         super().__init__(alpha)
         self._init_state()
         self.distrib,self.alpha,self.per_sample,self.q,self.labels,self.stop = lam_distrib(alpha),alpha,per_sample,q,labels,stop
+        self.cache_mb = cache_mb
 
     def _init_state(self):
         "No partner loader or batch yet: the state of a new callback, and of one read back by `load_learner`"
         super()._init_state()
         for k in self._stateattrs: self.__dict__.setdefault(k, None)
+        self.__dict__.setdefault('cache_mb', None)  # a callback pickled before `cache_mb` existed gets the default
 
     def before_fit(self):
         "Start each fit with a fresh pass over the partner loader"
@@ -109,7 +112,7 @@ class BalancedMixUp(MixHandler):
         distrib = type(dl).__name__ == 'DistributedDL'  # fastai.distributed imports accelerate, so it isn't imported here
         src = dl.dl if distrib else dl  # under DDP, fastai wraps the training loader anew each fit; its inner loader stays
         if not (self._src_dl is src and self.partner_dl.bs == dl.bs and self.partner_dl.device == dl.device):
-            self.partner_dl,self._src_dl = resampled_dl(src, self.q, self.labels),src
+            self.partner_dl,self._src_dl = resampled_dl(src, self.q, self.labels, self.cache_mb),src
             if distrib: self.partner_dl = _shard(dl, self.partner_dl)
         if len(self.partner_dl) == 0:
             raise ValueError(f"The training set has {len(dl.dataset)} items, fewer than one batch of {dl.bs} with "

@@ -6,17 +6,19 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/sampling.html.md"""
 
 # %% ../nbs/00_sampling.ipynb #1d99774d
 from __future__ import annotations
-import math, numbers
+import math, numbers, sys
 import numpy as np, torch
 from fastcore.basics import *
 from fastcore.foundation import L
+from fastcore.parallel import parallel
 from fastai.data.load import DataLoader
 from fastai.data.core import TfmdDL, TfmdLists, Datasets, DataLoaders
 from fastai.callback.data import WeightedDL
+from PIL import Image
 
 # %% auto #0
-__all__ = ['as_np', 'check_labels', 'get_labels', 'check_counts', 'class_probs', 'sampling_probs', 'ResampledDL', 'resampled_dl',
-           'check_q']
+__all__ = ['as_np', 'check_labels', 'get_labels', 'check_counts', 'class_probs', 'sampling_probs', 'default_cache_mb',
+           'check_cache_mb', 'item_nbytes', 'in_memory', 'class_item_cache', 'ResampledDL', 'resampled_dl', 'check_q']
 
 # %% ../nbs/00_sampling.ipynb #9b6bdca9
 def as_np(x) -> np.ndarray:
@@ -113,6 +115,85 @@ def sampling_probs(labels, q:float=0.) -> np.ndarray:
     p = class_probs(counts, q)[labels] / counts[labels]
     return p / p.sum()
 
+# %% ../nbs/00_sampling.ipynb #0e7a1434
+def _available_mb() -> float|None:
+    "MiB of memory available now (Linux `MemAvailable`), or None where it can't be read"
+    try:
+        with open('/proc/meminfo') as f: return next(int(l.split()[1]) for l in f if l.startswith('MemAvailable:')) / 1024
+    except Exception: return None
+
+def default_cache_mb() -> float:
+    "Default bound of an item cache, in MiB: 1/8 of the memory available now, at most 1 GiB (256 MiB where it can't be read)"
+    avail = _available_mb()
+    return 256. if avail is None else min(1024., avail / 8)
+
+# %% ../nbs/00_sampling.ipynb #0c7dc216
+def check_cache_mb(cache_mb) -> float|None:
+    "`cache_mb` as a float ≥ 0 (0 turns the cache off) or None (the default bound), or an error that says what to pass"
+    if cache_mb is None: return None
+    if not (_finite_real(cache_mb) and cache_mb >= 0):
+        raise ValueError(f"cache_mb={cache_mb!r} must be a number of MiB ≥ 0 (0 turns the item cache off), or None for "
+                         "the default bound, `default_cache_mb()`.")
+    return float(cache_mb)
+
+# %% ../nbs/00_sampling.ipynb #916f0f84
+def _parts(item) -> list:
+    "The leaves of a dataset item: the elements of its (nested) tuples and lists"
+    return [p for o in item for p in _parts(o)] if isinstance(item, (tuple, list)) else [item]
+
+def item_nbytes(item) -> int|None:
+    "Bytes of memory a decoded item holds (PIL images, tensors, arrays, numbers, strings); None if it holds anything else"
+    n = 0
+    for o in _parts(item):
+        if isinstance(o, Image.Image): n += o.width * o.height * (1 if o.mode in ('1', 'L', 'P') else 4)  # PIL keeps RGB pixels in 4 bytes
+        elif isinstance(o, torch.Tensor): n += o.untyped_storage().nbytes()
+        elif isinstance(o, np.ndarray): n += o.nbytes
+        elif isinstance(o, (numbers.Number, str, bytes)): n += sys.getsizeof(o)
+        else: return None
+    return n
+
+# %% ../nbs/00_sampling.ipynb #6ff8892f
+def _root(o):
+    "Where the data of a tensor or array lives (its storage, or the array it is a view of), else None"
+    if isinstance(o, torch.Tensor): return o.untyped_storage().data_ptr()
+    if isinstance(o, np.ndarray):
+        while isinstance(o.base, np.ndarray): o = o.base
+        return id(o)
+    return None
+
+def in_memory(dataset) -> bool:
+    "Whether the items of `dataset` are views into data held in memory: items 0 and 1 share a tensor's storage or an array"
+    if len(dataset) < 2: return False
+    items = [dataset[0], dataset[1]]  # both alive, so that a freed tensor's memory can't be reused by the next
+    return any(a is not None and a == b for a,b in zip(*([_root(o) for o in _parts(it)] for it in items)))
+
+# %% ../nbs/00_sampling.ipynb #0acafed2
+def class_item_cache(
+    dataset, # A map-style dataset, e.g. a fastai `Datasets`: `dataset[i]` is item i decoded, before item transforms
+    labels, # Class index of each item of `dataset`
+    cache_mb:float|None=None, # Bound on the cached items' bytes, in MiB; None: `default_cache_mb()`, 0: no cache
+    n_workers:int=0, # Threads that read the items (0: one by one, in this process)
+) -> dict:
+    "`{i: dataset[i]}` for the items of the smallest classes, smallest class first while they fit in `cache_mb` MiB"
+    cache_mb,labels = check_cache_mb(cache_mb),check_labels(labels)
+    if len(labels) != len(dataset): raise ValueError(f"Got {len(labels)} labels for a dataset of {len(dataset)} items: pass one label per item.")
+    budget = (default_cache_mb() if cache_mb is None else cache_mb) * 2**20
+    if budget <= 0 or in_memory(dataset): return {}
+    counts,cache,used = np.bincount(labels),{},0
+    for j in np.argsort(counts, kind='stable'):
+        idxs = np.flatnonzero(labels == j).tolist()
+        if not idxs: continue
+        first = dataset[idxs[0]]
+        n = item_nbytes(first)
+        if n is None or used + n*len(idxs) > budget: break  # this class won't fit: read none of it
+        items = [first, *parallel(dataset.__getitem__, idxs[1:], n_workers=n_workers, threadpool=True, progress=False)]
+        for o in _parts(items):
+            if isinstance(o, Image.Image): o.load()  # an image opened lazily is decoded now, and lets go of its file
+        sizes = [item_nbytes(o) for o in items]
+        if None in sizes or used + sum(sizes) > budget: break
+        cache.update(zip(idxs, items)); used += sum(sizes)
+    return cache
+
 # %% ../nbs/00_sampling.ipynb #c614ccd0
 def _check_wgts(wgts, n:int) -> np.ndarray:
     "`wgts` as a 1-D float64 array of `n` finite weights ≥ 0, not all 0, or an error that says what to pass"
@@ -127,10 +208,18 @@ def _check_wgts(wgts, n:int) -> np.ndarray:
     return w
 
 class ResampledDL(WeightedDL):
-    "A `WeightedDL` whose copies (`new`) keep its sampling weights, and whose draws take linear time"
-    def __init__(self, dataset=None, bs=None, wgts=None, **kwargs):
+    "A `WeightedDL` whose copies (`new`) keep its sampling weights and item cache, and whose draws take linear time"
+    def __init__(self, dataset=None, bs=None, wgts=None,
+                 item_cache:dict|None=None, # `{i: dataset[i]}` for some items, served instead of reading them (see `class_item_cache`)
+                 **kwargs):
         if wgts is not None: wgts = _check_wgts(wgts, len(dataset))
         super().__init__(dataset, bs=bs, wgts=wgts, **kwargs)
+        self.item_cache = {} if item_cache is None else item_cache
+
+    def create_item(self, s):
+        "Item `s` of the dataset before item transforms, from `item_cache` when it holds it, else read as fastai does"
+        o = self.item_cache.get(s) if self.item_cache and s is not None else None
+        return super().create_item(s) if o is None else o
 
     def get_idxs(self):
         "`n` indices drawn with replacement ∝ `wgts`: multinomial counts in a random order, O(n) (`np.random.choice` is O(n log n))"
@@ -141,6 +230,7 @@ class ResampledDL(WeightedDL):
 
     def new(self, dataset=None, cls=None, **kwargs):
         if dataset is None and (cls is None or issubclass(cls, WeightedDL)): kwargs.setdefault('wgts', self.wgts)
+        if dataset is None and (cls is None or issubclass(cls, ResampledDL)): kwargs.setdefault('item_cache', self.item_cache)
         return super().new(dataset, cls, **kwargs)
 
 # %% ../nbs/00_sampling.ipynb #0c1a2bfc
@@ -148,9 +238,10 @@ def resampled_dl(
     dl:TfmdDL, # A fastai training DataLoader
     q:float=0., # Class j is drawn with probability ∝ n_j**q: 1 instance, 0.5 sqrt, 0 class-balanced
     labels=None, # Class index of each item of `dl.dataset`; read with `get_labels` when None
+    cache_mb:float|None=0., # MiB of decoded items of the smallest classes to keep in memory (`class_item_cache`); None: `default_cache_mb()`, 0: none
 ) -> ResampledDL:
     "Copy of `dl` (same dataset, bs, transforms, device) that draws items with replacement so class j comes up ∝ n_j**q"
-    q = check_q(q)
+    q,cache_mb = check_q(q),check_cache_mb(cache_mb)
     if not isinstance(dl, TfmdDL):
         raise TypeError(f"resampled_dl needs a fastai TfmdDL (what DataBlock, Datasets.dataloaders and DataLoaders.from_dsets "
                         f"build), got {type(dl).__name__}.")
@@ -161,7 +252,8 @@ def resampled_dl(
                          "in dataset order (the labels of the *training* split when resampling `dls.train`).")
     if len(np.unique(labels)) < 2:
         raise ValueError(f"The training set has only one class ({labels[0]}): there is nothing to balance.")
-    return dl.new(cls=ResampledDL, wgts=sampling_probs(labels, q), shuffle=True)
+    cache = {} if cache_mb == 0 else class_item_cache(dl.dataset, labels, cache_mb, n_workers=dl.fake_l.num_workers)
+    return dl.new(cls=ResampledDL, wgts=sampling_probs(labels, q), shuffle=True, item_cache=cache)
 
 # %% ../nbs/00_sampling.ipynb #1f955078
 @patch

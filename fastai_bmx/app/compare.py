@@ -17,9 +17,8 @@ from fastcore.meta import delegates
 from fastprogress.fastprogress import progress_bar
 from fastai.torch_core import set_seed
 from .methods import expand_methods, method_order, FRONTIER_GRIDS
-from .sources import RunRecord, load_source, source_kind
+from .sources import RunRecord, load_source, read_source
 from ..files import serving_line
-from ..checks import check_window
 from .training import train_eval, get_arch, check_monitor
 from .store import RunFolder, run_name
 from .tables import to_markdown
@@ -106,10 +105,11 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
     check_precision(precision)
     get_arch(arch)
     found = find_weights(arch, weights) if pretrained else None  # before any data is read: no download mid-run
-    check_images(data)
-    kind, window = source_kind(data), check_window(window)
+    src = read_source(data, window)  # what the data is, decided once: the checks and the loaders read it
+    kind, window = src.kind, src.window
+    check_images(src)
     in_memory = False if from_disk else None  # None: decoded once if they fit (`fits_in_memory`, one channel where all are grey)
-    dls, rec = load_source(data, bs=bs, size=size, seed=seeds[0], split_seed=split_seed, in_memory=in_memory, window=window)
+    dls, rec = load_source(src, bs=bs, size=size, seed=seeds[0], split_seed=split_seed, in_memory=in_memory)
     if kind in ('folder', 'csv'): in_memory = hasattr(dls.train.dataset.tls[0].fs[0], 'images')  # `IndexedImage`: decoded once; every run does the same
     check_classes(dls, rec)
     check_folds(dls, rec, folds)

@@ -10,15 +10,16 @@ import json
 from dataclasses import dataclass, asdict
 from functools import lru_cache
 from pathlib import Path
-import numpy as np
+import numpy as np, pandas as pd
 from ..sampling import get_labels
 from ..metrics import paper_metrics
 from ..data import load_medmnist, medmnist_classes, is_ordinal, digits_splits, arrays_dls, default_augs
-from ..files import folder_dls, csv_dls
+from ..checks import check_window
+from ..files import frame_dls, folder_table, csv_table
 from ..splits import refold
 
 # %% auto #0
-__all__ = ['RunRecord', 'source_kind', 'load_source']
+__all__ = ['RunRecord', 'source_kind', 'Source', 'read_source', 'load_source']
 
 # %% ../../nbs/app/00_sources.ipynb #bf96af8f
 @dataclass(frozen=True)
@@ -62,6 +63,35 @@ def source_kind(data:str) -> str:
     if p.is_dir(): return 'folder'
     raise ValueError(f"--data {data!r} is not 'digits', a .npz file, a .csv file or a folder of images.")
 
+# %% ../../nbs/app/00_sources.ipynb #dd1ef78a
+@dataclass(frozen=True, eq=False)
+class Source:
+    "What `--data` is, decided once: its kind and, for image files, their table (path, label, split), their folder and how they decode"
+    data:str # 'digits', a `.npz`, a folder or a CSV, as given
+    kind:str # 'digits', 'npz', 'folder' or 'csv' (`source_kind`)
+    table:pd.DataFrame|None=None # image files: one row per file, columns `fname` (relative to `folder`), `label` and `split`
+    folder:Path|None=None # image files: the folder their paths are relative to
+    window:tuple|str|None=None # image files: how grey levels become 8 bits (`read_pixels`)
+
+    @property
+    def files(self) -> list:
+        "The paths of the image files it lists (none for arrays)"
+        return [] if self.table is None else [self.folder/f for f in self.table['fname'].astype(str)]
+
+def read_source(data:str, # 'digits', a MedMNIST `.npz`, a folder of images or a CSV
+                window:tuple|str|None=None, # image files: None (each DICOM's own window), 'range' or (center, width)
+               ) -> Source:
+    "The `Source` of `data`: its kind told, and a folder's or CSV's table of files read, once; or a clear error"
+    data, window = str(data), check_window(window)
+    kind = source_kind(data)
+    if kind == 'folder': return Source(data, kind, folder_table(data), Path(data), window)
+    if kind == 'csv':
+        table = csv_table(data)
+        if 'fname' not in table.columns: raise ValueError(f"{data} has no 'fname' column of image paths (its columns: {list(table.columns)}).")
+        return Source(data, kind, table, Path(data).parent, window)
+    if window is not None: raise ValueError(f"--window applies to image files (a folder or a CSV); {data} holds 8-bit arrays.")
+    return Source(data, kind)
+
 # %% ../../nbs/app/00_sources.ipynb #42bd903f
 @lru_cache(maxsize=2)
 def _array_source(data:str) -> tuple:
@@ -70,7 +100,7 @@ def _array_source(data:str) -> tuple:
     p = Path(data)
     return load_medmnist(p), medmnist_classes(p), is_ordinal(p), True
 
-def load_source(data:str='digits', # 'digits', a MedMNIST `.npz`, a folder of images or a CSV
+def load_source(data:str|Source='digits', # 'digits', a MedMNIST `.npz`, a folder of images or a CSV, or its `Source`
                 bs:int=64, # batch size
                 size:int|None=None, # image size; None: 32 for digits, native for `.npz`, 64 for files
                 seed:int=0, # seeds the training loader's shuffling
@@ -78,17 +108,17 @@ def load_source(data:str='digits', # 'digits', a MedMNIST `.npz`, a folder of im
                 k:int=5, # number of folds, with `fold`
                 split_seed:int=0, # seeds the folds (and a drawn validation split); not the training seed
                 in_memory:bool|None=None, # a folder or CSV: decode its images once and serve them from memory; None: if they fit
-                window:tuple|str|None=None, # a folder or CSV: how grey levels become 8 bits (`read_pixels`); None: each DICOM's own window
+                window:tuple|str|None=None, # a folder or CSV given by its path: how grey levels become 8 bits (`read_pixels`); a `Source` has its own
                ) -> tuple:
     "`(dls, record)`: the `DataLoaders` (train, valid, test) of a `bmx-compare` source and its `RunRecord`"
-    data, kind = str(data), source_kind(str(data))
+    src = data if isinstance(data, Source) else read_source(data, window)
+    data, kind = src.data, src.kind
     if kind in ('folder', 'csv'):
-        load = folder_dls if kind == 'folder' else csv_dls
-        dls = load(data, bs=bs, size=size or 64, seed=seed, fold=fold, k=k, split_seed=split_seed, in_memory=in_memory, window=window)
+        dls = frame_dls(src.table, src.folder, bs=bs, size=size or 64, seed=seed, fold=fold, k=k, split_seed=split_seed,
+                        in_memory=in_memory, window=src.window)
         if len(dls.loaders) < 3: raise ValueError(f"{data} has no test split: add a test/ folder or rows with split 'test'.")
         ordinal, flip = False, True
     else:
-        if window is not None: raise ValueError(f"--window applies to image files (a folder or a CSV); {data} holds 8-bit arrays.")
         splits, names, ordinal, flip = _array_source(data)
         if fold is not None: splits = refold(splits, fold, k, split_seed)
         dls = arrays_dls(splits, class_names=names, bs=bs, size=(32 if kind == 'digits' else None) if size is None else size,

@@ -112,34 +112,26 @@ def check_command(out:str|Path='bmx_compare', # the output folder
     check_precision_name(precision)  # whether the machine can train in it needs torch: `plan_compare` checks it
 
 # %% ../../nbs/app/11_validate.ipynb #3a149a82
-def _source_files(data:str) -> list:
-    "The image files that a folder or CSV source lists"
-    from fastai_bmx.files import folder_table, csv_table
-    from fastai_bmx.app.sources import source_kind
-    if source_kind(data) == 'folder': return [Path(data)/f for f in folder_table(data)['fname']]
-    df = csv_table(data)
-    if 'fname' not in df.columns: raise ValueError(f"{data} has no 'fname' column of image paths (its columns: {list(df.columns)}).")
-    return [Path(data).parent/f for f in df['fname'].astype(str)]
-
-def check_images(data:str, # a folder or a CSV source ('digits' and `.npz` files hold arrays: nothing to check)
+def check_images(data, # a `Source`, or the path of one: a folder or a CSV ('digits' and `.npz` files hold arrays: nothing to check)
                  workers:int|None=None, # threads for `image_problems`
                 ):
     "Raise a `ValueError` naming the bad files unless every image file of `data` exists and decodes"
     from fastai_bmx.files import image_problems
-    from fastai_bmx.app.sources import source_kind
-    if source_kind(data) not in ('folder', 'csv'): return
-    files = _source_files(data)
+    from fastai_bmx.app.sources import Source, read_source
+    src = data if isinstance(data, Source) else read_source(data)
+    if src.kind not in ('folder', 'csv'): return
+    files = src.files
     bad = image_problems(files, workers)
     if bad:
         shown = '; '.join(f'{p} ({r})' for p, r in list(bad.items())[:3]) + (f'; and {len(bad) - 3} more' if len(bad) > 3 else '')
-        where = 'remove their rows from the CSV' if source_kind(data) == 'csv' else 'remove them from the folder'
+        where = 'remove their rows from the CSV' if src.kind == 'csv' else 'remove them from the folder'
         raise ValueError(f"{len(bad)} of {len(files)} image files can't be used: {shown}. Fix them, or {where}.")
 
 # %% ../../nbs/app/11_validate.ipynb #342d2eb3
 def count_files(data:str) -> int:
     "How many image files a folder or CSV source lists (0 for 'digits' and `.npz` files, which hold arrays)"
-    from fastai_bmx.app.sources import source_kind
-    return len(_source_files(data)) if source_kind(data) in ('folder', 'csv') else 0
+    from fastai_bmx.app.sources import read_source
+    return len(read_source(data).files)
 
 # %% ../../nbs/app/11_validate.ipynb #ee289b00
 def check_classes(dls, # the `DataLoaders` of a source, with its test loader
