@@ -22,3 +22,16 @@ def fake_preds(n=300, k=4, acc=0.6, seed=0):
     logits = rng.normal(size=(n, k + 1)) + 2.5 * np.eye(k + 1)[hit]
     return torch.softmax(torch.tensor(logits), 1).numpy(), t
 
+
+
+def png_table(root, splits=(('train', 12), ('valid', 6), ('test', 6)), labels=('a', 'b', 'b')):
+    "Random 20×20 RGB PNGs written to `root`, `n` per split, labelled in turn from `labels`: their table (fname, label, split)"
+    import numpy as np, pandas as pd
+    from PIL import Image
+    g, rows = np.random.default_rng(0), []
+    for split, n in splits:
+        for i in range(n):
+            f = f'{split}_{i}.png'
+            Image.fromarray(g.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root/f)
+            rows.append((f, labels[i % len(labels)], split))
+    return pd.DataFrame(rows, columns=['fname', 'label', 'split'])

@@ -9,6 +9,7 @@ from PIL import Image
 from fastai_bmx.images import read_pixels, read_dicom, window_uint8, bits_uint8, is_dicom, image_problems
 from fastai_bmx.files import decode_images, frame_dls, csv_dls, folder_table, fits_in_memory, MedicalImage
 from fastai_bmx.sampling import get_labels
+from helpers import png_table
 
 EXE = str(Path(sys.executable).parent/'bmx-compare')
 FAST = ['--epochs', '1', '--arch', 'resnet10t', '--bs', '8', '--seeds', '0', '--quiet', '--threads', '1', '--methods', 'instance']
@@ -207,14 +208,7 @@ def test_images_read_every_epoch_are_read_as_in_memory(tmp_path):
 # --- the CSVs people have ------------------------------------------------------------------------------------------
 
 def _csv_images(root:Path) -> pd.DataFrame:
-    g = np.random.default_rng(0)
-    rows = []
-    for split, n in (('Train', 12), ('Validation', 6), ('TEST', 6)):
-        for i in range(n):
-            f = f'{split}_{i}.png'
-            Image.fromarray(g.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root/f)
-            rows.append((f, ['naevus', 'mélanome'][i % 2], split))
-    return pd.DataFrame(rows, columns=['fname', 'label', 'split'])
+    return png_table(root, (('Train', 12), ('Validation', 6), ('TEST', 6)), ('naevus', 'mélanome'))
 
 
 @pytest.mark.parametrize('sep,encoding', [(';', 'utf-8-sig'), ('\t', 'utf-16'), (';', 'latin-1')])

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch, timm
 import fastcore.test as fct
 from PIL import Image
+from helpers import png_table
 from fastai.callback.core import Callback
 from fastai.data.transforms import Normalize
 from fastai.learner import load_learner
@@ -352,14 +353,7 @@ def test_timms_own_cache_is_used_without_a_network(tmp_path, monkeypatch):
 
 def test_a_csv_source_is_decoded_once_and_says_so(tmp_path):
     "bmx-compare on a CSV: the images are served from memory by default, it says what that holds, and settings record it"
-    g = np.random.default_rng(0)
-    rows = []
-    for split, n in (('train', 12), ('valid', 6), ('test', 6)):
-        for i in range(n):
-            f = f'{split}_{i}.png'
-            Image.fromarray(g.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path/f)
-            rows.append((f, ['a', 'b', 'b'][i % 3], split))
-    pd.DataFrame(rows, columns=['fname', 'label', 'split']).to_csv(tmp_path/'labels.csv', index=False)
+    png_table(tmp_path).to_csv(tmp_path/'labels.csv', index=False)
     fast = ['--data', tmp_path/'labels.csv', '--methods', 'instance', '--seeds', '0', '--epochs', '1', '--bs', '4', '--size', '16',
             '--arch', 'resnet10t', '--quiet', '--threads', '1']
     r = cli(*fast, '--out', tmp_path/'mem')
