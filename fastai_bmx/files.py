@@ -17,6 +17,7 @@ from fastcore.meta import delegates
 from fastai.data.core import DataLoaders
 from fastai.data.transforms import Normalize
 from fastai.vision.core import PILImage
+from fasttransform import Transform
 from .data import default_augs, mark_ordinal, arrays_dls
 from .checks import check_window
 from .images import read_pixels, DICOM_SUFFIXES, image_problems, _need_pydicom  # image_problems: also importable from here, as before
@@ -145,11 +146,13 @@ class MedicalImage(PILImage):
         if isinstance(fn, (str, Path)): return cls(Image.fromarray(read_pixels(fn, window)).convert('RGB'))
         return super().create(fn, **kwargs)
 
-@dataclass(frozen=True)
-class _Windowed:
-    "What `ImageBlock` takes as a class: `create` reads with one window (a picklable stand-in for a class per window)"
-    window:tuple|str
-    def create(self, fn:Path|str|torch.Tensor|np.ndarray|bytes|Image.Image, **kwargs): return MedicalImage.create(fn, self.window, **kwargs)
+class _Windowed(Transform):
+    "`MedicalImage.create` with one window, as a transform; `create` is itself, so that fastai's `ImageBlock` takes it as a class"
+    input_types = (Path, str, np.ndarray, torch.Tensor, bytes, Image.Image)  # what `PILImage.create` takes (`test_dl` checks it)
+    def __init__(self, window:tuple|str|None=None): super().__init__(); self.window = window  # `read_pixels`'s window
+    def encodes(self, fn): return MedicalImage.create(fn, self.window)
+    @property
+    def create(self): return self
 
 # %% ../nbs/08_files.ipynb #4fae1504
 def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label column and optionally a split column

@@ -230,3 +230,27 @@ def test_a_workbook_or_an_unknown_split_is_refused_in_one_line(tmp_path):
     df.to_csv(tmp_path/'labels.csv', index=False)
     r = cli('--data', tmp_path/'labels.csv', *FAST, '--out', tmp_path/'out')
     assert r.returncode == 2 and "Column 'split' has values ['holdout']" in r.stderr, r.stderr[-2000:]
+
+
+def test_an_exported_dicom_model_reads_new_files_through_its_window(tmp_path):
+    "bmx-compare's export of a DICOM folder with a window: the exported loaders read .dcm paths as training did, so the test probabilities come back"
+    from fastai.learner import load_learner
+    from fastai_bmx.app.compare import plan_compare, run_plan
+    from fastai_bmx.app.export import export_run
+    g = np.random.default_rng(0)
+    for split, n in (('train', 8), ('valid', 4), ('test', 4)):
+        for cls, name in (('ct', 'CT_small.dcm'), ('mr', 'MR_small.dcm')):
+            (tmp_path/'data'/split/cls).mkdir(parents=True)
+            for i in range(n):  # each file a little different: its pixels shifted by a random stored value
+                ds = pydicom.dcmread(get_testdata_file(name))
+                ds.PixelData = (ds.pixel_array + int(g.integers(0, 200))).astype(ds.pixel_array.dtype).tobytes()
+                ds.save_as(tmp_path/'data'/split/cls/f'{i}.dcm')
+    plan = plan_compare(str(tmp_path/'data'), tmp_path/'out', methods=['instance'], seeds=[0], epochs=1, arch='resnet10t',
+                        bs=4, size=16, window=(40, 400), show_bar=False)
+    run_plan(plan)
+    export_run(plan.folder, 'instance_seed0', 'plain', None, plan.load_kw, plan.train_kw)
+    learn = load_learner(tmp_path/'out'/'recommended.pkl')
+    tbl = folder_table(tmp_path/'data')
+    files = [tmp_path/'data'/f for f in tbl.fname[tbl.split == 'test']]
+    probs, _ = learn.get_preds(dl=learn.dls.test_dl(files))
+    fct.test_close(probs.numpy(), plan.folder.preds('instance_seed0')[0], eps=1e-5)
