@@ -8,7 +8,10 @@ medians, the median of the rounds' own ratios, and of the fastest epochs (the le
 - model-bound: in-memory uint8 images (`arrays_dls`, 28 px RGB, 2,048 items), a ResNet-18, `num_workers=0`;
 - data-bound: image files on disk read and resized by item transforms in 2 worker processes (`ImageDataLoaders.from_folder`,
   64 px PNG files resized to 48 px, 1,024 items in 5 long-tailed classes, 553 to 28 items), with a tiny CNN, so loading
-  dominates. `--file-px` and `--file-format` change the files (e.g. `--file-px 256 --file-format jpg`).
+  dominates. `--file-px` and `--file-format` change the files (e.g. `--file-px 256 --file-format jpg`); `--file-format dcm`
+  writes 16-bit grey DICOM files (pydicom's CT_small.dcm with random pixels), read by `folder_dls(in_memory=False)`, which
+  decodes them with `read_pixels` (the rescale and the window) as `bmx-compare --from-disk` does: the case of the issue,
+  DICOM X-rays read from disk every epoch (`--file-px 512 --file-format dcm`).
 In the data-bound case the partner loader is a copy of the training loader (`dl.new`), so it keeps `num_workers` and
 prefetches in worker processes like the main one. The case runs BalancedMixUp twice: with the partner's item cache
 (the default, `cache_mb=None`: the decoded files of the smallest classes kept in memory, here all of them) and without
@@ -44,15 +47,31 @@ def model_bound_dls(n=2048):
     return arrays_dls({'train': split(n, 0), 'valid': split(256, 1)}, bs=64, seed=0, batch_tfms=[])
 
 
+def write_dicom(path, pixels):
+    "A 16-bit grey DICOM file with `pixels`, from the tags of pydicom's CT test file (rescale and window included)"
+    import pydicom
+    from pydicom.data import get_testdata_file
+    ds = pydicom.dcmread(get_testdata_file('CT_small.dcm'))
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelData = pixels.astype(np.int16).tobytes()
+    ds.save_as(path)
+
+
 def data_bound_dls(root, n=1024, px=64, fmt='png'):
     y = longtail_labels(n)
     g = np.random.default_rng(0)
+    def write(path):
+        if fmt == 'dcm': write_dicom(path, g.integers(0, 2000, (px, px)))
+        else: Image.fromarray(g.integers(0, 256, (px, px, 3), dtype=np.uint8)).save(path)
     for i, c in enumerate(y):
         (root/'train'/str(c)).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(g.integers(0, 256, (px, px, 3), dtype=np.uint8)).save(root/'train'/str(c)/f'{i}.{fmt}')
+        write(root/'train'/str(c)/f'{i}.{fmt}')
         if i < 128:
             (root/'valid'/str(c)).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(g.integers(0, 256, (px, px, 3), dtype=np.uint8)).save(root/'valid'/str(c)/f'{i}.{fmt}')
+            write(root/'valid'/str(c)/f'{i}.{fmt}')
+    if fmt == 'dcm':
+        from fastai_bmx.files import folder_dls
+        return folder_dls(root, in_memory=False, size=48, bs=64, num_workers=2, seed=0, batch_tfms=[])
     return ImageDataLoaders.from_folder(root, item_tfms=Resize(48), bs=64, num_workers=2, seed=0)
 
 
@@ -92,7 +111,7 @@ if __name__ == '__main__':
     ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--cases', nargs='+', choices=('model', 'data'), default=['model', 'data'], help='which cases to run')
     ap.add_argument('--file-px', type=int, default=64, help='side of the data-bound case\'s image files, in pixels')
-    ap.add_argument('--file-format', choices=('png', 'jpg'), default='png', help='format of the data-bound case\'s image files')
+    ap.add_argument('--file-format', choices=('png', 'jpg', 'dcm'), default='png', help='format of the data-bound case\'s image files')
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if 'model' in args.cases:
