@@ -8,7 +8,6 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/files.html.md"""
 from __future__ import annotations
 import io, multiprocessing, os, random
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
@@ -21,6 +20,7 @@ from fasttransform import Transform
 from .data import default_augs, mark_ordinal, arrays_dls
 from .checks import check_window
 from .images import read_pixels, DICOM_SUFFIXES, image_problems, _need_pydicom  # image_problems: also importable from here, as before
+from .sampling import _available_memory
 from .splits import valid_mask
 
 # %% auto #0
@@ -62,11 +62,6 @@ def decode_images(paths, # image file paths (DICOM, PNG, JPEG, TIFF, ...: `read_
     return np.stack([np.repeat(x[..., None], 3, -1) if x.ndim == 2 else x for x in out]) if out else np.zeros((0, size, size, 3), np.uint8)
 
 # %% ../nbs/08_files.ipynb #96462d13
-def _available_memory() -> int|None:
-    "Bytes of memory available now (Linux `MemAvailable`), or None where it can't be read"
-    try: return int(next(l for l in Path('/proc/meminfo').read_text().splitlines() if l.startswith('MemAvailable')).split()[1]) * 1024
-    except Exception: return None
-
 def fits_in_memory(n:int, # number of images
                    size:int, # their side in pixels
                    available:int|None=None, # bytes available; None: read from the system (else 4 GiB is assumed)

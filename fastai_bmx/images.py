@@ -49,12 +49,14 @@ def _grey_uint8(px:np.ndarray, window:tuple|str|None, bits:int|None=None) -> np.
 
 # %% ../nbs/08a_images.ipynb #4bc16dee
 DICOM_SUFFIXES = ('.dcm', '.dicom') # file names taken for DICOM without looking inside
+_IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.gif', '.webp') # taken for Pillow's, without opening them
 
 def is_dicom(path:str|Path, # a file
             ) -> bool:
-    "Whether `path` is a DICOM file: named `.dcm` or `.dicom`, or with 'DICM' after its 128-byte preamble"
+    "Whether `path` is a DICOM file: named `.dcm` or `.dicom`, or, unless named as a common image format, with 'DICM' after its 128-byte preamble"
     path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES: return True
+    if path.suffix.lower() in _IMAGE_SUFFIXES: return False  # no second open of every PNG or JPEG read each epoch
     try:
         with open(path, 'rb') as f: f.seek(128); return f.read(4) == b'DICM'
     except OSError: return False

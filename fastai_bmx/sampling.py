@@ -116,16 +116,16 @@ def sampling_probs(labels, q:float=0.) -> np.ndarray:
     return p / p.sum()
 
 # %% ../nbs/00_sampling.ipynb #0e7a1434
-def _available_mb() -> float|None:
-    "MiB of memory available now (Linux `MemAvailable`), or None where it can't be read"
+def _available_memory() -> int|None:
+    "Bytes of memory available now (Linux `MemAvailable`), or None where it can't be read"
     try:
-        with open('/proc/meminfo') as f: return next(int(l.split()[1]) for l in f if l.startswith('MemAvailable:')) / 1024
+        with open('/proc/meminfo') as f: return next(int(l.split()[1]) for l in f if l.startswith('MemAvailable:')) * 1024
     except Exception: return None
 
 def default_cache_mb() -> float:
     "Default bound of an item cache, in MiB: 1/8 of the memory available now, at most 1 GiB (256 MiB where it can't be read)"
-    avail = _available_mb()
-    return 256. if avail is None else min(1024., avail / 8)
+    avail = _available_memory()
+    return 256. if avail is None else min(1024., avail / 2**20 / 8)
 
 # %% ../nbs/00_sampling.ipynb #0c7dc216
 def check_cache_mb(cache_mb) -> float|None:
