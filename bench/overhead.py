@@ -1,6 +1,6 @@
 """Overhead of Balanced-MixUp: wall time per training epoch against plain training and fastai's `MixUp`.
 
-    python bench/overhead.py [--rounds 3] [--threads 1] [--cases model data] [--file-px 64] [--file-format png]
+    python bench/overhead.py [--rounds 3] [--threads 1] [--cases model data] [--file-px 64] [--file-format png] [--loader fastai]
 
 Two cases, each measured in one process with the methods alternating round by round (so drift in a shared machine's
 load hits them all alike); the figure is the median epoch time over the rounds. Each ratio is given three ways: of the
@@ -9,9 +9,10 @@ medians, the median of the rounds' own ratios, and of the fastest epochs (the le
 - data-bound: image files on disk read and resized by item transforms in 2 worker processes (`ImageDataLoaders.from_folder`,
   64 px PNG files resized to 48 px, 1,024 items in 5 long-tailed classes, 553 to 28 items), with a tiny CNN, so loading
   dominates. `--file-px` and `--file-format` change the files (e.g. `--file-px 256 --file-format jpg`); `--file-format dcm`
-  writes 16-bit grey DICOM files (pydicom's CT_small.dcm with random pixels), read by `folder_dls(in_memory=False)`, which
-  decodes them with `read_pixels` (the rescale and the window) as `bmx-compare --from-disk` does: the case of the issue,
-  DICOM X-rays read from disk every epoch (`--file-px 512 --file-format dcm`).
+  writes 16-bit grey DICOM files (pydicom's CT_small.dcm with random pixels). `--loader bmx` reads the files with
+  `folder_dls(in_memory=False)`, as `bmx-compare --from-disk` does: `read_pixels` (for DICOM the rescale and the window)
+  and the resize to 48 px as each file is read, so the item is already the model's size; DICOM files are always read so
+  (fastai can't read them): the case of the issue, DICOM X-rays read from disk every epoch (`--file-px 512 --file-format dcm`).
 In the data-bound case the partner loader is a copy of the training loader (`dl.new`), so it keeps `num_workers` and
 prefetches in worker processes like the main one. The case runs BalancedMixUp twice: with the partner's item cache
 (the default, `cache_mb=None`: the decoded files of the smallest classes kept in memory, here all of them) and without
@@ -57,7 +58,7 @@ def write_dicom(path, pixels):
     ds.save_as(path)
 
 
-def data_bound_dls(root, n=1024, px=64, fmt='png'):
+def data_bound_dls(root, n=1024, px=64, fmt='png', loader='fastai'):
     y = longtail_labels(n)
     g = np.random.default_rng(0)
     def write(path):
@@ -69,7 +70,7 @@ def data_bound_dls(root, n=1024, px=64, fmt='png'):
         if i < 128:
             (root/'valid'/str(c)).mkdir(parents=True, exist_ok=True)
             write(root/'valid'/str(c)/f'{i}.{fmt}')
-    if fmt == 'dcm':
+    if fmt == 'dcm' or loader == 'bmx':
         from fastai_bmx.files import folder_dls
         return folder_dls(root, in_memory=False, size=48, bs=64, num_workers=2, seed=0, batch_tfms=[])
     return ImageDataLoaders.from_folder(root, item_tfms=Resize(48), bs=64, num_workers=2, seed=0)
@@ -112,6 +113,8 @@ if __name__ == '__main__':
     ap.add_argument('--cases', nargs='+', choices=('model', 'data'), default=['model', 'data'], help='which cases to run')
     ap.add_argument('--file-px', type=int, default=64, help='side of the data-bound case\'s image files, in pixels')
     ap.add_argument('--file-format', choices=('png', 'jpg', 'dcm'), default='png', help='format of the data-bound case\'s image files')
+    ap.add_argument('--loader', choices=('fastai', 'bmx'), default='fastai',
+                    help="fastai: ImageDataLoaders.from_folder with Resize as an item transform; bmx: folder_dls(in_memory=False), resizing as it reads (always for dcm)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if 'model' in args.cases:
@@ -120,6 +123,7 @@ if __name__ == '__main__':
               lambda cbs: vision_learner(dls, 'resnet18', pretrained=False, cbs=cbs), args.rounds)
     if 'data' in args.cases:
         with tempfile.TemporaryDirectory() as d:
-            fdls = data_bound_dls(Path(d), px=args.file_px, fmt=args.file_format)
-            bench(f'data-bound (tiny CNN, {args.file_px} px {args.file_format.upper()} files resized to 48 px by item transforms, num_workers=2)',
+            fdls = data_bound_dls(Path(d), px=args.file_px, fmt=args.file_format, loader=args.loader)
+            how = 'as they are read (folder_dls)' if args.loader == 'bmx' or args.file_format == 'dcm' else 'by item transforms (fastai Resize)'
+            bench(f'data-bound (tiny CNN, {args.file_px} px {args.file_format.upper()} files resized to 48 px {how}, num_workers=2)',
                   lambda cbs: Learner(fdls, tiny_cnn(len(fdls.vocab)), loss_func=CrossEntropyLossFlat(), cbs=cbs), args.rounds, DATA_METHODS)

@@ -24,20 +24,24 @@ from .sampling import _available_memory
 from .splits import valid_mask
 
 # %% auto #0
-__all__ = ['decode_images', 'fits_in_memory', 'memory_dls', 'MedicalImage', 'frame_dls', 'serving_line', 'folder_table',
-           'csv_table', 'folder_dls', 'csv_dls']
+__all__ = ['decode_images', 'fits_in_memory', 'memory_dls', 'MedicalImage', 'ImageReader', 'frame_dls', 'serving_line',
+           'folder_table', 'csv_table', 'folder_dls', 'csv_dls']
 
 # %% ../nbs/08_files.ipynb #448bb1d2
-def _decode(path:str, size:int, window:tuple|str|None=None) -> np.ndarray|str:
-    "The image at `path` (`read_pixels`: grey or RGB uint8) as fastai's validation `Resize(size)` gives it (centred crop of the largest square, bilinear resize); or what is wrong"
-    try: im = Image.fromarray(read_pixels(path, window))
-    except ImportError: raise
-    except Exception as e: return f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+def _square(im:Image.Image, size:int) -> Image.Image:
+    "`im` as fastai's validation `Resize(size)` gives it: the centred crop of its largest square, resized bilinearly to `size`×`size`"
     w, h = im.size
     m = w/size if w/size < h/size else h/size  # fastai's `Resize`, method 'crop', to a square
     cw, ch = int(m*size), int(m*size)
     left, top = int(0.5*(w - cw)), int(0.5*(h - ch))
-    return np.asarray(im.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BILINEAR))
+    return im.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BILINEAR)
+
+def _decode(path:str, size:int, window:tuple|str|None=None) -> np.ndarray|str:
+    "The image at `path` (`read_pixels`: grey or RGB uint8) as fastai's validation `Resize(size)` gives it (`_square`); or what is wrong"
+    try: im = Image.fromarray(read_pixels(path, window))
+    except ImportError: raise
+    except Exception as e: return f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+    return np.asarray(_square(im, size))
 
 def _decode_chunk(args) -> list: return [_decode(p, *args[1:]) for p in args[0]]
 
@@ -136,18 +140,29 @@ def _channels(folder:str|Path, fnames, window:tuple|str|None=None, k:int=16) -> 
 class MedicalImage(PILImage):
     "fastai's `PILImage`, read from a file with `read_pixels` (DICOM, 16-bit, grey), in RGB as fastai's models take it"
     @classmethod
-    def create(cls, fn:Path|str|torch.Tensor|np.ndarray|bytes|Image.Image, window:tuple|str|None=None, **kwargs): # `read_pixels`'s window, for grey images
-        "The image at `fn` through `read_pixels`; anything other than a path as `PILImage.create` takes it"
-        if isinstance(fn, (str, Path)): return cls(Image.fromarray(read_pixels(fn, window)).convert('RGB'))
-        return super().create(fn, **kwargs)
+    def create(cls, fn:Path|str|torch.Tensor|np.ndarray|bytes|Image.Image,
+               window:tuple|str|None=None, # `read_pixels`'s window, for grey images
+               size:int|None=None, # the side of the square a file's image is resized to (`_square`); None: as it comes
+               **kwargs):
+        "The image at `fn` through `read_pixels` (resized to `size` as fastai's validation `Resize`); anything other than a path as `PILImage.create` takes it"
+        if not isinstance(fn, (str, Path)): return super().create(fn, **kwargs)
+        im = Image.fromarray(read_pixels(fn, window))
+        return cls((im if size is None else _square(im, size)).convert('RGB'))
 
-class _Windowed(Transform):
-    "`MedicalImage.create` with one window, as a transform; `create` is itself, so that fastai's `ImageBlock` takes it as a class"
+# %% ../nbs/08_files.ipynb #1b629c0b
+class ImageReader(Transform):
+    "Reads image files as `MedicalImage`s with one window, resized to `size` as they are read; `ImageBlock(ImageReader(...))` takes it as a class"
+    # `create` is itself, as `ImageBlock` calls `cls.create`
     input_types = (Path, str, np.ndarray, torch.Tensor, bytes, Image.Image)  # what `PILImage.create` takes (`test_dl` checks it)
-    def __init__(self, window:tuple|str|None=None): super().__init__(); self.window = window  # `read_pixels`'s window
-    def encodes(self, fn): return MedicalImage.create(fn, self.window)
+    window,size = None,None  # a reader pickled before `size` existed reads files at their own size
+    def __init__(self, window:tuple|str|None=None, # `read_pixels`'s window
+                 size:int|None=None, # the side of the square files are resized to; None: as they come
+                ): super().__init__(); self.window,self.size = window,size
+    def encodes(self, fn): return MedicalImage.create(fn, self.window, self.size)
     @property
     def create(self): return self
+
+_Windowed = ImageReader  # the name under which models exported before read their files
 
 # %% ../nbs/08_files.ipynb #4fae1504
 def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label column and optionally a split column
@@ -156,7 +171,7 @@ def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label colum
               label_col:str='label', # Column of class names or indices (one per image)
               split_col:str|None='split', # Column of 'train'/'valid'/'test' (any case; 'val' or 'validation' too); missing: all rows train, valid drawn
               bs:int=64, # Batch size
-              size:int=64, # Images are resized (`Resize`, center crop) to `size`×`size` as items
+              size:int=64, # Images are resized to `size`×`size` (centred crop, fastai's validation `Resize`) as they are read, from disk as in memory
               valid_pct:float=0.2, # Stratified fraction drawn for validation when the data gives no valid split
               seed:int|None=None, # Seeds the training loader's shuffling
               fold:int|None=None, # With a fold number, train and valid are pooled and fold `fold` of `k` validates
@@ -170,7 +185,6 @@ def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label colum
              ) -> DataLoaders:
     "`DataLoaders` (train, valid[, test]) of image files listed in `df`: fastai's `ImageDataLoaders.from_df`, or the images decoded once"
     from fastai.vision.data import ImageDataLoaders
-    from fastai.vision.augment import Resize
     from fastai.vision.core import imagenet_stats
     window = check_window(window)
     missing = [c for c in (fn_col, label_col) if c not in df.columns]
@@ -197,8 +211,7 @@ def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label colum
     _need_pydicom(df[fn_col].astype(str).tolist())
     dls = ImageDataLoaders.from_df(pool, folder, fn_col=fn_col, label_col=label_col, valid_col='is_valid',
                                    y_block=CategoryBlock(vocab=vocab, sort=False), bs=bs, seed=seed,
-                                   img_cls=MedicalImage if window is None else _Windowed(window),
-                                   item_tfms=[Resize(size), *L(kwargs.pop('item_tfms', None))],
+                                   img_cls=ImageReader(window, size), item_tfms=L(kwargs.pop('item_tfms', None)),  # items at `size`, as in memory
                                    batch_tfms=[*augs, Normalize.from_stats(*imagenet_stats)], **kwargs)
     if len(test): dls.loaders.append(dls.test_dl(test, with_labels=True))
     if seed is not None: dls.train.rng = random.Random(seed)

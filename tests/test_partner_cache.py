@@ -139,3 +139,19 @@ def test_training_with_workers_and_the_cache(tmp_path):
     for a, b in zip(cached.partner_log.ys, plain.partner_log.ys): fct.test_eq(a, b)
     for p, q in zip(cached.model.parameters(), plain.model.parameters()): fct.test_eq(p, q)
     assert np.isfinite(cached.recorder.losses[-1].item())
+
+
+def test_files_read_every_epoch_are_the_decoded_images_at_the_models_size(tmp_path):
+    "`folder_dls(in_memory=False)` resizes each file as it reads it, as decoding once does: same items, and a cache of small ones"
+    from fastai_bmx.files import folder_dls, decode_images
+    root = png_folder(tmp_path, {'a': 12, 'b': 5, 'c': 3}, size=(40, 30))  # not square: the crop is the centred one
+    disk = folder_dls(root, in_memory=False, size=16, bs=4, batch_tfms=[], num_workers=0)
+    mem = folder_dls(root, in_memory=True, size=16, bs=4, batch_tfms=[])
+    ds = disk.train_ds
+    paths = [root/f for f in ds.items['fname']]
+    fct.test_eq(np.stack([np.asarray(ds[i][0]) for i in range(len(ds))]), decode_images(paths, 16, workers=1))
+    for (xd, yd), (xm, ym) in zip(disk.valid, mem.valid): fct.test_eq(xd, xm); fct.test_eq(yd, ym)  # the same valid batches
+    partner = resampled_dl(disk.train, 0, cache_mb=None)
+    assert len(partner.item_cache) == len(ds)  # every class fits
+    assert all(o[0].size == (16, 16) for o in partner.item_cache.values())  # held at the model's size, not the file's
+    fct.test_eq(item_nbytes(partner.item_cache[0][:1]), 16*16*4)  # PIL keeps RGB in 4 bytes a pixel

@@ -17,8 +17,7 @@ from fastai.data.core import Datasets
 from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize, ToTensor
 from fastai.torch_core import TensorImage, set_seed, defaults, trainable_params
 from fastai.vision.core import PILImage
-from ..files import MedicalImage, _Windowed
-from fastai.vision.augment import Resize
+from ..files import ImageReader
 from ..adjust import log_prior
 from ..data import _to_tensor
 from .methods import get_method
@@ -78,14 +77,13 @@ class DeployedLoss:
 def export_dls(vocab:list, # class names
                size:int|None, # the side images are resized to; None: as they come (arrays only)
                mean, std, # the normalisation of the run's inputs
-               files:bool, # True: items are image files (`MedicalImage`: DICOM and 16-bit too; fastai's validation `Resize`); False: uint8 arrays (`ArrayImage`)
+               files:bool, # True: items are image files (`ImageReader`: DICOM and 16-bit too, resized as fastai's validation `Resize`); False: uint8 arrays (`ArrayImage`)
               window:tuple|str|None=None, # image files: how grey levels become 8 bits, as in training (`read_pixels`)
               ):
     "Loaders that take new items as the comparison's source gave them, and make them the run's inputs"
     dummy = np.zeros((size or 8, size or 8, 3), np.uint8)
     label = lambda o: vocab[0]
-    reader = MedicalImage if window is None else _Windowed(window)  # the comparison's own reading of the files
-    x_tfms, item = ([reader.create], [Resize(size), ToTensor()]) if files else ([ArrayImage(size)], [])
+    x_tfms, item = ([ImageReader(window, size)], [ToTensor()]) if files else ([ArrayImage(size)], [])  # files: the comparison's own reader
     ds = Datasets([dummy], [x_tfms, [label, Categorize(vocab=list(vocab), sort=False)]], splits=[[0], [0]])
     norm = Normalize(torch.as_tensor(mean).reshape(1, -1, 1, 1).cpu(), torch.as_tensor(std).reshape(1, -1, 1, 1).cpu())
     return ds.dataloaders(bs=64, after_item=item, after_batch=[IntToFloatTensor(), norm], device='cpu')
