@@ -29,7 +29,7 @@ from ..weights import Weights, find_weights
 from .paired import PAIRABLE
 from .recommend import Recommendation, recommendation_lines, fit_folder, RULES
 from .export import export_run
-from .validate import check_options, check_frontier_x, check_out, check_images, check_classes, check_folds, check_batch
+from .validate import check_options, check_frontier_x, check_out, check_images, split_counts, check_classes, check_folds, check_batch
 from .guard import RunFailure, free_memory
 from .cli import bmx_compare, refuse  # the console script, which loads no torch before it calls `run_command`
 _all_ = ['bmx_compare', 'refuse']
@@ -111,8 +111,9 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
     in_memory = False if from_disk else None  # None: decoded once if they fit (`fits_in_memory`, one channel where all are grey)
     dls, rec = load_source(src, bs=bs, size=size, seed=seeds[0], split_seed=split_seed, in_memory=in_memory)
     if kind in ('folder', 'csv'): in_memory = hasattr(dls.train.dataset.tls[0].fs[0], 'images')  # `IndexedImage`: decoded once; every run does the same
-    check_classes(dls, rec)
-    check_folds(dls, rec, folds)
+    counts = split_counts(dls, rec)  # the labels of valid and test, read once for the checks
+    check_classes(rec, counts)
+    check_folds(rec, counts, folds)
     monitor = check_monitor(monitor or rec.monitor)
     if rule not in RULES: raise ValueError(f"--rule {rule}: use one of {list(RULES)}.")
     if select is not None and select not in [m for m in rec.metrics if m in PAIRABLE]:

@@ -15,7 +15,7 @@ from .methods import expand_methods  # the registry loads no torch; the checks o
 
 # %% auto #0
 __all__ = ['check_options', 'check_out', 'check_batch', 'check_frontier_x', 'check_command', 'check_images', 'count_files',
-           'check_classes', 'check_folds']
+           'split_counts', 'check_classes', 'check_folds']
 
 # %% ../../nbs/app/11_validate.ipynb #0aabd18c
 def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -133,29 +133,35 @@ def count_files(data:str) -> int:
     from fastai_bmx.app.sources import read_source
     return len(read_source(data).files)
 
+# %% ../../nbs/app/11_validate.ipynb #017f456c
+def split_counts(dls, # the `DataLoaders` of a source: train, valid and test
+                 rec, # its `RunRecord`, which holds the training counts
+                ) -> dict:
+    "Images per class of the valid and test splits, `{'valid': counts, 'test': counts}`: their labels read once, for every check"
+    from fastai_bmx.sampling import get_labels
+    return {name: np.bincount(get_labels(dl), minlength=len(rec.classes)) for name, dl in zip(('valid', 'test'), dls.loaders[1:])}
+
 # %% ../../nbs/app/11_validate.ipynb #ee289b00
-def check_classes(dls, # the `DataLoaders` of a source, with its test loader
-                  rec, # its `RunRecord`
+def check_classes(rec, # the `RunRecord` of a source: its training counts
+                  counts:dict, # images per class of its other splits, `split_counts(dls, rec)`
                  ):
     "Raise unless training has two classes or more and every class in valid and test has training images"
-    from fastai_bmx.sampling import get_labels
     trained = set(np.flatnonzero(np.asarray(rec.counts) > 0).tolist())
     if len(trained) < 2:
         raise ValueError(f"Training has images of {len(trained)} class only ({[rec.classes[i] for i in trained]}): a classifier needs two or more.")
-    for name, dl in zip(('valid', 'test'), dls.loaders[1:]):
-        unseen = sorted(set(get_labels(dl).tolist()) - trained)
+    for name, n in counts.items():
+        unseen = sorted(set(np.flatnonzero(n).tolist()) - trained)
         if unseen:
             raise ValueError(f"The {name} split has images of class {', '.join(rec.classes[i] for i in unseen)}, which training never sees: "
                              f"move some of them into training, or leave that class out of {name}.")
 
-def check_folds(dls, # the `DataLoaders` of the data's own split
-                rec, # its `RunRecord`
+def check_folds(rec, # the `RunRecord` of the data's own split: its training counts
+                counts:dict, # images per class of its other splits, `split_counts(dls, rec)`
                 folds:int, # the number of folds k (0: none)
                ):
     "Raise unless every class has at least `folds` images in train and valid together"
     if not folds: return
-    from fastai_bmx.sampling import get_labels
-    pool = np.asarray(rec.counts) + np.bincount(get_labels(dls.valid), minlength=len(rec.classes))
+    pool = np.asarray(rec.counts) + counts['valid']
     few = {c: int(n) for c, n in zip(rec.classes, pool) if 0 < n < folds}
     if few:
         least = min(few.values())
