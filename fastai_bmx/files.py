@@ -144,9 +144,8 @@ class MedicalImage(PILImage):
                window:tuple|str|None=None, # `read_pixels`'s window, for grey images
                size:int|None=None, # the side of the square a file's image is resized to (`_square`); None: as it comes
                **kwargs):
-        "The image at `fn` through `read_pixels` (resized to `size` as fastai's validation `Resize`); anything other than a path as `PILImage.create` takes it"
-        if not isinstance(fn, (str, Path)): return super().create(fn, **kwargs)
-        im = Image.fromarray(read_pixels(fn, window))
+        "The image at `fn` through `read_pixels`, or anything else as `PILImage.create` takes it; resized to `size` as fastai's validation `Resize`"
+        im = Image.fromarray(read_pixels(fn, window)) if isinstance(fn, (str, Path)) else super().create(fn, **kwargs)
         return cls((im if size is None else _square(im, size)).convert('RGB'))
 
 # %% ../nbs/08_files.ipynb #1b629c0b
