@@ -126,3 +126,17 @@ def test_without_ray_compare_refuses_before_anything_is_written(tmp_path, monkey
     monkeypatch.setitem(sys.modules, 'ray', None)
     with pytest.raises(ImportError, match=r'pip install "fastai_bmx\[ray\]"'): compare('digits', tmp_path/'cmp', executor='ray', **TINY)
     assert not (tmp_path/'cmp').exists()
+
+
+def test_cli_executor_ray_runs_and_resumes(tmp_path):
+    exe, out = str(Path(sys.executable).parent/'bmx-compare'), tmp_path/'cmp'
+    cmd = [exe, '--out', str(out), '--methods', 'instance', '--seeds', '0', '--epochs', '1', '--arch', 'resnet10t', '--bs', '32',
+           '--quiet', '--executor', 'ray', '--cpus-per-run', '1', '--max-retries', '1']
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # a local Ray of its own, started for the command
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'instance_seed0: test mcc ' in r.stdout and '| instance |' in r.stdout, r.stdout[-3000:]
+    fct.test_eq(list(pd.read_csv(out/'results.csv').run), ['instance_seed0'])
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and '1 runs already done, 0 to go' in r.stdout, r.stdout[-3000:]
+    r = subprocess.run([exe, '--out', str(out), '--cpus-per-run', '1'], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and '--cpus-per-run: only with --executor ray' in r.stderr, r.stderr
