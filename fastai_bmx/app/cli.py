@@ -10,7 +10,7 @@ import sys, time, warnings
 from typing import Annotated
 from fastcore.script import call_parse
 from .methods import METHODS, FRONTIER_GRIDS
-from .validate import check_options, check_command
+from .validate import check_options, check_command, check_executor
 from ..checks import check_window
 # torch deprecates `torch.jit.script`, which fastai.layers calls at import: keep that notice out of the commands' output
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
@@ -34,7 +34,7 @@ _ALPHAS_HELP,_TAUS_HELP,_QS_HELP = (_grid_help(k)[:-1] + _FRONTIER_HELP(k) for k
 def refuse(e:Exception):
     "Print the one line of an input error to stderr and exit with status 2"
     msg = ' '.join(str(e).split()) or type(e).__name__
-    if not isinstance(e, (ValueError, TypeError, OSError, KeyError)): msg = f"unexpected {type(e).__name__} while checking the input: {msg}"
+    if not isinstance(e, (ValueError, TypeError, OSError, KeyError, ImportError)): msg = f"unexpected {type(e).__name__} while checking the input: {msg}"
     print(f"bmx-compare: {msg} (--debug shows the traceback)", file=sys.stderr)
     sys.exit(2)
 
@@ -82,6 +82,11 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
                 rule:Annotated[str, {'choices': ['best', 'one-se', 'evidence']}]='best', # how the recommendation may leave the reference: best (the best validation mean), one-se or evidence (only a setting that validation shows better)
                 export:bool=False, # write OUT/recommended.pkl: the recommended setting as a fastai Learner.export
                 no_retry:bool=False, # leave the runs that failed or diverged before as they are (default: train them again)
+                executor:Annotated[str, {'choices': ['serial', 'ray']}]='serial', # serial: one run after the other, here; ray: as Ray tasks, over every GPU and machine (pip install "fastai_bmx[ray]")
+                address:str=None, # with --executor ray: a running Ray cluster (auto, or its address); default: a local Ray started for the command
+                gpus_per_run:float=None, # with --executor ray: GPUs per run (default: 1 where Ray sees GPUs, else 0)
+                cpus_per_run:float=None, # with --executor ray: CPUs per run, and its torch threads (default: 1, or with GPUs the CPUs shared among them)
+                max_retries:int=2, # with --executor ray: how often a run whose worker died (killed, out of memory) is tried again before it is recorded as failed
                 debug:bool=False, # show the traceback of an error in the input or in a run (which then stops the sweep), not just its one line
                ):
     "Compare Balanced-MixUp with the usual fixes for class imbalance on one dataset: a paper-style table and plots"
@@ -94,12 +99,14 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
                     keep_models=keep_models, show_bar=not quiet, reference=reference, precision=precision,
                     frontier=frontier, qs=qs, frontier_x=frontier_x, select=select, rule=rule, retry=not no_retry)
         check_options(threads=threads)
+        ray = dict(address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, max_retries=max_retries)
+        check_executor(executor, **ray)  # before the other checks: a missing Ray is the one thing to install first
         check_command(**args)  # what needs neither torch nor the data, so that a refusal answers at once
     except Exception as e:
         if debug: raise
         refuse(e)
     from fastai_bmx.app.compare import run_command  # torch, fastai and the training code load here
-    run_command(args, threads=threads, export=export, debug=debug, t0=t0)
+    run_command(args, threads=threads, export=export, debug=debug, t0=t0, executor=ray if executor == 'ray' else None)
 
 # %% ../../nbs/app/14_cli.ipynb #1c1a9357
 @call_parse

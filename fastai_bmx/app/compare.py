@@ -31,6 +31,7 @@ from .recommend import Recommendation, recommendation_lines, fit_folder, RULES
 from .export import export_run
 from .validate import check_options, check_frontier_x, check_out, check_images, split_counts, check_classes, check_folds, check_batch
 from .guard import RunFailure, free_memory
+from .executors import RayExecutor, get_executor, recover_runs, run_line
 from .cli import bmx_compare, refuse  # the console script, which loads no torch before it calls `run_command`
 _all_ = ['bmx_compare', 'refuse']
 
@@ -142,25 +143,11 @@ def _train_run(plan:Plan, m:str, s:int, f:int|None, run:str) -> tuple:
     row, preds = train_eval(dls, run_rec, m, path=plan.folder.path, fname=run, **plan.train_kw)
     return row, plan.folder.add_run(dict(run=run, seed=s, fold=f, **row), **preds)
 
-def run_plan(plan:Plan, # a checked comparison, from `plan_compare`
-             debug:bool=False, # let a run's error stop the sweep with its traceback, instead of recording it and going on
-            ) -> pd.DataFrame:
-    "Train and test every run of `plan` not yet in its folder, recording each as it ends (or as failed or diverged), then write the table and plots"
-    folder = plan.folder
-    with folder.lock():  # processes sharing `out` write its files in turn
-        folder.save_settings(plan.settings)
-        folder.save_record(plan.rec)
-        repaired = folder.repair()
-    if repaired: print(repaired, flush=True)
-    runs = {run_name(m, s, f): (m, s, f) for s in plan.seeds for f in (range(plan.folds) if plan.folds else [None]) for m in plan.names}
-    done, failed = folder.done(),folder.failures()
-    todo = [r for r in runs if r not in done and (plan.retry or r not in failed)]
-    if done or failed:
-        print(f"{folder.path.name}: {len(done)} runs already done, {len(todo)} to go" + (
-              f" ({sum(r in failed for r in todo)} that gave no result before, trained again)" if plan.retry and any(r in failed for r in todo) else
-              f" ({sum(r in failed and r not in done for r in runs)} that gave no result before, skipped: --no-retry)" if not plan.retry and failed else ''))
-    for run in progress_bar(todo, display=bool(todo)):
-        (m, s, f), lr = runs[run],plan.train_kw['lr']
+def _run_here(plan:Plan, todo:dict, debug:bool=False):
+    "Train the runs of `todo` (run name -> (method, seed, fold)) one after the other in this process, recording and printing each as it ends"
+    folder, lr = plan.folder, plan.train_kw['lr']
+    for run in progress_bar(list(todo), display=bool(todo)):
+        m, s, f = todo[run]
         if not folder.claim(run): continue  # another process sharing `out` has done it, or is training it
         try: row, recorded = _train_run(plan, m, s, f, run)
         except Exception as e:  # Ctrl-C (KeyboardInterrupt) is no Exception: it still stops everything
@@ -170,10 +157,29 @@ def run_plan(plan:Plan, # a checked comparison, from `plan_compare`
             print(failure.line(lr), flush=True)
             free_memory(); continue
         finally: folder.release(run)
-        if not recorded:
-            print(f"{run}: another process sharing {folder.path.name} finished it first; its result is kept", flush=True); continue
-        print(f"{run}: test {plan.train_kw['monitor']} {100*row[plan.train_kw['monitor']]:.2f}, best epoch {row['best_epoch']}, "
-              f"{row['train_s']:.0f} s", flush=True)
+        print(run_line(plan, run, row) if recorded else f"{run}: another process sharing {folder.path.name} finished it first; its result is kept", flush=True)
+
+def run_plan(plan:Plan, # a checked comparison, from `plan_compare`
+             debug:bool=False, # let a run's error stop the sweep with its traceback, instead of recording it and going on
+             executor:RayExecutor|None=None, # trains the runs as Ray tasks (see `get_executor`); None: one after the other, here
+            ) -> pd.DataFrame:
+    "Train and test every run of `plan` not yet in its folder, recording each as it ends (or as failed or diverged), then write the table and plots"
+    folder = plan.folder
+    with folder.lock():  # processes sharing `out` write its files in turn
+        folder.save_settings(plan.settings)
+        folder.save_record(plan.rec)
+        repaired = folder.repair()
+    if repaired: print(repaired, flush=True)
+    recovered = recover_runs(folder)  # runs whose worker wrote their files, but whose driver stopped before recording them
+    if recovered: print(recovered, flush=True)
+    runs = {run_name(m, s, f): (m, s, f) for s in plan.seeds for f in (range(plan.folds) if plan.folds else [None]) for m in plan.names}
+    done, failed = folder.done(),folder.failures()
+    todo = [r for r in runs if r not in done and (plan.retry or r not in failed)]
+    if done or failed:
+        print(f"{folder.path.name}: {len(done)} runs already done, {len(todo)} to go" + (
+              f" ({sum(r in failed for r in todo)} that gave no result before, trained again)" if plan.retry and any(r in failed for r in todo) else
+              f" ({sum(r in failed and r not in done for r in runs)} that gave no result before, skipped: --no-retry)" if not plan.retry and failed else ''))
+    (_run_here if executor is None else executor.run)(plan, {r: runs[r] for r in todo}, debug)
     fails = folder.failures()
     plan.failures = [fails[r] for r in runs if r in fails]
     with folder.lock():
@@ -190,10 +196,12 @@ def run_plan(plan:Plan, # a checked comparison, from `plan_compare`
 @delegates(plan_compare)
 def compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder of images or a CSV of paths and labels
             out:str|Path='bmx_compare', # output folder (created; an existing one is resumed)
+            executor:str|RayExecutor='serial', # 'serial': one run after the other, here; 'ray', or a `RayExecutor`: as Ray tasks
             **kwargs, # the other arguments of `plan_compare`
            ) -> pd.DataFrame:
     "Check the input, then train and test every method × seed (× fold) not yet in `out/results.csv`, and write the table and plots"
-    return run_plan(plan_compare(data, out, **kwargs))
+    executor = get_executor(executor)  # 'ray' without Ray is refused before anything else
+    return run_plan(plan_compare(data, out, **kwargs), executor=executor)
 
 # %% ../../nbs/app/13_compare.ipynb #9a6c7a1e
 def run_command(args:dict, # the arguments of `plan_compare`, `data` and `out` among them, as `bmx_compare` read them
@@ -201,6 +209,7 @@ def run_command(args:dict, # the arguments of `plan_compare`, `data` and `out` a
                 export:bool=False, # write OUT/recommended.pkl: the recommended setting as a fastai Learner.export
                 debug:bool=False, # show the traceback of an error in the input or in a run, not just its one line
                 t0:float|None=None, # when the command started (`time.time()`); None: now
+                executor:dict|None=None, # with --executor ray: the arguments of `RayExecutor`; None: the runs one after the other, here
                ):
     "Plan the comparison of `args` (refusing bad input in one line), run it, and print its table, verdicts and recommendation"
     t0 = time.time() if t0 is None else t0
@@ -213,7 +222,7 @@ def run_command(args:dict, # the arguments of `plan_compare`, `data` and `out` a
     if plan.weights: print(f"{plan.settings['arch']}: fine-tuning the weights of {plan.weights.source}: {plan.settings['freeze_epochs']} "
                            f"epoch(s) of the head, body frozen, then {plan.settings['epochs']} of every layer", flush=True)
     if plan.loading: print(f"{Path(data).name}: {plan.loading}", flush=True)
-    tbl = run_plan(plan, debug=debug)
+    tbl = run_plan(plan, debug=debug, executor=None if executor is None else RayExecutor(**executor))
     if not len(tbl): _end_failures(plan, out, t0)
     pr = paired_results(plan.folder, plan.train_kw['monitor'], plan.reference)
     verdicts = f"\n\nPaired against {plan.reference} (difference in points, 95% interval, verdict):\n\n{paired_markdown(pr)}" if len(pr) else ''

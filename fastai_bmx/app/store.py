@@ -110,14 +110,14 @@ class RunFolder:
 
     def done(self) -> set: return set(self.results()['run'])
 
-    def add_run(self, row:dict, probs, targs, **more) -> bool:
-        "Record a finished run's row and test predictions (and `more` arrays), unless a process sharing the folder recorded it first"
+    def add_run(self, row:dict, probs=None, targs=None, **more) -> bool:
+        "Record a finished run's row and test predictions (and `more` arrays; None: its worker wrote them), unless a process sharing the folder recorded it first"
         with self.lock():
             done = self.results()  # re-read under the lock: another process may have added rows
             if row['run'] in set(done['run']): return False  # the first result stands, so no run counts twice
             (self.path/'preds').mkdir(exist_ok=True)
-            np.savez_compressed(self.path/'preds'/f"{row['run']}.npz", probs=np.asarray(probs), targs=np.asarray(targs),
-                                **{k: np.asarray(v) for k, v in more.items()})
+            if probs is not None: np.savez_compressed(self.path/'preds'/f"{row['run']}.npz", probs=np.asarray(probs), targs=np.asarray(targs),
+                                                     **{k: np.asarray(v) for k, v in more.items()})
             self.write('results.csv', pd.concat([r for r in (done, pd.DataFrame([row])) if len(r)], ignore_index=True).to_csv(index=False))
             fails = self.failures()
             if fails.pop(row['run'], None): self._write_failures(fails)  # it gave a result this time

@@ -14,8 +14,8 @@ from ..checks import _finite_real, check_precision_name
 from .methods import expand_methods  # the registry loads no torch; the checks of the data import theirs when they run
 
 # %% auto #0
-__all__ = ['check_options', 'check_out', 'check_batch', 'check_frontier_x', 'check_command', 'check_images', 'count_files',
-           'split_counts', 'check_classes', 'check_folds']
+__all__ = ['check_options', 'check_out', 'check_batch', 'check_frontier_x', 'check_command', 'need_ray', 'check_executor',
+           'check_images', 'count_files', 'split_counts', 'check_classes', 'check_folds']
 
 # %% ../../nbs/app/11_validate.ipynb #0aabd18c
 def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -110,6 +110,32 @@ def check_command(out:str|Path='bmx_compare', # the output folder
     if reference is not None: return  # the reference is checked against the methods by `plan_compare`
     check_out(out)
     check_precision_name(precision)  # whether the machine can train in it needs torch: `plan_compare` checks it
+
+# %% ../../nbs/app/11_validate.ipynb #efc54a48
+def need_ray():
+    "The ray module, or a one-line error that names the extra"
+    try: import ray
+    except ImportError: raise ImportError('--executor ray needs Ray: pip install "fastai_bmx[ray]".') from None
+    return ray
+
+# %% ../../nbs/app/11_validate.ipynb #e9e04a90
+def check_executor(executor:str='serial', # 'serial' (one run after the other, here) or 'ray'
+                   address:str|None=None, # with 'ray': a running cluster ('auto' or its address); None: a local Ray
+                   gpus_per_run:float|None=None, # with 'ray': GPUs per run, or None
+                   cpus_per_run:float|None=None, # with 'ray': CPUs per run, or None
+                   max_retries:int=2, # with 'ray': retries of a run whose worker died
+                  ):
+    "Raise a clear error unless the executor's options are in range and, for 'ray', Ray is installed"
+    if executor not in ('serial', 'ray'): raise ValueError(f"--executor {executor!r}: use serial or ray.")
+    if executor == 'serial':
+        given = [f"--{k.replace('_', '-')}" for k, v in dict(address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run).items() if v is not None]
+        if given: raise ValueError(f"{' '.join(given)}: only with --executor ray.")
+        return
+    for flag, v in (('--gpus-per-run', gpus_per_run), ('--cpus-per-run', cpus_per_run)):
+        if v is not None and not (_finite_real(v) and v >= 0): raise ValueError(f"{flag} {v!r}: give a number >= 0, e.g. 1.")
+    if cpus_per_run == 0: raise ValueError("--cpus-per-run 0: a run needs a CPU for its torch threads: give at least 1.")
+    _check_int('--max-retries', max_retries, 0, 'how often a run whose worker died is tried again: an integer >= 0, e.g. 2')
+    need_ray()
 
 # %% ../../nbs/app/11_validate.ipynb #3a149a82
 def check_images(data, # a `Source`, or the path of one: a folder or a CSV ('digits' and `.npz` files hold arrays: nothing to check)

@@ -1,7 +1,9 @@
 """Methods that go wrong on purpose, registered for the tests of a sweep that survives its runs' failures.
 
 Imported by a `sitecustomize.py` that the tests put on PYTHONPATH, so that `bmx-compare`, run as a user runs it, knows
-them too. Never imported by the library."""
+them too, and by the setup hook of the Ray workers of tests/app/test_ray.py. Never imported by the library."""
+import os, signal
+from pathlib import Path
 from fastai.callback.core import Callback
 from fastai.losses import CrossEntropyLossFlat
 from fastai_bmx.app.methods import Method, register
@@ -35,3 +37,48 @@ class Raises(Method):
     "A run that raises an error in its first epoch, as a lost file or an out-of-memory error would"
     name, default = 'raises', False
     def cbs(self, rec): return [_RaiseMidEpoch()]
+
+
+class _CountTries(Callback):
+    "Append this process's pid to OUT/tries/METHOD as training starts: how often a run was tried, and by which process"
+    def __init__(self, method:str): self.method = method
+    def before_train(self):
+        if self.epoch: return  # once per try, not per epoch (and not for the predictions, which start no training)
+        d = Path(self.learn.path)/'tries'; d.mkdir(exist_ok=True)
+        with open(d/self.method, 'a') as f: f.write(f'{os.getpid()}\n')
+
+
+class _KillMidEpoch(Callback):
+    "SIGKILL this process at the third training batch, as the kernel's OOM killer or a lost node would; `once`: on the first try only"
+    def __init__(self, once:bool): self.once = once
+    def after_batch(self):
+        if not (self.training and self.iter == 2): return
+        mark = Path(self.learn.path)/'tries'/'.killed'
+        if self.once and mark.exists(): return
+        mark.touch(); os.kill(os.getpid(), signal.SIGKILL)
+
+
+@register
+class NanCounted(Method):
+    "`nanloss`, counting its tries: the run diverges"
+    name, default = 'nancounted', False
+    def loss_func(self, rec): return _NanAfter()
+    def cbs(self, rec): return [_CountTries(self.name)]
+
+
+@register
+class KilledOnce(Method):
+    "A run whose process is killed (SIGKILL) in its first try, and that trains in the next"
+    name, default = 'killedonce', False
+    def cbs(self, rec): return [_CountTries(self.name), _KillMidEpoch(once=True)]
+
+
+@register
+class Killed(Method):
+    "A run whose process is killed (SIGKILL) in every try"
+    name, default = 'killed', False
+    def cbs(self, rec): return [_CountTries(self.name), _KillMidEpoch(once=False)]
+
+
+def ray_worker_setup():
+    "The `worker_process_setup_hook` of the tests' Ray workers: importing this module registered the methods above"
