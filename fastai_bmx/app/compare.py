@@ -20,7 +20,7 @@ from .methods import expand_methods, method_order, FRONTIER_GRIDS
 from .sources import RunRecord, load_source, read_source
 from ..files import serving_line
 from .training import train_eval, get_arch, check_monitor
-from .store import RunFolder, run_name
+from .store import RunFolder, FolderInUse, run_name
 from .tables import to_markdown
 from .report import write_report, pick_reference, paired_results, paired_markdown
 from .frontier import frontier_families, write_frontier, front_table
@@ -137,7 +137,7 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
 
 # %% ../../nbs/app/13_compare.ipynb #f81ccdc7
 def _train_run(plan:Plan, m:str, s:int, f:int|None, run:str) -> tuple:
-    "Train and test one run of `plan`, and record it: `(row, recorded)`, False when a process sharing the folder recorded it first"
+    "Train and test one run of `plan`, and record it: `(row, recorded)`, False when the folder held it already"
     set_seed(s, reproducible=True)
     dls, run_rec = load_source(seed=s, fold=f, **plan.load_kw)
     row, preds = train_eval(dls, run_rec, m, path=plan.folder.path, fname=run, **plan.train_kw)
@@ -148,7 +148,6 @@ def _run_here(plan:Plan, todo:dict, debug:bool=False):
     folder, lr = plan.folder, plan.train_kw['lr']
     for run in progress_bar(list(todo), display=bool(todo)):
         m, s, f = todo[run]
-        if not folder.claim(run): continue  # another process sharing `out` has done it, or is training it
         try: row, recorded = _train_run(plan, m, s, f, run)
         except Exception as e:  # Ctrl-C (KeyboardInterrupt) is no Exception: it still stops everything
             if debug: raise
@@ -156,8 +155,7 @@ def _run_here(plan:Plan, todo:dict, debug:bool=False):
             folder.add_failure(failure)
             print(failure.line(lr), flush=True)
             free_memory(); continue
-        finally: folder.release(run)
-        print(run_line(plan, run, row) if recorded else f"{run}: another process sharing {folder.path.name} finished it first; its result is kept", flush=True)
+        print(run_line(plan, run, row) if recorded else f"{run}: recorded already; the first result is kept", flush=True)
 
 def run_plan(plan:Plan, # a checked comparison, from `plan_compare`
              debug:bool=False, # let a run's error stop the sweep with its traceback, instead of recording it and going on
@@ -165,32 +163,33 @@ def run_plan(plan:Plan, # a checked comparison, from `plan_compare`
             ) -> pd.DataFrame:
     "Train and test every run of `plan` not yet in its folder, recording each as it ends (or as failed or diverged), then write the table and plots"
     folder = plan.folder
-    with folder.lock():  # processes sharing `out` write its files in turn
-        folder.save_settings(plan.settings)
-        folder.save_record(plan.rec)
-        repaired = folder.repair()
-    if repaired: print(repaired, flush=True)
-    recovered = recover_runs(folder)  # runs whose worker wrote their files, but whose driver stopped before recording them
-    if recovered: print(recovered, flush=True)
-    runs = {run_name(m, s, f): (m, s, f) for s in plan.seeds for f in (range(plan.folds) if plan.folds else [None]) for m in plan.names}
-    done, failed = folder.done(),folder.failures()
-    todo = [r for r in runs if r not in done and (plan.retry or r not in failed)]
-    if done or failed:
-        print(f"{folder.path.name}: {len(done)} runs already done, {len(todo)} to go" + (
-              f" ({sum(r in failed for r in todo)} that gave no result before, trained again)" if plan.retry and any(r in failed for r in todo) else
-              f" ({sum(r in failed and r not in done for r in runs)} that gave no result before, skipped: --no-retry)" if not plan.retry and failed else ''))
-    (_run_here if executor is None else executor.run)(plan, {r: runs[r] for r in todo}, debug)
-    fails = folder.failures()
-    plan.failures = [fails[r] for r in runs if r in fails]
-    with folder.lock():
-        res = folder.results()
-        if not len(res): return res  # no run gave a result: nothing to tabulate
-        if plan.reference not in set(res['method']): plan.reference = None  # its runs all failed: pair against the first that ran
-        if plan.frontier: plan.points = write_frontier(folder.path, **plan.frontier)
-        tbl = write_report(folder.path, reference=plan.reference, select=plan.select, rule=plan.rule)
-        plan.recommendation = tbl.attrs['recommendation']  # chosen on validation by `write_report`
-        plan.reference = plan.reference or pick_reference(sorted(set(res['method']), key=method_order))
-        return tbl
+    with folder.driving():  # one command at a time trains into a folder: a second is refused (`FolderInUse`)
+        with folder.lock():  # `bmx-report` may write the folder too
+            folder.save_settings(plan.settings)
+            folder.save_record(plan.rec)
+            repaired = folder.repair()
+        if repaired: print(repaired, flush=True)
+        recovered = recover_runs(folder)  # runs whose worker wrote their files, but whose driver stopped before recording them
+        if recovered: print(recovered, flush=True)
+        runs = {run_name(m, s, f): (m, s, f) for s in plan.seeds for f in (range(plan.folds) if plan.folds else [None]) for m in plan.names}
+        done, failed = folder.done(),folder.failures()
+        todo = [r for r in runs if r not in done and (plan.retry or r not in failed)]
+        if done or failed:
+            print(f"{folder.path.name}: {len(done)} runs already done, {len(todo)} to go" + (
+                  f" ({sum(r in failed for r in todo)} that gave no result before, trained again)" if plan.retry and any(r in failed for r in todo) else
+                  f" ({sum(r in failed and r not in done for r in runs)} that gave no result before, skipped: --no-retry)" if not plan.retry and failed else ''))
+        (_run_here if executor is None else executor.run)(plan, {r: runs[r] for r in todo}, debug)
+        fails = folder.failures()
+        plan.failures = [fails[r] for r in runs if r in fails]
+        with folder.lock():
+            res = folder.results()
+            if not len(res): return res  # no run gave a result: nothing to tabulate
+            if plan.reference not in set(res['method']): plan.reference = None  # its runs all failed: pair against the first that ran
+            if plan.frontier: plan.points = write_frontier(folder.path, **plan.frontier)
+            tbl = write_report(folder.path, reference=plan.reference, select=plan.select, rule=plan.rule)
+            plan.recommendation = tbl.attrs['recommendation']  # chosen on validation by `write_report`
+            plan.reference = plan.reference or pick_reference(sorted(set(res['method']), key=method_order))
+            return tbl
 
 # %% ../../nbs/app/13_compare.ipynb #a6e8eb44
 @delegates(plan_compare)
@@ -214,7 +213,9 @@ def run_command(args:dict, # the arguments of `plan_compare`, `data` and `out` a
     "Plan the comparison of `args` (refusing bad input in one line), run it, and print its table, verdicts and recommendation"
     t0 = time.time() if t0 is None else t0
     data, out = args['data'], args['out']
-    try: plan = plan_compare(**args)
+    try:
+        RunFolder(out).check_free()  # a folder another command drives: refused before its data is read
+        plan = plan_compare(**args)
     except Exception as e:
         if debug: raise
         refuse(e)
@@ -222,7 +223,10 @@ def run_command(args:dict, # the arguments of `plan_compare`, `data` and `out` a
     if plan.weights: print(f"{plan.settings['arch']}: fine-tuning the weights of {plan.weights.source}: {plan.settings['freeze_epochs']} "
                            f"epoch(s) of the head, body frozen, then {plan.settings['epochs']} of every layer", flush=True)
     if plan.loading: print(f"{Path(data).name}: {plan.loading}", flush=True)
-    tbl = run_plan(plan, debug=debug, executor=None if executor is None else RayExecutor(**executor))
+    try: tbl = run_plan(plan, debug=debug, executor=None if executor is None else RayExecutor(**executor))
+    except FolderInUse as e:  # another command took the folder meanwhile
+        if debug: raise
+        refuse(e)
     if not len(tbl): _end_failures(plan, out, t0)
     pr = paired_results(plan.folder, plan.train_kw['monitor'], plan.reference)
     verdicts = f"\n\nPaired against {plan.reference} (difference in points, 95% interval, verdict):\n\n{paired_markdown(pr)}" if len(pr) else ''

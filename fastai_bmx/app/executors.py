@@ -67,7 +67,7 @@ def train_spec(spec:dict, # from `run_spec`
     try:
         set_seed(s, reproducible=True)
         dls, rec = load_source(seed=s, fold=f, **spec['load_kw'])
-        dls.to(spec.get('device') or 'cpu')
+        dls.to('cuda' if spec.get('device') == 'cuda' and torch.cuda.is_available() else 'cpu')  # Ray's GPU: `cuda`, not `cuda:N`
         row, preds = train_eval(dls, rec, m, path=spec['path'], fname=run, **spec['train_kw'])
         row = dict(run=run, seed=s, fold=f, **row)
         write_run(spec['path'], row, **preds)
@@ -123,14 +123,12 @@ def run(self:RayExecutor, plan, # a checked comparison, from `plan_compare`
     ray = need_ray()
     started = not ray.is_initialized()
     if started: ray.init(address=self.address, include_dashboard=False, log_to_driver=False, logging_level='ERROR')
-    folder, claimed = plan.folder, []
+    folder = plan.folder
     try:
         cpus, gpus = self.resources(ray)
         task = ray.remote(train_spec).options(num_cpus=cpus, num_gpus=gpus, max_retries=self.max_retries, retry_exceptions=False)
         refs = {}
         for run, (m, s, f) in todo.items():
-            if not folder.claim(run): continue  # another process sharing `out` has done it, or is training it
-            claimed.append(run)
             spec = run_spec(plan, m, s, f, threads=max(1, int(cpus)))
             refs[task.remote({**spec, 'device': 'cuda' if gpus else 'cpu'})] = run
         for ref in progress_bar(_as_done(ray, list(refs)), total=len(refs), display=bool(refs)):
@@ -139,7 +137,6 @@ def run(self:RayExecutor, plan, # a checked comparison, from `plan_compare`
             except ray.exceptions.RayError as e: out = dict(failure=_died(run, *todo[run], e, self.max_retries + 1).to_dict())
             record(plan, run, out, debug)
     finally:
-        for run in claimed: folder.release(run)
         if started: ray.shutdown()
 
 def _as_done(ray, refs:list):
@@ -164,7 +161,7 @@ def record(plan, # the comparison
     row = out['row']
     recorded = folder.add_run(row)
     (folder.path/'preds'/f'{run}.row.json').unlink(missing_ok=True)
-    if not recorded: print(f"{run}: another process sharing {folder.path.name} finished it first; its result is kept", flush=True)
+    if not recorded: print(f"{run}: recorded already; the first result is kept", flush=True)
     else: print(run_line(plan, run, row), flush=True)
 
 # %% ../../nbs/app/13a_executors.ipynb #8322efb9

@@ -6,7 +6,7 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/app/store.html.md"""
 
 # %% ../../nbs/app/04_store.ipynb #e8a01b65
 from __future__ import annotations
-import csv, io, json, math, os, socket, time
+import csv, io, json, math, os, shutil, socket, time
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -17,7 +17,7 @@ from ..metrics import PAPER_METRICS
 from .guard import RunFailure
 
 # %% auto #0
-__all__ = ['TABLE_KEYS', 'run_name', 'RunFolder', 'row_problem', 'read_table']
+__all__ = ['TABLE_KEYS', 'run_name', 'FolderInUse', 'RunFolder', 'row_problem', 'read_table']
 
 # %% ../../nbs/app/04_store.ipynb #abcc7d59
 def run_name(method:str, # a run name of a method, e.g. 'bmx-0.2'
@@ -30,15 +30,8 @@ def run_name(method:str, # a run name of a method, e.g. 'bmx-0.2'
 # %% ../../nbs/app/04_store.ipynb #f00bf8ba
 _NEW_SETTINGS = {'split_seed': 0, 'precision': 'fp32', 'files': 'disk'}  # settings added since folders were first written, with the value older folders used
 
-def _alive(claim:str) -> bool:
-    "Whether the process of a claim ('host pid') may still run: yes on another host, where it can't be checked"
-    host, _, pid = claim.strip().rpartition(' ')
-    if not pid.isdigit(): return False  # a damaged claim file: nobody holds it
-    if host != socket.gethostname(): return True
-    try: os.kill(int(pid), 0)
-    except ProcessLookupError: return False
-    except PermissionError: pass  # alive, under another user
-    return True
+class FolderInUse(BlockingIOError):
+    "Another command drives the output folder: one command at a time trains into a folder"
 
 # %% ../../nbs/app/04_store.ipynb #9c978601
 class RunFolder:
@@ -123,16 +116,38 @@ class RunFolder:
             if fails.pop(row['run'], None): self._write_failures(fails)  # it gave a result this time
         return True
 
-    def claim(self, run:str) -> bool:
-        "Mark `run` as being trained by this process; False if it is recorded, or claimed by a live process sharing the folder"
-        with self.lock():
-            if run in self.done(): return False
-            f,me = self.path/'.claims'/run,f'{socket.gethostname()} {os.getpid()}'
-            if f.exists() and f.read_text() != me and _alive(f.read_text()): return False
-            f.parent.mkdir(exist_ok=True); f.write_text(me)
-        return True
+    @contextmanager
+    def driving(self):
+        "Hold the folder for this command: a second command on it is refused (`FolderInUse`) naming the one that holds it"
+        self.path.mkdir(parents=True, exist_ok=True)
+        try: import fcntl
+        except ImportError: yield; return
+        with open(self.path/'.driver', 'a+') as f:  # the kernel lets go of the lock when the process ends, even killed
+            try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0); raise self._in_use(f.read()) from None
+            f.seek(0); f.truncate()
+            f.write(f"the bmx-compare of pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"); f.flush()
+            shutil.rmtree(self.path/'.claims', ignore_errors=True)  # what older versions left to share a folder run by run
+            try: yield
+            finally: fcntl.flock(f, fcntl.LOCK_UN)
 
-    def release(self, run:str): (self.path/'.claims'/run).unlink(missing_ok=True)
+    def check_free(self):
+        "Raise `FolderInUse` if a command drives the folder now; a look that writes nothing"
+        try: import fcntl
+        except ImportError: return
+        try: f = open(self.path/'.driver')
+        except OSError: return  # no folder, or none driven yet (`check_out` speaks of a bad --out)
+        with f:
+            try: fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError: raise self._in_use(f.read()) from None
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _in_use(self, who:str) -> FolderInUse:
+        "The error of a second command on the folder, naming `who` holds it"
+        return FolderInUse(f"{self.path} is in use by {who.strip() or 'another command'}: one command trains into a folder at a "
+                           "time. Wait for it to end (or stop it), then run yours to resume; to spread runs over several CPUs, "
+                           "GPUs or machines, use one command with --executor ray.")
 
     def preds(self, run:str, split:str='test') -> tuple|None:
         "`(probs, targs)` of a recorded run's 'test' or 'valid' predictions (None where the run didn't save them)"

@@ -80,5 +80,20 @@ class Killed(Method):
     def cbs(self, rec): return [_CountTries(self.name), _KillMidEpoch(once=False)]
 
 
+class _RecordDevices(Callback):
+    "Append the GPUs Ray gave this process (CUDA_VISIBLE_DEVICES) and the model's device to OUT/devices, a line a run"
+    def before_train(self):
+        if self.epoch: return
+        with open(Path(self.learn.path)/'devices', 'a') as f:
+            f.write(f"{os.environ.get('CUDA_VISIBLE_DEVICES')} {next(self.learn.model.parameters()).device.type}\n")
+
+
+@register
+class SeesDevices(Method):
+    "Instance sampling, recording which GPUs its run was given and where its model trained"
+    name, default = 'seesdevices', False
+    def cbs(self, rec): return [_RecordDevices()]
+
+
 def ray_worker_setup():
     "The `worker_process_setup_hook` of the tests' Ray workers: importing this module registered the methods above"

@@ -1,5 +1,5 @@
 "`bmx-compare`: the CLI end to end on the built-in digits, resuming, folds, image folders and bad input"
-import json, subprocess, sys, warnings
+import json, socket, subprocess, sys, time, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 import fastcore.test as fct
@@ -252,21 +252,25 @@ def test_folds_depend_on_the_split_seed_not_the_training_seed(tmp_path):
     fct.test_eq(valid_mask(labels, fold=1, k=3), valid_mask((labels == 'rare').astype(int), fold=1, k=3))
 
 
-def test_processes_sharing_a_folder_split_the_runs(tmp_path):
-    "Two processes given the same runs on one folder: each run is claimed and trained once, and both do some"
+def test_a_second_command_on_a_folder_is_refused_and_the_first_finishes(tmp_path):
+    "One command at a time trains into a folder: a second is refused in one line naming the first, which goes on; then it resumes"
     out, exe = tmp_path/'cmp', str(Path(sys.executable).parent/'bmx-compare')
-    cmd = [exe, '--out', str(out), '--methods', 'instance', 'focal', 'cb', 'la', '--seeds', '0', '--epochs', '1',
+    cmd = [exe, '--out', str(out), '--methods', 'instance', 'focal', '--seeds', '0', '--epochs', '1',
            '--arch', 'resnet10t', '--bs', '32', '--quiet', '--threads', '1']
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    trained = []
-    for p in procs:
-        stdout, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
-        trained.append([l.split(':')[0] for l in stdout.splitlines() if ': test mcc' in l])
-    assert all(trained), trained  # both processes worked
-    fct.test_eq(sorted(trained[0] + trained[1]), ['cb_seed0', 'focal_seed0', 'instance_seed0', 'la-1_seed0'])  # once each
-    fct.test_eq(sorted(pd.read_csv(out/'results.csv').run), ['cb_seed0', 'focal_seed0', 'instance_seed0', 'la-1_seed0'])
-    assert not list((out/'.claims').iterdir())  # every claim released
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not ((out/'.driver').exists() and f'pid {first.pid} ' in (out/'.driver').read_text()):  # it holds the folder
+        assert first.poll() is None and time.time() < deadline, first.communicate()
+        time.sleep(0.2)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2, second.stderr[-2000:]
+    line, = second.stderr.strip().splitlines()
+    assert f'is in use by the bmx-compare of pid {first.pid} on {socket.gethostname()}' in line and '--executor ray' in line, line
+    stdout, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    fct.test_eq(sorted(pd.read_csv(out/'results.csv').run), ['focal_seed0', 'instance_seed0'])  # the first went on, unharmed
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # free again: it resumes, with nothing to train
+    assert again.returncode == 0 and '2 runs already done, 0 to go' in again.stdout, again.stderr[-2000:]
 
 
 def test_a_seed_gives_every_method_the_same_start_and_batches(tmp_path, monkeypatch):

@@ -207,12 +207,13 @@ def test_plan_compare_accepts_or_names_the_option(tmp_path_factory, opts):
     fct.test_eq(sorted(root.rglob('*')), before)  # nothing written, accepted or refused
 
 
-def test_damaged_claims_and_failures_files_are_taken_over(tmp_path):
+def test_an_older_folders_claims_and_a_damaged_failures_file_are_taken_over(tmp_path):
     out = tmp_path/'cmp'
     (out/'.claims').mkdir(parents=True)
-    (out/'.claims'/'instance_seed0').write_text('\x00\x00')  # a claim torn by a crash: nobody holds it
+    (out/'.claims'/'instance_seed0').write_text('another-host 1')  # an older version's claim, of a host that can't be checked
     (out/'failures.json').write_text('{"instance_seed0": {"run": "inst')  # torn too
     compare('digits', out, methods=['instance'], seeds=[0], epochs=1, arch='resnet10t', bs=32, show_bar=False)
     fct.test_eq(list(pd.read_csv(out/'results.csv').run), ['instance_seed0'])
+    assert not (out/'.claims').exists()  # one command drives a folder now: claims are gone
     assert (out/'failures.json.damaged').read_text().startswith('{"instance_seed0"')  # put aside, not dropped
     assert not (out/'failures.json').exists()

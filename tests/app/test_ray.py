@@ -1,5 +1,5 @@
 "`--executor ray`: the runs of a comparison as Ray tasks on one local cluster, the same results as the serial loop, failures and dead workers recorded"
-import json, os, subprocess, sys, warnings
+import json, os, signal, subprocess, sys, time, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 import fastcore.test as fct
@@ -17,9 +17,9 @@ HERE = Path(__file__).parent
 
 @pytest.fixture(scope='module', autouse=True)
 def cluster():
-    "One local Ray cluster for the module, whose workers import the tests' failing methods"
+    "One local Ray cluster for the module, 2 CPUs and 2 logical GPUs, whose workers import the tests' failing methods"
     path = os.pathsep.join([str(HERE), os.environ.get('PYTHONPATH', '')])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level='ERROR',
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, logging_level='ERROR',
              runtime_env={'env_vars': {'PYTHONPATH': path}, 'worker_process_setup_hook': 'failing_methods.ray_worker_setup'})
     yield
     ray.shutdown()
@@ -86,6 +86,31 @@ def test_with_no_retries_a_killed_run_is_recorded_as_failed_and_the_sweep_goes_o
     assert f.status == 'failed' and 'its worker died on each of 1 tries' in f.message, f
     assert 'killed_seed0: failed with ' in said and 'instance_seed0: test mcc' in said, said
     assert not (out/'models').exists() or not list((out/'models').glob('killed*'))  # the dead worker's checkpoint is gone
+
+
+def test_logical_gpus_one_per_run_two_runs_at_a_time_each_training_on_the_cpu_here(tmp_path):
+    out = tmp_path/'cmp'
+    compare('digits', out, methods=['seesdevices'], seeds=[0, 1], executor=RayExecutor(gpus_per_run=1, cpus_per_run=1), **TINY)
+    seen = sorted((out/'devices').read_text().split('\n')[:-1])
+    fct.test_eq(seen, ['0 cpu', '1 cpu'])  # a GPU each, the two at once; no CUDA here, so each model trained on the CPU
+    fct.test_eq(sorted(pd.read_csv(out/'results.csv').run), ['seesdevices_seed0', 'seesdevices_seed1'])
+
+
+def test_a_command_killed_after_some_runs_resumes_with_every_run_recorded_once(tmp_path):
+    exe, out = str(Path(sys.executable).parent/'bmx-compare'), tmp_path/'cmp'
+    cmd = [exe, '--out', str(out), '--methods', 'instance', 'sqrt', 'cb', '--seeds', '0', '--epochs', '1', '--arch', 'resnet10t',
+           '--bs', '32', '--quiet', '--executor', 'ray', '--cpus-per-run', '1']
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out/'results.csv').exists():  # killed once it has recorded a run, with others under way
+        assert first.poll() is None and time.time() < deadline, first.communicate()[1][-3000:]
+        time.sleep(0.1)
+    os.kill(first.pid, signal.SIGKILL); first.wait()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # the same command
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = pd.read_csv(out/'results.csv')
+    fct.test_eq(sorted(res.run), ['cb_seed0', 'instance_seed0', 'sqrt_seed0'])  # every run, once
+    assert 'already done' in r.stdout, r.stdout[-3000:]
 
 
 def test_a_run_finished_but_not_recorded_is_recovered(tmp_path, monkeypatch, capsys):
