@@ -45,7 +45,7 @@ class RunFolder:
 
     @contextmanager
     def lock(self):
-        "Hold the folder's exclusive lock (a no-op where `fcntl` doesn't exist), so processes sharing it take turns"
+        "Hold the folder's exclusive write lock (a no-op where `fcntl` doesn't exist), so the command and `bmx-report` write in turn"
         self.path.mkdir(parents=True, exist_ok=True)
         try: import fcntl
         except ImportError: yield; return
