@@ -6,14 +6,14 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/app/executors.html.md"""
 
 # %% ../../nbs/app/13a_executors.ipynb #10bdbeda
 from __future__ import annotations
-import json, os, warnings
+import json, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar
 from .guard import RunFailure, free_memory
-from .store import RunFolder
+from .store import RunFolder, _write_atomic  # the store's atomic write, for a worker's own files
 from .validate import need_ray, check_executor
 # torch deprecates `torch.jit.script`, which fastai.layers calls at import: keep that notice out of the CLI's output
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
@@ -36,12 +36,6 @@ def run_spec(plan, # a checked comparison, from `plan_compare`
                 threads=threads, load_kw={**plan.load_kw, 'data': data}, train_kw={**plan.train_kw, 'show_bar': False})
 
 # %% ../../nbs/app/13a_executors.ipynb #02fb33e7
-def _write_atomic(f:Path, write):
-    "Call `write(file object)` on a name of this process's own beside `f`, then rename it to `f`, so that `f` is whole or absent"
-    tmp = f.with_name(f'{f.name}.{os.getpid()}.tmp')
-    with open(tmp, 'wb') as fo: write(fo)
-    os.replace(tmp, f)
-
 def write_run(path:str|Path, # the output folder
               row:dict, # the run's row of results.csv
               probs, targs, # its test predictions and targets

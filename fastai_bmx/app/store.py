@@ -30,6 +30,12 @@ def run_name(method:str, # a run name of a method, e.g. 'bmx-0.2'
 # %% ../../nbs/app/04_store.ipynb #f00bf8ba
 _NEW_SETTINGS = {'split_seed': 0, 'precision': 'fp32', 'files': 'disk'}  # settings added since folders were first written, with the value older folders used
 
+def _write_atomic(f:Path, write):
+    "Call `write(file object)` on a name of this process's own beside `f`, then rename it to `f`, so that `f` is whole or absent"
+    tmp = f.with_name(f'{f.name}.{os.getpid()}.tmp')
+    with open(tmp, 'wb') as fo: write(fo)
+    os.replace(tmp, f)
+
 class FolderInUse(BlockingIOError):
     "Another command drives the output folder: one command at a time trains into a folder"
 
@@ -56,9 +62,7 @@ class RunFolder:
 
     def write(self, fname:str, text:str):
         "Write `text` to `fname` in the folder atomically (hold the lock when other processes may write it too)"
-        tmp = self.path/f'{fname}.{os.getpid()}.tmp'  # a name of this process's own
-        tmp.write_text(text)
-        os.replace(tmp, self.path/fname)
+        _write_atomic(self.path/fname, lambda fo: fo.write(text.encode()))
 
     def read_json(self, fname:str):
         "The JSON file `fname` of the folder, or a clear error if it is damaged"
