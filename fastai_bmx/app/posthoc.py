@@ -16,7 +16,7 @@ from ..calibration import fit_temperature, temperature_scale
 from ..threshold import tune_threshold, threshold_preds
 
 # %% auto #0
-__all__ = ['POSTHOC_TAUS', 'VARIANTS', 'PosthocFit', 'fit_posthoc', 'posthoc_predictions']
+__all__ = ['POSTHOC_TAUS', 'VARIANTS', 'PosthocFit', 'fit_posthoc', 'posthoc_predictions', 'crossfit_predictions']
 
 # %% ../../nbs/app/06_posthoc.ipynb #88a8f8e4
 POSTHOC_TAUS = (0., 0.25, 0.5, 0.75, 1., 1.5, 2.) # the τ values tried for post-hoc logit adjustment
@@ -39,6 +39,13 @@ def _metric_func(metric:str):
     if metric not in funcs: raise ValueError(f"metric={metric!r}: use one of {list(funcs)}.")
     return _closed_form(metric)  # the metric's values, from one confusion matrix: τ and the threshold try many
 
+def _fit_decisions(p, t, counts, func, taus) -> tuple:
+    "`(tau, threshold, positive)` tuned on the validation items `p, t`: all that a variant's decisions depend on"
+    tau = tune_tau(p, t, counts, func, taus)[0] if min(counts) > 0 else 0.  # no log prior for a class without training items
+    if p.shape[1] != 2: return float(tau), None, None
+    pos = int(np.argmin(counts))
+    return float(tau), tune_threshold(p, t, func, positive=pos)[0], pos
+
 def fit_posthoc(valid_probs, # validation probabilities `(N, C)` of one run
                 valid_targs, # validation class indices `(N,)`
                 counts, # training items per class
@@ -47,13 +54,9 @@ def fit_posthoc(valid_probs, # validation probabilities `(N, C)` of one run
                ) -> PosthocFit:
     "Fit post-hoc logit adjustment, temperature scaling and (two classes) a decision threshold on one run's validation predictions"
     p, t, func = as_np(valid_probs).astype(np.float64), as_np(valid_targs), _metric_func(metric)
-    tau = tune_tau(p, t, counts, func, taus)[0] if min(counts) > 0 else 0.  # no log prior for a class without training items
+    tau, th, pos = _fit_decisions(p, t, counts, func, taus)
     adjusted = posthoc_adjust(p, counts, tau).numpy() if tau else p
-    th, pos = None, None
-    if p.shape[1] == 2:
-        pos = int(np.argmin(counts))
-        th = tune_threshold(p, t, func, positive=pos)[0]
-    return PosthocFit(float(tau), fit_temperature(p, t), fit_temperature(adjusted, t), th, pos)
+    return PosthocFit(tau, fit_temperature(p, t), fit_temperature(adjusted, t), th, pos)
 
 # %% ../../nbs/app/06_posthoc.ipynb #b9c4954e
 def posthoc_predictions(probs, # test probabilities `(N, C)` of the run
@@ -74,3 +77,36 @@ def posthoc_predictions(probs, # test probabilities `(N, C)` of the run
         if fit.threshold is None: raise ValueError("variant 'threshold' needs a two-class run: its fit has no threshold.")
         return q, threshold_preds(p, fit.threshold, fit.positive)
     return q, q.argmax(1)
+
+# %% ../../nbs/app/06_posthoc.ipynb #195999cc
+def _crossfit_folds(targs:np.ndarray, folds:int) -> np.ndarray:
+    "Each item's fold: the items of each class dealt in turn into `folds` folds, so every fold holds its share of each class"
+    fold = np.empty(len(targs), dtype=np.int64)
+    for c in np.unique(targs):
+        ix = np.flatnonzero(targs == c)
+        fold[ix] = np.arange(len(ix)) % folds
+    return fold
+
+def crossfit_predictions(valid_probs, # validation probabilities `(N, C)` of one run
+                         valid_targs, # validation class indices `(N,)`
+                         counts, # training items per class
+                         metric:str='mcc', # the main metric, which τ and the threshold are tuned for
+                         variant:str='plain', # one of `VARIANTS`
+                         folds:int|np.ndarray=10, # how many class-stratified folds, or each item's fold: each fold is decided by a fit on the others
+                         taus=POSTHOC_TAUS, # the τ values tried
+                        ) -> np.ndarray:
+    "Class indices of `variant` on the validation items, each decided by τ or the threshold tuned on the other folds"
+    if variant not in VARIANTS: raise ValueError(f"variant={variant!r}: use one of {VARIANTS}.")
+    p, t, func = as_np(valid_probs).astype(np.float64), as_np(valid_targs), _metric_func(metric)
+    if np.ndim(folds) == 0 and folds < 2: raise ValueError(f"folds={folds}: use 2 or more, so that every item is decided by a fit on the others.")
+    fold = _crossfit_folds(t, int(folds)) if np.ndim(folds) == 0 else as_np(folds)
+    if len(fold) != len(t): raise ValueError(f"folds gives {len(fold)} items a fold, but there are {len(t)}: give one fold per validation item.")
+    if variant == 'threshold' and p.shape[1] != 2: raise ValueError("variant 'threshold' needs two classes.")
+    if variant == 'plain': return p.argmax(1)
+    out = np.empty(len(t), dtype=np.int64)
+    for k in np.unique(fold):
+        held = fold == k
+        fit_on = ~held if (~held).any() else held  # a single validation item: nothing else to tune on
+        tau, th, pos = _fit_decisions(p[fit_on], t[fit_on], counts, func, taus)
+        out[held] = posthoc_predictions(p[held], counts, PosthocFit(tau, 1., 1., th, pos), variant, calibrated=False)[1]
+    return out

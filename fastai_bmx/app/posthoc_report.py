@@ -121,8 +121,8 @@ def posthoc_sections(folder:RunFolder, # an output folder
     if r is not None:
         lines += ['## Recommendation', '', *recommendation_lines(r), '',
                   f"Candidates: every method as it trained, with post-hoc logit adjustment{', and with a tuned decision threshold' if len(folder.record.counts) == 2 else ''}; "
-                  f"each scored by its mean validation {r.metric} over runs (τ and thresholds are tuned on the same validation predictions, "
-                  "which flatters them a little). The test set played no part in the choice.", '']
+                  f"each scored by its mean validation {r.metric} over runs (a tuned one out of fold: each validation item decided by τ "
+                  "or the threshold tuned on the other nine tenths, so tuning doesn't flatter it). The test set played no part in the choice.", '']
         figs['reliability.png'] = recommended_reliability(folder, fits, r)
     cal = calibration_results(folder, fits)
     if len(cal):

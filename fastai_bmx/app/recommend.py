@@ -12,11 +12,12 @@ from ..metrics import PAPER_METRICS
 from ..bootstrap import _closed_form
 from .methods import method_order
 from .paired import paired_differences, paired_interval, verdict, PAIRABLE
-from .posthoc import VARIANTS, PosthocFit, fit_posthoc, posthoc_predictions
+from .posthoc import VARIANTS, PosthocFit, fit_posthoc, posthoc_predictions, crossfit_predictions
 from .store import RunFolder
 
 # %% auto #0
-__all__ = ['RULES', 'fit_folder', 'setting_name', 'candidate_scores', 'Recommendation', 'recommend', 'recommendation_lines']
+__all__ = ['RULES', 'fit_folder', 'setting_name', 'valid_decisions', 'candidate_scores', 'Recommendation', 'recommend',
+           'recommendation_lines']
 
 # %% ../../nbs/app/07_recommend.ipynb #a1a9c803
 def fit_folder(folder:RunFolder, # an output folder
@@ -33,19 +34,35 @@ def fit_folder(folder:RunFolder, # an output folder
 def setting_name(method:str, variant:str) -> str: return method if variant == 'plain' else f'{method} + {variant}'
 
 # %% ../../nbs/app/07_recommend.ipynb #944d870a
+def valid_decisions(folder:RunFolder, # an output folder
+                    metric:str, # the main metric, which τ and the threshold are tuned for
+                    fits:dict, # `{run: PosthocFit}`, from `fit_folder`
+                   ) -> dict:
+    "`{(run, variant): class indices}` on each fitted run's validation items; a tuned variant's out of fold (`crossfit_predictions`)"
+    counts, out = folder.record.counts, {}
+    for run, fit in fits.items():
+        valid = folder.preds(run, 'valid')
+        if valid is None: continue
+        for v in VARIANTS:
+            if v != 'threshold' or fit.threshold is not None: out[run, v] = crossfit_predictions(*valid, counts, metric, v)
+    return out
+
+# %% ../../nbs/app/07_recommend.ipynb #b54aa923
 def candidate_scores(folder:RunFolder, # an output folder
                      metric:str, # the metric the candidates are scored on
                      fits:dict, # `{run: PosthocFit}`, from `fit_folder`
+                     decisions:dict|None=None, # `{(run, variant): class indices}` on validation, from `valid_decisions`; None: made here
                     ) -> pd.DataFrame:
-    "One row per run and deployable variant: its setting, seed, fold, validation and test score on `metric`"
+    "One row per run and deployable variant: its setting, seed, fold, validation (out of fold) and test score on `metric`"
     func, counts, rows = _closed_form(metric), folder.record.counts, []
+    decisions = valid_decisions(folder, metric, fits) if decisions is None else decisions
     for r in folder.results().itertuples():
         fit, (test_p, test_t), valid = fits.get(r.run), folder.preds(r.run), folder.preds(r.run, 'valid')
         for v in VARIANTS:
             if fit is None and v != 'plain': continue
             if v == 'threshold' and (fit is None or fit.threshold is None): continue
             if valid is None: vs = getattr(r, f'valid_{metric}', np.nan)  # an old run: the best epoch's recorded score
-            else: vs = func(posthoc_predictions(valid[0], counts, fit, v, calibrated=False)[1] if fit else valid[0], valid[1])
+            else: vs = func(decisions.get((r.run, v), valid[0]), valid[1])
             ts = func(posthoc_predictions(test_p, counts, fit, v, calibrated=False)[1] if fit else test_p, test_t)
             rows.append(dict(setting=setting_name(r.method, v), method=r.method, variant=v, run=r.run, seed=r.seed,
                              fold=-1 if pd.isna(r.fold) else r.fold, valid=float(vs), test=float(ts)))
@@ -77,31 +94,32 @@ class Recommendation:
 # %% ../../nbs/app/07_recommend.ipynb #5a310248
 RULES = ('best', 'one-se', 'evidence') # how the choice may leave the reference: the best validation mean; only a setting whose validation lead over it exceeds one standard error; only one whose 95% interval lies above 0
 
-def _split_preds(folder, counts, fits, rows, split:str='test') -> list:
-    "Each row's decisions (class indices) of its variant on `split` ('test' or 'valid'), in the order of `rows`"
-    return [posthoc_predictions(folder.preds(r.run, split)[0], counts, fits[r.run], r.variant, calibrated=False)[1] if r.run in fits
-            else folder.preds(r.run, split)[0] for r in rows.itertuples()]
+def _test_preds(folder, counts, fits, rows) -> list:
+    "Each row's test decisions (class indices) of its variant, fitted on all of validation, in the order of `rows`"
+    return [posthoc_predictions(folder.preds(r.run)[0], counts, fits[r.run], r.variant, calibrated=False)[1] if r.run in fits
+            else folder.preds(r.run)[0] for r in rows.itertuples()]
 
-def _valid_seeds(folder, counts, fits, rows) -> tuple|None:
-    "Per seed, the validation decisions of its folds one after another, and the targets they share; None if any is missing"
+def _valid_seeds(folder, decisions, rows) -> tuple|None:
+    "Per seed, the validation decisions (out of fold) of its folds one after another, and the targets they share; None if any is missing"
     if any(folder.preds(r, 'valid') is None for r in rows.run): return None
     rows = rows.sort_values(['seed', 'fold'])
-    preds, targs = _split_preds(folder, counts, fits, rows, 'valid'), [folder.preds(r, 'valid')[1] for r in rows.run]
+    preds = [decisions[r.run, r.variant] if (r.run, r.variant) in decisions else folder.preds(r.run, 'valid')[0].argmax(1) for r in rows.itertuples()]
+    targs = [folder.preds(r, 'valid')[1] for r in rows.run]
     by_seed = [np.flatnonzero(rows.seed.values == s) for s in rows.seed.unique()]
     joined = [np.concatenate([targs[i] for i in ix]) for ix in by_seed]
     if any(len(t) != len(joined[0]) or (t != joined[0]).any() for t in joined): return None
     return [np.concatenate([preds[i] for i in ix]) for ix in by_seed], joined[0]
 
-def _paired(folder, counts, fits, a:pd.DataFrame, b:pd.DataFrame, metric:str, split:str='test') -> dict|None:
+def _paired(folder, counts, fits, decisions, a:pd.DataFrame, b:pd.DataFrame, metric:str, split:str='test') -> dict|None:
     "`paired_interval` of setting a − setting b over their shared seeds and folds, with the verdict and items; None if none are shared"
     keys = sorted(set(zip(a.seed, a.fold)) & set(zip(b.seed, b.fold)))
     if not keys or metric not in PAIRABLE: return None
     pick = lambda df: df.set_index(['seed', 'fold']).loc[keys].reset_index()
     if split == 'valid':  # a fold's validation items are its own: each seed's folds are pooled
-        va, vb = _valid_seeds(folder, counts, fits, pick(a)), _valid_seeds(folder, counts, fits, pick(b))
+        va, vb = _valid_seeds(folder, decisions, pick(a)), _valid_seeds(folder, decisions, pick(b))
         if va is None or vb is None: return None
         (pa, targs), (pb, _) = va, vb
-    else: pa, pb, targs = _split_preds(folder, counts, fits, pick(a)), _split_preds(folder, counts, fits, pick(b)), folder.preds(a.run.iloc[0])[1]
+    else: pa, pb, targs = _test_preds(folder, counts, fits, pick(a)), _test_preds(folder, counts, fits, pick(b)), folder.preds(a.run.iloc[0])[1]
     ci = paired_interval(*paired_differences(pa, pb, targs, metric))
     return {**ci, 'verdict': verdict(ci['lo'], ci['hi'], len(pa)), 'items': len(targs)}
 
@@ -128,29 +146,32 @@ def recommend(folder:RunFolder, # an output folder with recorded runs
     if metric not in PAIRABLE: raise ValueError(f"--select {metric}: choose on one of {list(PAIRABLE)}.")
     if rule not in RULES: raise ValueError(f"--rule {rule}: use one of {list(RULES)}.")
     fits = fit_folder(folder, metric) if fits is None else fits
-    cands, counts = candidate_scores(folder, metric, fits), folder.record.counts
+    decisions, counts = valid_decisions(folder, metric, fits), folder.record.counts
+    cands = candidate_scores(folder, metric, fits, decisions)
     cands, left_out, shared = _on_shared_runs(cands)
     g = cands.groupby('setting', sort=False)
     means, first = g[['valid', 'test']].mean(), g[['method', 'variant']].first()
     simpler = lambda s: (VARIANTS.index(first.loc[s, 'variant']), method_order(first.loc[s, 'method']))
     order = sorted(means.index, key=lambda s: (-means.loc[s, 'valid'], *simpler(s)))  # of equal scores, the simpler setting
     test_best, ref_rows = max(means.index, key=lambda s: (means.loc[s, 'test'], -order.index(s))), cands[cands.setting == reference]
-    on_valid = lambda s: _paired(folder, counts, fits, cands[cands.setting == s], ref_rows, metric, 'valid')
+    on_valid = lambda s: _paired(folder, counts, fits, decisions, cands[cands.setting == s], ref_rows, metric, 'valid')
     chosen, closest = order[0], ()
     if rule != 'best' and reference in means.index:  # leave the reference only for a setting that validation shows better
         ivs = {s: on_valid(s) for s in order if s != reference}
         chosen = next((s for s in order if s in ivs and _beats(ivs[s], rule)), reference)
         if chosen == reference: closest = tuple(sorted(((s, v) for s, v in ivs.items() if v and v['hi'] > v['lo']), key=lambda sv: -sv[1]['lo'])[:2])  # not those deciding as it does
+    elif chosen == reference:  # the best mean was the reference's: the next ones, paired against it
+        closest = tuple((s, v) for s, v in ((s, on_valid(s)) for s in order[1:6]) if v and v['hi'] > v['lo'])[:2]
     rows = cands[cands.setting == chosen]
     same = dict(diff=0., lo=0., hi=0., verdict='the same setting')
-    vs_ref = same if chosen == reference else _paired(folder, counts, fits, rows, ref_rows, metric)
+    vs_ref = same if chosen == reference else _paired(folder, counts, fits, decisions, rows, ref_rows, metric)
     valid_ref = None if chosen == reference or reference not in means.index else ivs[chosen] if rule != 'best' else on_valid(chosen)
-    cost = same if chosen == test_best else _paired(folder, counts, fits, rows, cands[cands.setting == test_best], metric)
+    cost = same if chosen == test_best else _paired(folder, counts, fits, decisions, rows, cands[cands.setting == test_best], metric)
     median = rows.iloc[np.argsort(rows.valid.values, kind='stable')[(len(rows) - 1) // 2]].run
     std = lambda c: float(rows[c].std(ddof=1)) if len(rows) > 1 else float('nan')
     return Recommendation(chosen, rows.method.iloc[0], rows.variant.iloc[0], metric, float(rows.valid.mean()), std('valid'),
                           float(rows.test.mean()), std('test'), len(rows), reference, vs_ref or {}, test_best, cost or {}, median,
-                          left_out, shared, rule, valid_ref, len((_valid_seeds(folder, counts, fits, rows) or ((), ()))[1]), closest)
+                          left_out, shared, rule, valid_ref, len((_valid_seeds(folder, decisions, rows) or ((), ()))[1]), closest)
 
 # %% ../../nbs/app/07_recommend.ipynb #c6760f46
 def _pm(m:float, s:float) -> str: return f'{100*m:.2f}' + ('' if np.isnan(s) else f' ± {100*s:.2f}')
@@ -161,9 +182,9 @@ _RULE_WORDS = {'one-se': 'by more than one standard error', 'evidence': 'beyond 
 def _how_sure(r:Recommendation) -> list:
     "What the choice rests on: its validation lead over the reference, or, where the reference was kept, what came closest"
     on = f"({r.valid_items} validation items, {r.runs} run{'s' * (r.runs > 1)})"
-    if r.rule != 'best' and r.setting == r.reference:
-        return [f"No setting beat {r.reference} on validation {_RULE_WORDS[r.rule]}, so it is kept {on}"
-                + ('; closest: ' + '; '.join(f'{s} {_ci(v)}' for s, v in r.closest) if r.closest else '') + '.']
+    closest = '; closest: ' + '; '.join(f'{s} {_ci(v)}' for s, v in r.closest) if r.closest else ''
+    if r.setting == r.reference and r.rule != 'best': return [f"No setting beat {r.reference} on validation {_RULE_WORDS[r.rule]}, so it is kept {on}{closest}."]
+    if r.setting == r.reference: return [f"No setting's mean validation {r.metric} beat {r.reference}'s {on}{closest}."] if r.valid_items else []
     if r.valid_vs_reference is None: return []
     v, noise = r.valid_vs_reference, r.valid_vs_reference['lo'] <= 0
     return [f"On validation it beat {r.reference} by {_ci(v)} {on}" + (f": within the noise, so validation can't tell it from {r.reference}."

@@ -80,3 +80,12 @@ def test_an_unknown_rule_is_refused_at_once():
     assert r.returncode == 2 and "invalid choice: 'bestest' (choose from 'best', 'one-se', 'evidence')" in r.stderr, r.stderr
     help_ = subprocess.run([str(Path(sys.executable).parent/'bmx-compare'), '--help'], capture_output=True, text=True, timeout=60).stdout
     assert '--rule {' + ','.join(RULES) + '}' in help_, help_  # the command's choices are the rules
+
+
+def test_where_the_reference_validates_best_the_default_names_what_came_closest(tmp_path):
+    scores = {'instance': [(210, 150), (205, 152), (208, 149)], 'sqrt': [(150, 160), (154, 158), (152, 161)], 'cb': [(120, 170), (118, 171), (121, 169)]}
+    r = recommend(_folder(tmp_path, scores), 'accuracy')
+    fct.test_eq((r.setting, r.rule, len(r.closest), r.closest[0][0]), ('instance', 'best', 2, 'sqrt'))  # the next two by validation mean
+    assert all(v['hi'] < 0 for _, v in r.closest)  # both behind it on validation beyond the noise
+    line = recommendation_lines(r)[1]
+    assert line.startswith("No setting's mean validation accuracy beat instance's (300 validation items, 3 runs); closest: sqrt -18."), line
