@@ -3,17 +3,19 @@
 
     python tools/recommendation_rules.py            # writes nbs/results/rules/rules.md (about a minute, no training)
 
-For each committed folder under nbs/results/ whose runs saved their validation predictions and that compares more than
-one method, and for each rule of `fastai_bmx.app.recommend.RULES`: the setting chosen (on validation only), its test
-score paired against the reference (instance sampling), and its cost against the test-best setting, each with its 95%
-interval (seeds and resampled test items). The test-best is itself the best of many test scores, so it flatters itself:
+For each committed folder under nbs/results/ whose runs saved their validation predictions, under the old rule (the
+best validation mean, tuned variants scored in sample) and each rule of `fastai_bmx.app.recommend.RULES` (tuned
+variants scored out of fold): the setting chosen (on validation only), its test score paired against the reference
+(instance sampling), and its cost against the test-best setting, each with its 95% interval (seeds and resampled test
+items). The test-best is itself the best of many test scores, so it flatters itself:
 the cost against it is an upper bound on what choosing on validation lost.
 """
 from pathlib import Path
 import numpy as np, pandas as pd
 from fastai_bmx.app.store import RunFolder
-from fastai_bmx.app.report import report_recommendation
-from fastai_bmx.app.recommend import RULES
+from fastai_bmx.app.report import pick_reference
+from fastai_bmx.app.recommend import RULES, fit_folder, recommend
+from fastai_bmx.app.methods import method_order
 from fastai_bmx.app.tables import to_markdown
 
 root = Path(__file__).resolve().parent.parent
@@ -23,24 +25,29 @@ ci = lambda d, same: same if d.get('verdict') == 'the same setting' else f"{100*
 
 
 def folders() -> list:
-    "The committed comparisons a rule can choose in: more than one method, validation predictions saved"
+    "The committed comparisons a rule can choose in: those whose runs saved their validation predictions"
     out = []
     for s in sorted(RESULTS.rglob('settings.json')):
         f = RunFolder(s.parent)
-        res = f.results()
-        if res['method'].nunique() > 1 and f.preds(res.run.iloc[0], 'valid') is not None: out.append(f)
+        if f.preds(f.results().run.iloc[0], 'valid') is not None: out.append(f)
     return out
+
+OLD = 'best, in sample (old)'  # the rule before tuned variants were scored out of fold
+RUN_AS = {OLD: dict(rule='best', out_of_fold=False), **{rule: dict(rule=rule) for rule in RULES}}
 
 
 def rows() -> pd.DataFrame:
     out = []
     for f in folders():
         main = f.read_json('settings.json')['monitor']
-        for rule in RULES:
-            r, _ = report_recommendation(f, main, rule=rule)
+        fits = fit_folder(f, main)
+        reference = pick_reference(sorted(f.results()['method'].unique(), key=method_order), None)
+        for rule, how in RUN_AS.items():
+            r = recommend(f, main, reference, fits, **how)
             out.append(dict(folder=str(f.path.relative_to(RESULTS)), metric=main, valid_items=r.valid_items, runs=r.runs, rule=rule,
                             chosen=r.setting, vs_reference=ci(r.vs_reference, 'it is instance'), worse=r.vs_reference['hi'] < 0,
-                            cost=ci(r.cost, '0: it tested best'), cost_points=100*r.cost['diff'], test_best=r.test_best))
+                            cost=ci(r.cost, '0: it tested best'), cost_points=100*r.cost['diff'], test_best=r.test_best,
+                            methods=f.results()['method'].nunique()))
     return pd.DataFrame(out)
 
 
@@ -48,10 +55,12 @@ def markdown() -> str:
     "rules.md: the summary per rule, then every folder's choice under each rule"
     df = rows()
     summary = df.groupby('rule', sort=False).agg(folders=('folder', 'size'), mean_cost=('cost_points', 'mean'),
-                                                 worse_than_reference=('worse', 'sum'), reference_kept=('chosen', lambda c: int((c == 'instance').sum())))
+                                                 worse_than_reference=('worse', 'sum'), reference_kept=('chosen', lambda c: int((c == 'instance').sum())),
+                                                 mean_cost_several_methods=('cost_points', lambda c: c[df.loc[c.index, 'methods'] > 1].mean()))
     six = df[df.folder.isin(SIX)].groupby('rule', sort=False)['cost_points'].mean()  # the folders the rule's issue named
     summary.insert(2, 'mean_cost_six', six)
-    for c in ('mean_cost', 'mean_cost_six'): summary[c] = summary[c].map(lambda v: f'{v:+.2f}')
+    summary.insert(3, 'mean_cost_several_methods', summary.pop('mean_cost_several_methods'))
+    for c in ('mean_cost', 'mean_cost_six', 'mean_cost_several_methods'): summary[c] = summary[c].map(lambda v: f'{v:+.2f}')
     table = df.drop(columns=['cost_points', 'worse']).rename(columns={'vs_reference': 'test Δ vs instance [95%]', 'cost': 'cost vs test-best [95%]'})
     return (f"# The recommendation's rules on the committed comparisons\n\nWritten by `python tools/recommendation_rules.py`.\n\n"
             f"{to_markdown(summary)}\n\n{to_markdown(table.set_index('folder'))}\n")

@@ -37,14 +37,17 @@ def setting_name(method:str, variant:str) -> str: return method if variant == 'p
 def valid_decisions(folder:RunFolder, # an output folder
                     metric:str, # the main metric, which τ and the threshold are tuned for
                     fits:dict, # `{run: PosthocFit}`, from `fit_folder`
+                    out_of_fold:bool=True, # a tuned variant's decisions out of fold; False: in sample, by the fit on all of validation (the old scores)
                    ) -> dict:
     "`{(run, variant): class indices}` on each fitted run's validation items; a tuned variant's out of fold (`crossfit_predictions`)"
     counts, out = folder.record.counts, {}
+    decide = ((lambda run, v, valid: crossfit_predictions(*valid, counts, metric, v)) if out_of_fold else
+              (lambda run, v, valid: posthoc_predictions(valid[0], counts, fits[run], v, calibrated=False)[1]))
     for run, fit in fits.items():
         valid = folder.preds(run, 'valid')
         if valid is None: continue
         for v in VARIANTS:
-            if v != 'threshold' or fit.threshold is not None: out[run, v] = crossfit_predictions(*valid, counts, metric, v)
+            if v != 'threshold' or fit.threshold is not None: out[run, v] = decide(run, v, valid)
     return out
 
 # %% ../../nbs/app/07_recommend.ipynb #b54aa923
@@ -141,12 +144,13 @@ def recommend(folder:RunFolder, # an output folder with recorded runs
               reference:str='instance', # the method the chosen setting is paired against
               fits:dict|None=None, # `{run: PosthocFit}`; None: fitted here (`fit_folder`)
               rule:str='best', # one of `RULES`: the best validation mean, or the reference unless validation shows better
+              out_of_fold:bool=True, # score tuned variants on validation out of fold (`valid_decisions`); False: in sample, as before
              ) -> Recommendation:
     "The setting chosen on validation by `rule` (never the test set), with what it scored on test and what the choice cost"
     if metric not in PAIRABLE: raise ValueError(f"--select {metric}: choose on one of {list(PAIRABLE)}.")
     if rule not in RULES: raise ValueError(f"--rule {rule}: use one of {list(RULES)}.")
     fits = fit_folder(folder, metric) if fits is None else fits
-    decisions, counts = valid_decisions(folder, metric, fits), folder.record.counts
+    decisions, counts = valid_decisions(folder, metric, fits, out_of_fold), folder.record.counts
     cands = candidate_scores(folder, metric, fits, decisions)
     cands, left_out, shared = _on_shared_runs(cands)
     g = cands.groupby('setting', sort=False)

@@ -71,6 +71,13 @@ def test_candidates_are_ranked_on_scores_of_fits_that_never_saw_the_item(tmp_pat
     r = recommend(folder, 'mcc', fits=fits)
     ranked = cands.reset_index().groupby(['method', 'variant']).valid.mean()
     fct.test_close(r.valid_mean, ranked.max())
+    old = recommend(folder, 'mcc', fits=fits, out_of_fold=False)  # in sample, as the recommendation scored before
+    def in_sample_score(run, variant):
+        p, t = folder.preds(run, 'valid')
+        return mcc(posthoc_predictions(p, COUNTS, fits[run], variant)[1], t)
+    in_sample = {(m, v): np.mean([in_sample_score(f'{m}_seed{s}', v) for s in range(3)]) for m in ('instance', 'sqrt') for v in ('plain', 'post-hoc τ')}
+    fct.test_close(old.valid_mean, max(in_sample.values()))
+    assert old.variant == 'post-hoc τ' and max(in_sample.values()) > ranked.max()  # in sample, tuning flattered the tuned ones
 
 
 def test_bad_arguments_are_refused():
