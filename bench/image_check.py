@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from fastai_bmx.files import folder_table, image_problems
-from fastai_bmx.app.validate import check_images
+from fastai_bmx.app.plan.validate import check_images
 
 def make_folder(root:Path, n:int, classes:int=7) -> Path:
     g = np.random.default_rng(0)

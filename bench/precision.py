@@ -7,16 +7,16 @@ One process trains `bmx-compare`'s run (`train_eval`, instance sampling, ResNet-
 seed in fp32 and once in `--precision` (bf16 with channels-last on a CPU, fp16 or bf16 on CUDA), alternating which goes
 first from seed to seed, so that drifts of a shared machine hit both. It prints the training time of every run, the
 ratio of runs per hour, and the test metrics with the paired difference (mixed − fp32) and its 95% interval
-(`fastai_bmx.app.paired`), then saves `precision.csv` and `precision.png` (runs per hour, and the main metric per seed).
+(`fastai_bmx.app.decide.paired`), then saves `precision.csv` and `precision.png` (runs per hour, and the main metric per seed).
 """
 import argparse, json, os, time, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from fastai.torch_core import set_seed
-from fastai_bmx.app.sources import load_source
-from fastai_bmx.app.training import train_eval
-from fastai_bmx.app.paired import paired_differences, paired_interval, verdict
+from fastai_bmx.app.plan.sources import load_source
+from fastai_bmx.app.run.training import train_eval
+from fastai_bmx.app.decide.paired import paired_differences, paired_interval, verdict
 from fastai_bmx.data import bmx_data
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

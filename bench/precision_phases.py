@@ -15,10 +15,10 @@ import numpy as np, pandas as pd, torch
 from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 from fastai.vision.learner import vision_learner
-from fastai_bmx.app.sources import load_source
+from fastai_bmx.app.plan.sources import load_source
 from fastai_bmx.metrics import paper_metrics
 from fastai_bmx.precision import precision_cbs
-from fastai_bmx.app.training import get_arch
+from fastai_bmx.app.run.training import get_arch
 from fastai_bmx.data import bmx_data
 
 class PhaseTimer(Callback):

@@ -13,8 +13,8 @@ from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np
 from fastai_bmx.app import paired
-from fastai_bmx.app.paired import paired_differences
-from fastai_bmx.app.store import RunFolder
+from fastai_bmx.app.decide.paired import paired_differences
+from fastai_bmx.app.run.store import RunFolder
 from fastai_bmx.bootstrap import bootstrap_metrics
 from fastai_bmx.metrics import PAPER_METRICS
 

@@ -1,4 +1,4 @@
-"Everything in fastai_bmx, the way `fastai.vision.all` gathers fastai: `from fastai_bmx.all import *`"
+"Everything in the fastai_bmx library, the way `fastai.vision.all` gathers fastai: `from fastai_bmx.all import *` (the `bmx-compare` application lives in `fastai_bmx.app`)"
 from .sampling import *
 from .schedule import *
 from .mixup import *
@@ -8,12 +8,8 @@ from .retrain import *
 from .metrics import *
 from .evaluation import *
 from .bootstrap import *
-from .app.paired import *
 from .data import *
 from .files import *
 from .splits import *
 from .weights import *
-from .app.training import *
 from .precision import *
-from .app.tables import *
-from .app.report import *

@@ -161,7 +161,6 @@ class ImageReader(Transform):
     @property
     def create(self): return self
 
-_Windowed = ImageReader  # the name under which models exported before read their files
 
 # %% ../nbs/08_files.ipynb #4fae1504
 def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label column and optionally a split column

@@ -13,8 +13,8 @@ from fastai_bmx.adjust import LogitAdjustedLoss, posthoc_adjust, tune_tau, log_p
 from fastai_bmx.losses import DeferredReweight, cb_weights
 from fastai_bmx.metrics import balanced_accuracy
 from fastai_bmx.mixup import BalancedMixUp
-from fastai_bmx.app.methods import get_method, expand_methods
-from fastai_bmx.app.sources import load_source
+from fastai_bmx.app.plan.methods import get_method, expand_methods
+from fastai_bmx.app.plan.sources import load_source
 
 
 @settings(max_examples=30, deadline=None)
@@ -109,5 +109,5 @@ def test_registry_entries_and_combinations():
     assert [type(c).__name__ for c in combo.cbs(rec)] == ['BalancedMixUp']
     fct.test_eq(expand_methods(['bmx-0.2+la', 'sqrt+drw']), ['bmx-0.2+la-1', 'sqrt+drw'])
     with pytest.raises(ValueError, match='both change'): get_method('cb+la')
-    from fastai_bmx.app.methods import METHODS
+    from fastai_bmx.app.plan.methods import METHODS
     with pytest.raises(ValueError, match='tau=-1'): METHODS['la'](-1.)

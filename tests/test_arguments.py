@@ -13,7 +13,7 @@ from fastai_bmx.sampling import check_labels, check_q, check_counts, class_probs
 from fastai_bmx.losses import (WeightedFocalLoss, WeightedFocalLossFlat, check_beta, class_counts, cb_weights, ClassBalancedLoss,
                                DeferredReweight)
 from fastai_bmx.adjust import check_tau, log_prior, LogitAdjustedCE, LogitAdjustedLoss, posthoc_adjust, tune_tau
-from fastai_bmx.app.paired import paired_differences, paired_interval
+from fastai_bmx.app.decide.paired import paired_differences, paired_interval
 from fastai_bmx.retrain import retrain_classifier
 from fastai_bmx.metrics import balanced_accuracy
 

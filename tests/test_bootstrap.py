@@ -17,8 +17,8 @@ from fastai_bmx.bootstrap import *
 from fastai_bmx.bootstrap import _draw
 import fastai_bmx.bootstrap as ev
 from fastai_bmx.splits import stratified_kfold, kfold_splitter
-from fastai_bmx.app.report import fold_summary
-from fastai_bmx.app.training import fit_paper_recipe
+from fastai_bmx.app.report.results import fold_summary
+from fastai_bmx.app.run.training import fit_paper_recipe
 from fastai_bmx.metrics import quadratic_kappa, mcc, balanced_accuracy, macro_f1, QuadraticKappa, MCC, BalancedAccuracy, MacroF1
 from helpers import toy_learner, fake_preds
 

@@ -12,8 +12,8 @@ from fastai.callback.core import Callback
 from fastai.callback.progress import *  # Learner.no_bar
 from fastai.torch_core import set_seed
 from fastai_bmx.mixup import BalancedCutMix, BalancedMixUp, box_mask
-from fastai_bmx.app.methods import get_method, expand_methods
-from fastai_bmx.app.sources import load_source
+from fastai_bmx.app.plan.methods import get_method, expand_methods
+from fastai_bmx.app.plan.sources import load_source
 
 
 @settings(max_examples=40, deadline=None)

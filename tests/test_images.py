@@ -236,7 +236,7 @@ def test_an_exported_dicom_model_reads_new_files_through_its_window(tmp_path):
     "bmx-compare's export of a DICOM folder with a window: the exported loaders read .dcm paths as training did, so the test probabilities come back"
     from fastai.learner import load_learner
     from fastai_bmx.app.compare import plan_compare, run_plan
-    from fastai_bmx.app.export import export_run
+    from fastai_bmx.app.decide.export import export_run
     g = np.random.default_rng(0)
     for split, n in (('train', 8), ('valid', 4), ('test', 4)):
         for cls, name in (('ct', 'CT_small.dcm'), ('mr', 'MR_small.dcm')):

@@ -28,7 +28,7 @@ def test_library_imports_nothing_of_the_application(path):
 def test_imports_are_read_right():
     "The check above can fail: it sees a relative import of the application"
     f = PKG/'app'/'store.py'
-    assert 'fastai_bmx.app.sources' in set(_imports(f)) and 'fastai_bmx.metrics' in set(_imports(f))
+    assert 'fastai_bmx.app.plan.sources' in set(_imports(f)) and 'fastai_bmx.metrics' in set(_imports(f))
 
 def test_old_paths_import_the_moved_modules_with_a_warning():
     code = ("import importlib, warnings\n"
@@ -43,7 +43,7 @@ def test_old_paths_import_the_moved_modules_with_a_warning():
             "    assert [str(x.message) for x in w if x.category is DeprecationWarning and 'moved to fastai_bmx.app.' + m in str(x.message)], m\n"
             "from fastai_bmx.compare import bmx_compare, plan_compare\n"
             "from fastai_bmx.store import RunFolder\n"
-            "assert RunFolder.__module__ == 'fastai_bmx.app.store'\n"
+            "assert RunFolder.__module__ == 'fastai_bmx.app.run.store'\n"
             "print('ok')\n")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith('ok'), r.stderr[-2000:]

@@ -10,8 +10,8 @@ from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import *  # Learner.no_bar
 from fastai_bmx.precision import precision_cbs, check_precision, DeviceMixedPrecision
 from fastai_bmx.mixup import BalancedMixUp, BalancedCutMix
-from fastai_bmx.app.sources import load_source
-from fastai_bmx.app.training import train_eval
+from fastai_bmx.app.plan.sources import load_source
+from fastai_bmx.app.run.training import train_eval
 
 
 class Dtypes(Callback):

@@ -13,9 +13,9 @@ from fastai.callback.progress import *  # no_bar
 from fastai_bmx.weights import (find_weights, lite_weights_file, map_state_dict, check_state_dict, read_state_dict, LITE_STATS,
                                 cache_dir, normalize_with, Weights)
 from fastai_bmx.schedule import fine_tune_stages, SaveBestOfStages, StagedProgress, schedule_pct
-from fastai_bmx.app.training import train_eval, _learner
-from fastai_bmx.app.methods import get_method
-from fastai_bmx.app.sources import load_source
+from fastai_bmx.app.run.training import train_eval, _learner
+from fastai_bmx.app.plan.methods import get_method
+from fastai_bmx.app.plan.sources import load_source
 from fastai_bmx.losses import DeferredReweight
 from fastai_bmx.mixup import BalancedMixUp
 from fastai_bmx.app.compare import plan_compare
@@ -176,7 +176,7 @@ def test_size_resizes_small_images_up(real_data):
 def _tiny(bs=16, n=64):
     "A tiny imbalanced 3-class image set at 16 px (4 training batches), with its run record: quick to fine-tune"
     from fastai_bmx.data import arrays_dls
-    from fastai_bmx.app.sources import RunRecord
+    from fastai_bmx.app.plan.sources import RunRecord
     g = np.random.default_rng(0)
     y = lambda k: np.resize([0, 0, 0, 0, 1, 1, 2], k)  # class 0 common, class 2 rare
     splits = {s: (g.integers(0, 256, (k, 16, 16, 3), dtype=np.uint8), y(k)) for s, k in (('train', n), ('valid', 14), ('test', 14))}
@@ -283,7 +283,7 @@ def test_a_fine_tuned_run_exports_and_predicts(method, tiny_weights, tmp_path):
     "train_eval fine-tunes, keeps a checkpoint, tests it; the learner survives export -> load_learner -> predict"
     dls, rec = _tiny()
     captured = {}
-    import fastai_bmx.app.training as tr
+    import fastai_bmx.app.run.training as tr
     orig = tr.fine_tune_stages
     def spy(learn, *a, **kw):
         captured['learn'] = learn

@@ -6,7 +6,7 @@ import os, signal
 from pathlib import Path
 from fastai.callback.core import Callback
 from fastai.losses import CrossEntropyLossFlat
-from fastai_bmx.app.methods import Method, register
+from fastai_bmx.app.plan.methods import Method, register
 
 
 class _NanAfter:

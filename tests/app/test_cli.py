@@ -135,11 +135,11 @@ def test_help_and_a_wrong_option_load_no_torch(tmp_path, script, args, status):
 def test_the_light_checks_refuse_as_plan_compare_does(tmp_path):
     "`check_command` (no torch) raises the very error `plan_compare` raises first; the old import paths still work"
     from fastai_bmx.app.compare import plan_compare, bmx_compare, compare
-    from fastai_bmx.app.validate import check_command
+    from fastai_bmx.app.plan.validate import check_command
     from fastai_bmx.app.cli import bmx_compare as cli_bmx_compare
-    from fastai_bmx.app.frontier import FRONTIER_GRIDS
-    from fastai_bmx.app.methods import FRONTIER_GRIDS as grids
-    from fastai_bmx.app.report import bmx_report
+    from fastai_bmx.app.report.frontier import FRONTIER_GRIDS
+    from fastai_bmx.app.plan.methods import FRONTIER_GRIDS as grids
+    from fastai_bmx.app.report.results import bmx_report
     assert FRONTIER_GRIDS is grids
     assert bmx_compare is cli_bmx_compare and callable(compare) and callable(bmx_report)
     (tmp_path/'file').write_text('')

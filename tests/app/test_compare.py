@@ -6,10 +6,10 @@ import fastcore.test as fct
 from PIL import Image
 import fastai_bmx.app.compare as cmp
 from fastai_bmx.app.compare import compare
-from fastai_bmx.app.sources import load_source
-from fastai_bmx.app.methods import get_method
-from fastai_bmx.app.report import results_table
-from fastai_bmx.app.store import RunFolder
+from fastai_bmx.app.plan.sources import load_source
+from fastai_bmx.app.plan.methods import get_method
+from fastai_bmx.app.report.results import results_table
+from fastai_bmx.app.run.store import RunFolder
 from fastai_bmx.metrics import PAPER_METRICS
 from fastai_bmx.losses import ClassBalancedLoss, WeightedFocalLossFlat
 from fastai_bmx.mixup import BalancedMixUp
@@ -275,7 +275,7 @@ def test_a_second_command_on_a_folder_is_refused_and_the_first_finishes(tmp_path
 
 def test_a_seed_gives_every_method_the_same_start_and_batches(tmp_path, monkeypatch):
     "Pairing: same seed, same initial weights for every method, and the same batch order for those that keep instance sampling"
-    import fastai_bmx.app.training as training
+    import fastai_bmx.app.run.training as training
     starts, batches = {}, {}
     class Spy(training.SaveModelCallback):
         "The run's checkpointing callback, also recording the weights before the first step and the labels of the first epoch"

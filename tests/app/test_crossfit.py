@@ -2,10 +2,10 @@
 import numpy as np, pytest
 import fastcore.test as fct
 from hypothesis import given, settings, strategies as st
-from fastai_bmx.app.posthoc import fit_posthoc, posthoc_predictions, crossfit_predictions
-from fastai_bmx.app.recommend import candidate_scores, fit_folder, recommend
-from fastai_bmx.app.store import RunFolder
-from fastai_bmx.app.sources import RunRecord
+from fastai_bmx.app.decide.posthoc import fit_posthoc, posthoc_predictions, crossfit_predictions
+from fastai_bmx.app.decide.recommend import candidate_scores, fit_folder, recommend
+from fastai_bmx.app.run.store import RunFolder
+from fastai_bmx.app.plan.sources import RunRecord
 from fastai_bmx.metrics import mcc
 
 COUNTS = (300, 60, 20)  # a long-tailed training set: τ moves decisions towards the rare classes

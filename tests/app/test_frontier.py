@@ -3,10 +3,10 @@ import numpy as np, pandas as pd, pytest
 from hypothesis import given, settings, strategies as st
 import fastcore.test as fct
 from PIL import Image
-from fastai_bmx.app.frontier import pareto_mask, front_relation, frontier_families, write_frontier, front_table, knob_label
+from fastai_bmx.app.report.frontier import pareto_mask, front_relation, frontier_families, write_frontier, front_table, knob_label
 from fastai_bmx.app.compare import plan_compare
-from fastai_bmx.app.store import RunFolder
-from fastai_bmx.app.sources import RunRecord
+from fastai_bmx.app.run.store import RunFolder
+from fastai_bmx.app.plan.sources import RunRecord
 
 points = st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), min_size=1, max_size=12)
 

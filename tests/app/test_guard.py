@@ -8,10 +8,10 @@ import numpy as np, pandas as pd, pytest, torch
 import fastcore.test as fct
 from hypothesis import given, settings, strategies as st, HealthCheck
 from fastai_bmx.app.compare import plan_compare, compare
-from fastai_bmx.app.guard import DivergenceGuard, RunDiverged, RunFailure, loss_diverged
-from fastai_bmx.app.store import RunFolder
-from fastai_bmx.app.training import train_eval
-from fastai_bmx.app.sources import load_source
+from fastai_bmx.app.run.guard import DivergenceGuard, RunDiverged, RunFailure, loss_diverged
+from fastai_bmx.app.run.store import RunFolder
+from fastai_bmx.app.run.training import train_eval
+from fastai_bmx.app.plan.sources import load_source
 
 EXE = str(Path(sys.executable).parent/'bmx-compare')
 TINY = ['--epochs', '1', '--arch', 'resnet10t', '--bs', '32', '--quiet', '--threads', '1']

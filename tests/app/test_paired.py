@@ -5,10 +5,10 @@ from hypothesis import given, settings, strategies as st
 from scipy import stats
 import fastcore.test as fct
 import sklearn.metrics as skm
-from fastai_bmx.app.paired import paired_differences, paired_interval, verdict, PAIRABLE
-from fastai_bmx.app.report import paired_results, pick_reference
-from fastai_bmx.app.store import RunFolder
-from fastai_bmx.app.sources import RunRecord
+from fastai_bmx.app.decide.paired import paired_differences, paired_interval, verdict, PAIRABLE
+from fastai_bmx.app.report.results import paired_results, pick_reference
+from fastai_bmx.app.run.store import RunFolder
+from fastai_bmx.app.plan.sources import RunRecord
 
 
 def runs(seed, n_seeds=3, n=300, k=4):

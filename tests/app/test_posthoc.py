@@ -9,11 +9,11 @@ from PIL import Image
 from fastai_bmx.calibration import ece, classwise_ece, nll, brier, fit_temperature, temperature_scale, reliability
 from fastai_bmx.metrics import auroc, rare_class_rates, run_scores, mcc, balanced_accuracy
 from fastai_bmx.threshold import tune_threshold, threshold_preds, THRESHOLDS
-from fastai_bmx.app.posthoc import fit_posthoc, posthoc_predictions, VARIANTS
-from fastai_bmx.app.recommend import recommend, fit_folder, recommendation_lines
-from fastai_bmx.app.posthoc_report import fill_run_scores
-from fastai_bmx.app.store import RunFolder
-from fastai_bmx.app.sources import RunRecord
+from fastai_bmx.app.decide.posthoc import fit_posthoc, posthoc_predictions, VARIANTS
+from fastai_bmx.app.decide.recommend import recommend, fit_folder, recommendation_lines
+from fastai_bmx.app.report.posthoc_report import fill_run_scores
+from fastai_bmx.app.run.store import RunFolder
+from fastai_bmx.app.plan.sources import RunRecord
 
 EXE = str(Path(sys.executable).parent/'bmx-compare')
 
@@ -160,7 +160,7 @@ def test_with_no_seed_in_common_each_setting_is_ranked_on_its_own_runs(tmp_path)
 
 def test_the_reliability_title_counts_the_pooled_runs_and_fits_the_figure(tmp_path):
     "The diagram pools all 3 runs of the chosen method, though it was ranked on 2; its title says 3 and stays inside the figure"
-    from fastai_bmx.app.posthoc_report import recommended_reliability
+    from fastai_bmx.app.report.posthoc_report import recommended_reliability
     scores = {'instance': [(150, 150)] * 3, 'sqrt': [(200, 160)] * 3, 'cb': [(190, 200), None, (190, 200)]}
     folder = _folder(tmp_path, scores)
     r = recommend(folder, 'accuracy')
@@ -230,7 +230,7 @@ def test_bmx_compare_recommends_and_exports_a_model_that_predicts_the_same_in_a_
 
 def test_an_exported_flip_tta_run_with_bmx_matches_its_report(tmp_path):
     "A .npz (a mirror keeps the class: flip TTA) trained with Balanced-MixUp: the exported model averages the flips itself"
-    from fastai_bmx.app.export import export_run
+    from fastai_bmx.app.decide.export import export_run
     from fastai_bmx.app.compare import plan_compare, run_plan
     g = np.random.default_rng(0)
     a = {}
@@ -253,7 +253,7 @@ def test_an_exported_flip_tta_run_with_bmx_matches_its_report(tmp_path):
 
 def test_an_exported_two_class_csv_run_decides_with_its_threshold(tmp_path):
     "Image files and two classes: the exported loaders read the files, and the decisions follow the tuned threshold"
-    from fastai_bmx.app.export import export_run
+    from fastai_bmx.app.decide.export import export_run
     from fastai_bmx.app.compare import plan_compare, run_plan
     from fastai.learner import load_learner
     g, rows = np.random.default_rng(0), []

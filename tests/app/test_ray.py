@@ -6,8 +6,8 @@ import fastcore.test as fct
 import failing_methods  # registers nancounted, killedonce and killed here; the workers' setup hook registers them there
 import fastai_bmx.app.compare as cmp
 from fastai_bmx.app.compare import compare, plan_compare
-from fastai_bmx.app.executors import RayExecutor, run_spec, train_spec
-from fastai_bmx.app.store import RunFolder
+from fastai_bmx.app.run.executors import RayExecutor, run_spec, train_spec
+from fastai_bmx.app.run.store import RunFolder
 
 ray = pytest.importorskip('ray')
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')

@@ -3,9 +3,9 @@ import subprocess, sys
 from pathlib import Path
 import numpy as np, pytest
 import fastcore.test as fct
-from fastai_bmx.app.recommend import recommend, recommendation_lines, RULES
-from fastai_bmx.app.store import RunFolder
-from fastai_bmx.app.sources import RunRecord
+from fastai_bmx.app.decide.recommend import recommend, recommendation_lines, RULES
+from fastai_bmx.app.run.store import RunFolder
+from fastai_bmx.app.plan.sources import RunRecord
 
 K = 3
 

@@ -1,7 +1,7 @@
-"Tests of fastai_bmx.app.report: the fold summary (the table itself is tested through bmx-compare in test_compare.py)"
+"Tests of fastai_bmx.app.report.results: the fold summary (the table itself is tested through bmx-compare in test_compare.py)"
 import numpy as np, pandas as pd
 import fastcore.test as fct
-from fastai_bmx.app.report import fold_summary
+from fastai_bmx.app.report.results import fold_summary
 
 
 def test_fold_summary():
@@ -23,9 +23,9 @@ def test_a_report_reads_each_predictions_file_once_and_writes_the_committed_text
     "write_report on a copy of a committed comparison: results.md byte for byte, each run's predictions file opened once"
     import shutil
     from pathlib import Path
-    from fastai_bmx.app.report import write_report, posthoc_results
-    from fastai_bmx.app.recommend import fit_folder
-    from fastai_bmx.app.store import RunFolder
+    from fastai_bmx.app.report.results import write_report, posthoc_results
+    from fastai_bmx.app.decide.recommend import fit_folder
+    from fastai_bmx.app.run.store import RunFolder
     src = Path(__file__).resolve().parents[2]/'nbs/results/pretrained/ham10000_128'
     out = shutil.copytree(src, tmp_path/'h128')
     opened, load = [], np.load

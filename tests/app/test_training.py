@@ -1,10 +1,10 @@
-"Tests of fastai_bmx.app.training: the paper's training recipe"
+"Tests of fastai_bmx.app.run.training: the paper's training recipe"
 import numpy as np, pytest, torch
 from torch import nn
 import fastcore.test as fct
 from fastai.optimizer import SGD
 from fastai.callback.progress import *  # Learner.no_bar
-from fastai_bmx.app.training import fit_paper_recipe
+from fastai_bmx.app.run.training import fit_paper_recipe
 from helpers import toy_learner
 
 
@@ -32,12 +32,12 @@ def test_fit_paper_recipe(tmp_path, cycle_mult):
 def test_get_arch_builds_fastai_and_timm_models(name):
     "A fastai name and timm names each build a model that classifies a 28-px batch"
     from fastai.vision.learner import create_timm_model, create_vision_model
-    from fastai_bmx.app.training import get_arch
+    from fastai_bmx.app.run.training import get_arch
     arch = get_arch(name)
     model = create_timm_model(arch, 7, pretrained=False)[0] if isinstance(arch, str) else create_vision_model(arch, 7, pretrained=False)
     fct.test_eq(model.eval()(torch.randn(2, 3, 28, 28)).shape, (2, 7))
 
 
 def test_get_arch_names_the_fix_for_an_unknown_name():
-    from fastai_bmx.app.training import get_arch
+    from fastai_bmx.app.run.training import get_arch
     fct.test_fail(lambda: get_arch('xresnet-18'), contains='timm model name')
