@@ -2,7 +2,9 @@
 
 Writes N small PNG files (28x28 RGB, like MedMNIST) into an ImageNet-style folder, then times the check that
 `bmx-compare` runs before its first epoch: listing the files (`folder_table`) and decoding every one of them
-(`image_problems`, in one process per CPU core). One file is corrupt, so the check must find it.
+(`image_problems`, in one process per CPU core). One file is corrupt, so the check must find it. Then, the file
+repaired, the check as planning runs it: the one decoding of every file, its pixels kept for the loaders that
+serve them from memory (`check_images(..., in_memory=None)`, `decode_once`).
 
     python bench/image_check.py                  # 100,000 files
     python bench/image_check.py --n 10000 --workers 1 2 8
@@ -44,4 +46,8 @@ if __name__ == '__main__':
         except ValueError as e: msg = str(e)
         print(f'check_images (list + decode + message), {os.cpu_count()} CPU cores: {time.perf_counter() - t0:.2f} s')
         print(msg[:160])
+        Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(root/'train'/'class0'/'0.png')
+        t0 = time.perf_counter(); kept = check_images(str(root), size=28, in_memory=None); t = time.perf_counter() - t0
+        assert kept, 'the images were not kept in memory'
+        print(f'check_images as planning runs it (list + decode, pixels kept for the loaders): {t:.2f} s')
     finally: shutil.rmtree(root)

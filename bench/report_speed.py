@@ -12,7 +12,7 @@ import argparse, shutil, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np
-from fastai_bmx.app import paired
+from fastai_bmx.app.decide import paired
 from fastai_bmx.app.decide.paired import paired_differences
 from fastai_bmx.app.run.store import RunFolder
 from fastai_bmx.bootstrap import bootstrap_metrics
@@ -35,8 +35,10 @@ with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         subprocess.run([report, str(out)], check=True, capture_output=True)
         times.append(time.perf_counter() - t0)
-        assert (out/'results.md').read_bytes() == (src/'results.md').read_bytes(), 'results.md differs from the folder\'s'
-print(f"bmx-report {src}: {', '.join(f'{t:.2f}' for t in times)} s (median {np.median(times):.2f} s); results.md identical")
+        same = (out/'results.md').read_bytes() == (src/'results.md').read_bytes()
+        assert same, "results.md differs from the folder's"
+took = ', '.join(f'{t:.2f}' for t in times)
+print(f"bmx-report {src}: {took} s (median {np.median(times):.2f} s); results.md identical")
 
 # 2. paired bootstrap with a run that predicts one class
 folder = RunFolder(src)
@@ -57,16 +59,17 @@ for metric in ('mcc', 'balanced_accuracy'):
     new = time.perf_counter() - t0
     idx = paired._resamples(t, args.n, 0)
     t0 = time.perf_counter()
-    want = old_values(flat[0], idx, metric)  # the one-class run's values, computed once, as the old path did for each seed
+    want = old_values(flat[0], idx, metric)  # the one-class run's values, once: the old path did it for each seed
     old = (time.perf_counter() - t0) * len(flat)
-    got = np.r_[d[None], boot] + np.stack([paired._run_values(t, q, idx, max(t.max(), q.max()) + 1)[metric] for q in runs], 1)
+    real = [paired._run_values(t, q, idx, max(t.max(), q.max()) + 1)[metric] for q in runs]
+    got = np.r_[d[None], boot] + np.stack(real, 1)
     np.testing.assert_allclose(got, np.repeat(want[:, None], len(flat), 1), rtol=0, atol=1e-12)
-    print(f"paired_differences, {metric}, {len(flat)} seeds of a one-class run against {len(runs)} real ones, n={args.n}: "
-          f"{new:.3f} s; the old per-resample fallback {old:.2f} s ({old/new:.0f}x); the same values")
+    print(f"paired_differences, {metric}, {len(flat)} seeds of a one-class run against {len(runs)} real ones, "
+          f"n={args.n}: {new:.3f} s; the old per-resample fallback {old:.2f} s ({old/new:.0f}x); the same values")
 
 # 3. bootstrap_metrics on the one-class run
 own = {m.name: m.func for m in PAPER_METRICS if m.name != 'kendall_tau'}
-generic = {k: (lambda f: lambda p, y: f(p, y))(f) for k, f in own.items()}  # hidden behind lambdas: one call per resample
+generic = {k: (lambda f: lambda p, y: f(p, y))(f) for k, f in own.items()}  # behind lambdas: one call per resample
 tm = {}
 for name, metrics in (('closed form', own), ('per resample', generic)):
     t0 = time.perf_counter()
@@ -75,4 +78,5 @@ for name, metrics in (('closed form', own), ('per resample', generic)):
     if name == 'closed form': ref = df.values
 np.testing.assert_allclose(df.values, ref, rtol=0, atol=1e-12)
 print(f"bootstrap_metrics, {len(own)} metrics of the one-class run, n={args.n}: closed form {tm['closed form']:.3f} s, "
-      f"one call per resample {tm['per resample']:.2f} s ({tm['per resample']/tm['closed form']:.0f}x); the same values")
+      f"one call per resample {tm['per resample']:.2f} s ({tm['per resample']/tm['closed form']:.0f}x); "
+      "the same values")

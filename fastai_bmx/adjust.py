@@ -13,14 +13,14 @@ from torch import Tensor
 from fastcore.foundation import L
 from fastai.torch_core import Module
 from fastai.losses import BaseLoss
-from .sampling import check_counts, check_labels, as_np, _finite_real
-from .losses import class_counts, _check_reduction, _check_axis
+from .sampling import check_counts, check_labels, as_np, is_finite_real
+from .losses import class_counts, check_reduction, check_axis
 
 # %% auto #0
 __all__ = ['log_prior', 'LogitAdjustedCE', 'LogitAdjustedLoss', 'posthoc_adjust', 'tune_tau', 'check_tau']
 
 # %% ../nbs/02a_adjust.ipynb #262b02c5
-from .checks import check_tau  # pure Python, in a module that loads no torch: a command line checks τ before torch loads
+from .checks import check_tau  # pure Python, loads no torch: a command line checks τ before torch loads
 _all_ = ['check_tau']
 
 # %% ../nbs/02a_adjust.ipynb #19bbf74b
@@ -29,8 +29,9 @@ def log_prior(class_counts, # training items per class (the whole training set, 
     "log π_j = log(n_j / N), or a clear error for a class with no training items (its log prior is −∞)"
     n = check_counts(class_counts)
     if (n == 0).any():
-        raise ValueError(f"Classes {np.flatnonzero(n == 0).tolist()} have no training items, so their log prior is -inf: "
-                         "logit adjustment needs at least one training item of every class (or leave those classes out).")
+        raise ValueError(f"Classes {np.flatnonzero(n == 0).tolist()} have no training items, so their log prior is "
+                         "-inf: logit adjustment needs at least one training item of every class (or leave those "
+                         "classes out).")
     return torch.as_tensor(np.log(n / n.sum()), dtype=torch.float32)
 
 # %% ../nbs/02a_adjust.ipynb #e2236479
@@ -42,15 +43,16 @@ class LogitAdjustedCE(Module):
         tau:float=1., # strength of the shift: 0 is plain cross-entropy, 1 Balanced Softmax
         reduction:str='mean', # 'mean', 'sum' or 'none'
     ):
-        self.tau,self.reduction = check_tau(tau),_check_reduction(reduction)
+        self.tau,self.reduction = check_tau(tau),check_reduction(reduction)
         self.register_buffer('log_prior', log_prior(class_counts))
 
     def forward(self, inp:Tensor, targ:Tensor) -> Tensor:
         "Cross-entropy of `inp + τ·log π` (N, C) against class indices `targ` (N,)"
         if inp.shape[1] != len(self.log_prior):
-            raise ValueError(f"The loss has the prior of {len(self.log_prior)} classes but the model outputs {inp.shape[1]}: "
-                             "give one class count per class.")
-        return F.cross_entropy(inp + self.tau * self.log_prior.to(inp.device, inp.dtype), targ, reduction=self.reduction)
+            raise ValueError(f"The loss has the prior of {len(self.log_prior)} classes but the model outputs "
+                             f"{inp.shape[1]}: give one class count per class.")
+        shift = self.tau * self.log_prior.to(inp.device, inp.dtype)
+        return F.cross_entropy(inp + shift, targ, reduction=self.reduction)
 
 # %% ../nbs/02a_adjust.ipynb #68cca63a
 class LogitAdjustedLoss(BaseLoss):
@@ -63,7 +65,7 @@ class LogitAdjustedLoss(BaseLoss):
         reduction:str='mean', # 'mean', 'sum' or 'none'
         **kwargs
     ):
-        super().__init__(LogitAdjustedCE, class_counts, tau=tau, reduction=reduction, axis=_check_axis(axis), **kwargs)
+        super().__init__(LogitAdjustedCE, class_counts, tau=tau, reduction=reduction, axis=check_axis(axis), **kwargs)
 
     @classmethod
     def from_dl(cls, dl, tau:float=1., **kwargs):
@@ -74,16 +76,18 @@ class LogitAdjustedLoss(BaseLoss):
     def tau(self) -> float: return self.func.tau
 
     def decodes(self, x:Tensor) -> Tensor: return x.argmax(dim=self.axis)
-    def activation(self, x:Tensor) -> Tensor: return F.softmax(x, dim=self.axis)  # the raw logits: no shift at prediction
+    def activation(self, x:Tensor) -> Tensor: return F.softmax(x, dim=self.axis)  # the raw logits: no shift
     def __repr__(self) -> str: return f"LogitAdjustedLoss(tau={self.tau})"
 
 # %% ../nbs/02a_adjust.ipynb #6c2e3fd4
 def _check_probs(probs, n_classes:int, what:str='probs') -> Tensor:
     "`probs` as a float64 tensor `(N, n_classes)` of probabilities in [0, 1], or an error that says what to pass"
     p = as_np(probs)
-    if p.dtype.kind not in 'iuf': raise TypeError(f"{what} must be numbers, probabilities `(N, {n_classes})`; got dtype {p.dtype}.")
+    if p.dtype.kind not in 'iuf':
+        raise TypeError(f"{what} must be numbers, probabilities `(N, {n_classes})`; got dtype {p.dtype}.")
     if p.ndim != 2 or p.shape[1] != n_classes:
-        raise ValueError(f"{what} have shape {p.shape}: expected (N, {n_classes}), one column per class of class_counts.")
+        raise ValueError(f"{what} have shape {p.shape}: expected (N, {n_classes}), one column per class of "
+                         "class_counts.")
     if p.size and not (np.isfinite(p).all() and p.min() >= -1e-6 and p.max() <= 1 + 1e-6):
         raise ValueError(f"{what} must be probabilities in [0, 1], got values in [{p.min()}, {p.max()}]: "
                          "pass softmax outputs (`learn.get_preds` gives them), not logits.")
@@ -109,15 +113,21 @@ def tune_tau(valid_probs, # validation probabilities `(N, C)` of the trained mod
              taus=(0., 0.25, 0.5, 0.75, 1., 1.25, 1.5, 2.), # the τ values tried
             ) -> tuple:
     "`(best_tau, scores)`: the τ of `taus` whose post-hoc adjustment scores best on validation (the smallest on a tie)"
-    if not callable(metric): raise TypeError(f"metric={metric!r} must be a function `metric(probs, targs) -> float`, e.g. `balanced_accuracy`.")
+    if not callable(metric):
+        raise TypeError(f"metric={metric!r} must be a function `metric(probs, targs) -> float`, "
+                        "e.g. `balanced_accuracy`.")
     taus = [check_tau(t) for t in (taus.tolist() if isinstance(taus, np.ndarray) else L(taus))]
     if not taus: raise ValueError("taus is empty: give the τ values to try, e.g. (0, 0.5, 1, 1.5, 2).")
     lp = log_prior(class_counts).double()
     p = _check_probs(valid_probs, len(lp), 'valid_probs')
     t = check_labels(valid_targs, len(lp), 'valid_targs')
-    if len(t) != len(p): raise ValueError(f"valid_targs has {len(t)} items but valid_probs has {len(p)} rows: pass one target per prediction.")
+    if len(t) != len(p):
+        raise ValueError(f"valid_targs has {len(t)} items but valid_probs has {len(p)} rows: "
+                         "pass one target per prediction.")
     scores = {tau: float(metric(_adjust(p, lp, tau), valid_targs)) for tau in taus}
     finite = {tau: s for tau, s in scores.items() if math.isfinite(s)}
-    if not finite: raise ValueError(f"metric gave {list(scores.values())} for every τ: it must return a finite score, higher is better.")
+    if not finite:
+        raise ValueError(f"metric gave {list(scores.values())} for every τ: it must return a finite score, "
+                         "higher is better.")
     best = max(finite.values())
     return min(tau for tau, s in finite.items() if s == best), scores

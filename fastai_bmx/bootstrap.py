@@ -14,10 +14,11 @@ from fastai.metrics import AccumMetric, ActivationType
 from fastai.torch_core import flatten_check
 import sklearn.metrics as skm
 from .metrics import PAPER_METRICS, class_preds
-from .evaluation import _to_preds, _check_inputs
+from .evaluation import pred_classes, check_preds_targs
 
 # %% auto #0
-__all__ = ['bootstrap_metrics', 'fmt_mean_std']
+__all__ = ['FAST_KIND_BY_NAME', 'resample_confusions', 'confusion_metric_values', 'closed_form_metric', 'draw_resample',
+           'bootstrap_metrics', 'fmt_mean_std']
 
 # %% ../nbs/05_bootstrap.ipynb #5617f942
 def _unpartial(f):
@@ -39,15 +40,17 @@ def _metric_name(f) -> str:
     return getattr(g, '__name__', None) or getattr(f, '__name__', None) or type(f).__name__
 
 # %% ../nbs/05_bootstrap.ipynb #16a24e1d
-# This package's metric functions, and the vectorised kind (`_fast_values`) that gives the same value. Their kappa
-# lists every class index (not only those seen), so 'kappa_all' keeps absent classes in the quadratic weights.
-_FAST_BY_NAME = {'quadratic_kappa': 'kappa_all', 'mcc': 'mcc', 'balanced_accuracy': 'bacc', 'macro_f1': 'f1_macro', 'accuracy': 'acc'}
-_OWN_FAST = {m.func: _FAST_BY_NAME[m.name] for m in PAPER_METRICS if m.name in _FAST_BY_NAME}
+FAST_KIND_BY_NAME = {'quadratic_kappa': 'kappa_all', 'mcc': 'mcc', 'balanced_accuracy': 'bacc', 'macro_f1': 'f1_macro',
+                     'accuracy': 'acc'}  # our metric -> its vectorised kind in `confusion_metric_values`
+
+# %% ../nbs/05_bootstrap.ipynb #2f68d3da
+_OWN_FAST = {m.func: FAST_KIND_BY_NAME[m.name] for m in PAPER_METRICS if m.name in FAST_KIND_BY_NAME}
 
 def _own_kind(m):
     "The vectorised kind of one of this package's metrics, plain or as our `AccumMetric` (e.g. `MCC()`), else None"
     if isinstance(m, AccumMetric):
-        plain = m.to_np and not m.invert_args and m.thresh is None and m.activation == ActivationType.No and not m.dim_argmax
+        plain = (m.to_np and not m.invert_args and m.thresh is None and m.activation == ActivationType.No
+                 and not m.dim_argmax)
         if not plain: return None
         m = m.func
     f, _ = _unpartial(m)
@@ -63,13 +66,14 @@ class _Metric:
                 f, kw = _unpartial(m.func)
                 self.fast = None if f is None else (f, {**kw, **m.kwargs})
         elif _is_sklearn(m): self.fast = _unpartial(m)
-        elif not callable(m): raise TypeError(f"Metric {name!r} is a {type(m).__name__}, not a callable or fastai AccumMetric.")
+        elif not callable(m):
+            raise TypeError(f"Metric {name!r} is a {type(m).__name__}, not a callable or fastai AccumMetric.")
 
     def prep(self, p:np.ndarray):
         "Row-wise part of the metric's prediction transform (commutes with resampling rows)"
         m = self.m
         if self.own:  # our metrics argmax scores themselves: doing it once gives the same values
-            q = _to_preds(p)
+            q = pred_classes(p)
             return torch.as_tensor(q) if isinstance(m, AccumMetric) else q
         if isinstance(m, AccumMetric):
             t = torch.as_tensor(p)
@@ -77,7 +81,7 @@ class _Metric:
             elif m.activation == ActivationType.No and m.dim_argmax and t.ndim > 1: t = t.argmax(dim=m.dim_argmax)
             if m.thresh: t = t >= m.thresh
             return t
-        return _to_preds(p) if _is_sklearn(m) else p
+        return pred_classes(p) if _is_sklearn(m) else p
 
     def call(self, p, t:np.ndarray) -> float:
         m = self.m
@@ -93,7 +97,8 @@ def _as_metrics(metrics) -> list:
     if isinstance(metrics, Mapping): items = list(metrics.items())
     elif isinstance(metrics, (list, tuple, L)): items = [(_metric_name(m), m) for m in metrics]
     else: items = [(_metric_name(metrics), metrics)]
-    if not items: raise ValueError("No metrics given: pass a callable, an AccumMetric, a list of them or a dict {name: metric}.")
+    if not items:
+        raise ValueError("No metrics given: pass a callable, an AccumMetric, a list of them or a dict {name: metric}.")
     names = [n for n,_ in items]
     if len(set(names)) != len(names):
         raise ValueError(f"Duplicate metric names {names}: pass a dict {{name: metric}} to name them apart.")
@@ -114,14 +119,14 @@ def _fast_kind(spec):
     return None
 
 # %% ../nbs/05_bootstrap.ipynb #371b5869
-def _confusions(t:np.ndarray, p:np.ndarray, idx:np.ndarray, k:int) -> np.ndarray:
+def resample_confusions(t:np.ndarray, p:np.ndarray, idx:np.ndarray, k:int) -> np.ndarray:
     "Confusion matrices `(B, k, k)` (rows: true) of codes `t`, `p` in 0..k-1, for each row of resample indices `idx`"
     codes = (t*k + p)[idx] + (np.arange(len(idx))*k*k)[:, None]  # one gather of the pair codes
     return np.bincount(codes.ravel(), minlength=len(idx)*k*k).reshape(len(idx), k, k).astype(np.float64)
 
 # %% ../nbs/05_bootstrap.ipynb #4ab8f760
-def _fast_values(kind:str, cm:np.ndarray) -> tuple:
-    "Metric `kind` of a batch of confusion matrices `(B, k, k)` as sklearn gives it on each, and a mask of those where sklearn warns"
+def confusion_metric_values(kind:str, cm:np.ndarray) -> tuple:
+    "Metric `kind` of each confusion matrix of `cm` `(B, k, k)` as sklearn gives it, and a mask of where sklearn warns"
     k = cm.shape[-1]
     t_sum, p_sum, n = cm.sum(2), cm.sum(1), cm.sum((1, 2))
     diag = np.diagonal(cm, axis1=1, axis2=2)
@@ -129,9 +134,11 @@ def _fast_values(kind:str, cm:np.ndarray) -> tuple:
     single = seen.sum(1) == 1  # sklearn warns 'A single label was found'
     with np.errstate(divide='ignore', invalid='ignore'):
         if kind.startswith('kappa'):  # 0/0 (one class, true and predicted) is NaN, sklearn's `replace_undefined_by`
-            pos = np.arange(k, dtype=np.float64) if kind == 'kappa_all' else np.cumsum(seen, 1) - 1.  # every class index (ours), or the rank among the labels seen (sklearn's)
+            # every class index (ours), or the rank among the labels seen (sklearn's)
+            pos = np.arange(k, dtype=np.float64) if kind == 'kappa_all' else np.cumsum(seen, 1) - 1.
             d = pos[..., :, None] - pos[..., None, :]
-            w = {'kappa_None': 1 - np.eye(k), 'kappa_linear': np.abs(d), 'kappa_quadratic': d**2, 'kappa_all': d**2}[kind]
+            w = {'kappa_None': 1 - np.eye(k), 'kappa_linear': np.abs(d), 'kappa_quadratic': d**2,
+                 'kappa_all': d**2}[kind]
             expected = t_sum[:, :, None] * p_sum[:, None, :] / n[:, None, None]
             den = (w * expected).sum((1, 2))
             return np.where(den == 0, np.nan, 1 - (w * cm).sum((1, 2)) / den), single
@@ -142,26 +149,26 @@ def _fast_values(kind:str, cm:np.ndarray) -> tuple:
         if kind == 'bacc':  # recall averaged over the classes in y_true; a predicted class not in it warns
             has = t_sum > 0
             return np.where(has, diag / t_sum, 0).sum(1) / has.sum(1), single | (~has & (p_sum > 0)).any(1)
-        if kind == 'f1_macro':  # F1 = 2tp / (2tp + fp + fn) averaged over the labels seen (those unseen are 0/0: left out)
+        if kind == 'f1_macro':  # F1 = 2tp / (2tp + fp + fn) averaged over the labels seen (unseen: 0/0, left out)
             return np.where(seen, 2*diag / (t_sum + p_sum), 0).sum(1) / seen.sum(1), np.zeros(len(cm), bool)
         if kind == 'acc': return diag.sum(1) / n, np.zeros(len(cm), bool)
     raise ValueError(kind)
 
 # %% ../nbs/05_bootstrap.ipynb #96f151fd
-def _closed_form(name:str):
-    "This package's metric `name` as `(preds, targs) -> float` from one confusion matrix (the metric's values, without scikit-learn's checks)"
+def closed_form_metric(name:str):
+    "This package's metric `name` as `(preds, targs) -> float`, from one confusion matrix (no scikit-learn checks)"
     f = {m.name: m.func for m in PAPER_METRICS}[name]
-    kind = _FAST_BY_NAME.get(name)
+    kind = FAST_KIND_BY_NAME.get(name)
     if kind is None: return f
     def metric(preds, targs, n_classes:int|None=None) -> float:
         p, t, k = class_preds(preds, targs, n_classes)
-        v = float(_fast_values(kind, _confusions(t, p, np.arange(len(t))[None], k))[0][0])
+        v = float(confusion_metric_values(kind, resample_confusions(t, p, np.arange(len(t))[None], k))[0][0])
         return f(p, t, n_classes) if np.isnan(v) else v  # kappa's 0/0: the metric's own `undefined`
     metric.__name__ = name
     return metric
 
 # %% ../nbs/05_bootstrap.ipynb #ead47fbf
-def _draw(rng, n_items:int, groups:list|None) -> np.ndarray:
+def draw_resample(rng, n_items:int, groups:list|None) -> np.ndarray:
     "One resample of indices: within each group of indices if `groups`, else over all `n_items`"
     if groups is None: return rng.integers(0, n_items, n_items)
     return np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
@@ -169,17 +176,17 @@ def _draw(rng, n_items:int, groups:list|None) -> np.ndarray:
 # %% ../nbs/05_bootstrap.ipynb #189d6c3a
 def bootstrap_metrics(probs_or_preds, # probabilities `(N, C)` or predicted class indices `(N,)`
                       targs, # true class indices `(N,)`
-                      metrics=None, # a metric, a list of them or a dict {name: metric}; None: the paper's, `PAPER_METRICS`
+                      metrics=None, # a metric, a list of them or a dict {name: metric}; None: `PAPER_METRICS`
                       n:int=1000, # number of bootstrap resamples
                       stratified:bool=True, # resample within each class (class counts kept), as in the paper
                       seed:int=0, # seed of the resampling; same seed, same result
                       ci:float=0.95, # coverage of the percentile interval `lo`..`hi`
                      ) -> pd.DataFrame:
-    "Bootstrap each metric: one row per metric with the full-set `point` estimate and the resamples' `mean`, `std`, `lo`, `hi`"
+    "Bootstrap each metric: a row each, with the full-set `point` estimate and the resamples' `mean`, `std`, `lo`, `hi`"
     if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n={n!r}: the number of bootstrap resamples must be an integer >= 1 (the paper uses 1000).")
     if not 0 < ci < 1: raise ValueError(f"ci={ci!r}: the interval's coverage must be in (0, 1), e.g. 0.95.")
-    p, t = _check_inputs(probs_or_preds, targs)
+    p, t = check_preds_targs(probs_or_preds, targs)
     if metrics is None: metrics = {m.name: m.func for m in PAPER_METRICS}
     ms = _as_metrics(metrics)
     preps = [m.prep(p) for m in ms]
@@ -193,14 +200,15 @@ def bootstrap_metrics(probs_or_preds, # probabilities `(N, C)` or predicted clas
         if kind is None: continue
         q = np.asarray(q)
         if q.ndim != 1 or q.dtype.kind not in 'iub': continue
-        fast[j] = (kind, q, np.arange(max(t.max(), q.max()) + 1) if kind == 'kappa_all' else np.unique(np.concatenate([t, q])))
+        labs = np.arange(max(t.max(), q.max()) + 1) if kind == 'kappa_all' else np.unique(np.concatenate([t, q]))
+        fast[j] = (kind, q, labs)
     vals = np.empty((len(ms), n))
     chunk = max(1, 2_000_000 // len(t))
     n_warn = [0]*len(ms)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         for start in range(0, n, chunk):
-            idx = np.stack([_draw(rng, len(t), groups) for _ in range(min(chunk, n - start))])
+            idx = np.stack([draw_resample(rng, len(t), groups) for _ in range(min(chunk, n - start))])
             cols = slice(start, start + len(idx))
             cms = {}
             for j, m in enumerate(ms):
@@ -208,9 +216,11 @@ def bootstrap_metrics(probs_or_preds, # probabilities `(N, C)` or predicted clas
                     kind, q, labels = fast[j]
                     key = (id(q), len(labels))  # both kinds of labels hold t and q: of one length, they are the same
                     if key not in cms:
-                        cms[key] = _confusions(np.searchsorted(labels, t), np.searchsorted(labels, q), idx, len(labels))
-                    v, warned = _fast_values(kind, cms[key])
-                    if m.own and np.isnan(v).any():  # our kappa's 0/0 (one class): its `undefined`, the same for every such resample
+                        codes = np.searchsorted(labels, t), np.searchsorted(labels, q)
+                        cms[key] = resample_confusions(*codes, idx, len(labels))
+                    v, warned = confusion_metric_values(kind, cms[key])
+                    # our kappa's 0/0 (one class): its `undefined`, the same for every such resample
+                    if m.own and np.isnan(v).any():
                         b = np.flatnonzero(np.isnan(v))
                         v[b] = m.call(preps[j][idx[b[0]]], t[idx[b[0]]])
                     elif not m.own: n_warn[j] += int(warned.sum())  # where sklearn would have warned
@@ -221,7 +231,8 @@ def bootstrap_metrics(probs_or_preds, # probabilities `(N, C)` or predicted clas
                     vals[j, start + b] = m.call(preps[j][idx[b]], t[idx[b]])
                     n_warn[j] += len(caught) > n0
     for j, m in enumerate(ms):
-        if n_warn[j]: warnings.warn(f"{m.name}: {n_warn[j]} of {n} bootstrap resamples raised warnings (e.g. an undefined metric).")
+        if n_warn[j]: warnings.warn(f"{m.name}: {n_warn[j]} of {n} bootstrap resamples raised warnings "
+                                    "(e.g. an undefined metric).")
     a = (1 - ci) / 2
     lo, hi = np.quantile(vals, [a, 1 - a], axis=1)
     df = pd.DataFrame(dict(point=points, mean=vals.mean(1), std=vals.std(1, ddof=1) if n > 1 else np.nan, lo=lo, hi=hi),
@@ -237,8 +248,9 @@ def fmt_mean_std(df:pd.DataFrame, # the result of `bootstrap_metrics`
                 ) -> pd.Series:
     "Format a `bootstrap_metrics` table as 'mean ± std' strings (print with `.to_string()`)"
     missing = {'mean', 'std'} - set(df.columns) | ({'lo', 'hi'} - set(df.columns) if with_ci else set())
-    if missing: raise ValueError(f"df lacks columns {sorted(missing)}: pass the DataFrame returned by `bootstrap_metrics`.")
+    if missing:
+        raise ValueError(f"df lacks columns {sorted(missing)}: pass the DataFrame returned by `bootstrap_metrics`.")
     f = lambda v: f'{v*scale:.{digits}f}'
-    s = pd.Series([f'{f(r.mean)} ± {f(r.std)}' + (f' [{f(r.lo)}, {f(r.hi)}]' if with_ci else '') for r in df.itertuples()],
-                  index=df.index, name='mean ± std')
+    rows = [f'{f(r.mean)} ± {f(r.std)}' + (f' [{f(r.lo)}, {f(r.hi)}]' if with_ci else '') for r in df.itertuples()]
+    s = pd.Series(rows, index=df.index, name='mean ± std')
     return s

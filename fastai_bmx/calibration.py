@@ -19,25 +19,29 @@ def _probs_targs(probs, targs) -> tuple:
     "Probabilities `(N, C)` as float64 and class indices `(N,)` as int64, checked"
     p = as_np(probs).astype(np.float64)
     if p.ndim != 2 or p.shape[1] < 2:
-        raise ValueError(f"probs have shape {p.shape}: pass probabilities of shape (N, C), one column per class (C >= 2).")
+        raise ValueError(f"probs have shape {p.shape}: pass probabilities of shape (N, C), one column per class "
+                         "(C >= 2).")
     if not np.isfinite(p).all() or (p < 0).any() or not np.allclose(p.sum(1), 1, atol=1e-3):
-        raise ValueError("probs must be probabilities, finite, >= 0, each row adding up to 1: apply softmax to logits first.")
+        raise ValueError("probs must be probabilities, finite, >= 0, each row adding up to 1: apply softmax to logits "
+                         "first.")
     t = check_labels(targs, p.shape[1], 'targs')
-    if len(t) != len(p): raise ValueError(f"Got {len(p)} rows of probabilities for {len(t)} targets: pass one row per target.")
+    if len(t) != len(p):
+        raise ValueError(f"Got {len(p)} rows of probabilities for {len(t)} targets: pass one row per target.")
     return p, t
 
 def _binned_gap(conf:np.ndarray, hit:np.ndarray, n_bins:int) -> float:
     "Σ_b |B_b|/N · |mean(hit in B_b) − mean(conf in B_b)| over `n_bins` equal-width bins (lo, hi] of [0, 1]"
     b = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)  # bin i holds (i/n, (i+1)/n]; 0 joins the first
     n = np.bincount(b, minlength=n_bins)
-    gap = np.abs(np.bincount(b, hit, n_bins) - np.bincount(b, conf, n_bins))  # |Σ hit − Σ conf| per bin = |B|·|acc − conf|
+    # per bin, |Σ hit − Σ conf| = |B|·|acc − conf|
+    gap = np.abs(np.bincount(b, hit, n_bins) - np.bincount(b, conf, n_bins))
     return float(gap.sum() / len(conf))
 
 def ece(probs, # predicted probabilities `(N, C)`
         targs, # true class indices `(N,)`
         n_bins:int=15, # equal-width confidence bins over [0, 1]
        ) -> float:
-    "Expected calibration error of the top label (Guo et al. 2017): the bin-weighted gap between confidence and accuracy"
+    "Expected calibration error of the top label (Guo et al. 2017): bin-weighted gap between confidence and accuracy"
     p, t = _probs_targs(probs, targs)
     return _binned_gap(p.max(1), (p.argmax(1) == t).astype(float), n_bins)
 
@@ -46,7 +50,7 @@ def classwise_ece(probs, # predicted probabilities `(N, C)`
                   targs, # true class indices `(N,)`
                   n_bins:int=15, # equal-width bins of each class's probability
                  ) -> float:
-    "Classwise ECE (Kull et al. 2019): for each class, the binned gap between its probability and its frequency, averaged over classes"
+    "Classwise ECE (Kull et al. 2019): each class's binned gap between its probability and frequency, averaged"
     p, t = _probs_targs(probs, targs)
     return float(np.mean([_binned_gap(p[:, k], (t == k).astype(float), n_bins) for k in range(p.shape[1])]))
 
@@ -63,7 +67,7 @@ def nll(probs, # predicted probabilities `(N, C)`
 def brier(probs, # predicted probabilities `(N, C)`
           targs, # true class indices `(N,)`
          ) -> float:
-    "Brier score as scikit-learn's `brier_score_loss`: Σ_k (p_k − y_k)² averaged over items, halved for two classes (the positive class's)"
+    "Brier score as sklearn's `brier_score_loss`: Σ_k (p_k − y_k)² averaged over items, halved for two classes"
     p, t = _probs_targs(probs, targs)
     s = ((p - np.eye(p.shape[1])[t]) ** 2).sum(1).mean()
     return float(s / 2 if p.shape[1] == 2 else s)
@@ -74,7 +78,8 @@ def calibration_scores(probs, # predicted probabilities `(N, C)`
                        n_bins:int=15, # bins of the two ECEs
                       ) -> dict:
     "The four calibration measures of one set of predictions: ece, classwise_ece, nll and brier"
-    return dict(ece=ece(probs, targs, n_bins), classwise_ece=classwise_ece(probs, targs, n_bins), nll=nll(probs, targs), brier=brier(probs, targs))
+    return dict(ece=ece(probs, targs, n_bins), classwise_ece=classwise_ece(probs, targs, n_bins), nll=nll(probs, targs),
+                brier=brier(probs, targs))
 
 CALIBRATION_METRICS = ('ece', 'classwise_ece', 'nll', 'brier') # lower is better for each
 
@@ -83,13 +88,14 @@ def reliability(probs, # predicted probabilities `(N, C)`
                 targs, # true class indices `(N,)`
                 n_bins:int=15, # equal-width confidence bins
                ) -> pd.DataFrame:
-    "The top-label reliability curve: for each non-empty confidence bin, its bounds, items, mean confidence and accuracy"
+    "The top-label reliability curve: each non-empty confidence bin's bounds, items, mean confidence and accuracy"
     p, t = _probs_targs(probs, targs)
     conf, hit = p.max(1), (p.argmax(1) == t).astype(float)
     b = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
     n = np.bincount(b, minlength=n_bins)
     df = pd.DataFrame(dict(lo=np.arange(n_bins) / n_bins, hi=np.arange(1, n_bins + 1) / n_bins, items=n,
-                           confidence=np.bincount(b, conf, n_bins) / np.maximum(n, 1), accuracy=np.bincount(b, hit, n_bins) / np.maximum(n, 1)))
+                           confidence=np.bincount(b, conf, n_bins) / np.maximum(n, 1),
+                           accuracy=np.bincount(b, hit, n_bins) / np.maximum(n, 1)))
     return df[df['items'] > 0].reset_index(drop=True)
 
 # %% ../nbs/03a_calibration.ipynb #54b7ad21
@@ -97,7 +103,7 @@ def plot_reliability(curves:dict, # name -> `(probs, targs)`, one curve each
                      n_bins:int=15, # equal-width confidence bins
                      title:str='Reliability (top label)', # the figure's title
                     ):
-    "Accuracy against confidence per bin, one line per entry of `curves`, with its ECE in the legend; the diagonal is calibrated"
+    "Accuracy against confidence per bin: a line per entry of `curves`, ECE in the legend; the diagonal is calibrated"
     from matplotlib.figure import Figure
     fig = Figure(figsize=(4.5, 4.2), layout='constrained')
     ax = fig.subplots()
@@ -114,7 +120,8 @@ def temperature_scale(probs, # predicted probabilities `(N, C)`
                       temperature:float, # T > 0: above 1 softens, below 1 sharpens, 1 changes nothing
                      ) -> np.ndarray:
     "softmax(log p / T): the probabilities at temperature T, each row's order of classes unchanged"
-    if not (np.isfinite(temperature) and temperature > 0): raise ValueError(f"temperature={temperature!r} must be a number > 0.")
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature={temperature!r} must be a number > 0.")
     z = np.log(np.clip(as_np(probs).astype(np.float64), 1e-12, 1)) / temperature
     z -= z.max(1, keepdims=True)
     e = np.exp(z)

@@ -9,16 +9,17 @@ from __future__ import annotations
 import math, numbers
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'check_q', 'check_alpha', 'check_tau', 'check_precision_name', 'check_window']
+__all__ = ['PRECISIONS', 'is_finite_real', 'check_q', 'check_alpha', 'check_tau', 'check_precision_name', 'check_window']
 
 # %% ../nbs/00b_checks.ipynb #de7e779d
-def _finite_real(x) -> bool:
+def is_finite_real(x) -> bool:
     "Whether `x` is a finite real number (a bool is not): the shared test of every hyperparameter check"
     return not isinstance(x, bool) and isinstance(x, numbers.Real) and math.isfinite(x)
 
+# %% ../nbs/00b_checks.ipynb #58891e68
 def check_q(q) -> float:
     "Return `q` as a float, or raise a clear error unless it is a finite number in [0, 1]"
-    if not (_finite_real(q) and 0 <= q <= 1):
+    if not (is_finite_real(q) and 0 <= q <= 1):
         raise ValueError(f"q={q!r} is not a number in [0, 1]. Class j is drawn with probability ∝ n_j**q: "
                          "q=1 is instance sampling, q=0.5 square-root sampling and q=0 class-balanced sampling.")
     return float(q)
@@ -26,15 +27,16 @@ def check_q(q) -> float:
 # %% ../nbs/00b_checks.ipynb #dc41a6b4
 def check_alpha(alpha) -> float:
     "Return `alpha` as a float, or raise a clear error unless it is a finite number > 0"
-    if not (_finite_real(alpha) and alpha > 0):
-        raise ValueError(f"alpha={alpha!r} must be a finite number > 0: λ ~ Beta(α, 1) weighs the class-balanced batch, "
-                         "and a larger α blends in more of it. The paper uses 0.1, 0.2 or 0.3.")
+    if not (is_finite_real(alpha) and alpha > 0):
+        raise ValueError(f"alpha={alpha!r} must be a finite number > 0: λ ~ Beta(α, 1) weighs the class-balanced "
+                         "batch, and a larger α blends in more of it. The paper uses 0.1, 0.2 or 0.3.")
     return float(alpha)
 
 # %% ../nbs/00b_checks.ipynb #426e9981
 def check_tau(tau) -> float:
     "`tau` as a float, or a clear error unless it is a finite number >= 0"
-    if not (_finite_real(tau) and tau >= 0): raise ValueError(f"tau={tau!r} must be a number >= 0 (0: no adjustment, 1: Balanced Softmax).")
+    if not (is_finite_real(tau) and tau >= 0):
+        raise ValueError(f"tau={tau!r} must be a number >= 0 (0: no adjustment, 1: Balanced Softmax).")
     return float(tau)
 
 # %% ../nbs/00b_checks.ipynb #a4b4658a
@@ -42,16 +44,16 @@ PRECISIONS = ('fp32', 'bf16', 'fp16') # the values of `--precision`
 
 def check_precision_name(precision:str, # 'fp32', 'bf16' or 'fp16'
                         ) -> str:
-    "`precision`, or a clear error unless it is one of `PRECISIONS` (whether the device can train in it is `check_precision`'s)"
+    "`precision`, or a clear error unless it is one of `PRECISIONS` (whether the device can: `check_precision`)"
     if precision not in PRECISIONS: raise ValueError(f"precision={precision!r}: use one of {', '.join(PRECISIONS)}.")
     return precision
 
 # %% ../nbs/00b_checks.ipynb #b1d2c27d
 def check_window(window, # None, 'range' or (center, width)
                 ) -> tuple|str|None:
-    "`window` as None (each DICOM file's own), 'range' (each image's own range) or `(center, width)` floats, or a clear error"
+    "`window` as None (each DICOM file's own), 'range' (each image's own) or `(center, width)` floats, or a clear error"
     if window is None or window == 'range': return window
-    if isinstance(window, (tuple, list)) and len(window) == 2 and all(_finite_real(v) for v in window) and window[1] > 0:
-        return (float(window[0]), float(window[1]))
-    raise ValueError(f"window={window!r}: give None (each DICOM file's own window), 'range' (each image's own range) or "
-                     "(center, width) with width > 0, e.g. (40, 400) for soft tissue in CT.")
+    pair = isinstance(window, (tuple, list)) and len(window) == 2 and all(is_finite_real(v) for v in window)
+    if pair and window[1] > 0: return (float(window[0]), float(window[1]))
+    raise ValueError(f"window={window!r}: give None (each DICOM file's own window), 'range' (each image's own range) "
+                     "or (center, width) with width > 0, e.g. (40, 400) for soft tissue in CT.")

@@ -21,15 +21,15 @@ from .sampling import check_labels, get_labels
 
 # %% auto #0
 __all__ = ['MEDMNIST_KEYS', 'DERMA_CLASSES', 'RETINA_CLASSES', 'bmx_data', 'load_medmnist', 'medmnist_classes', 'is_ordinal',
-           'mark_ordinal', 'IndexedImage', 'IndexedLabel', 'default_augs', 'arrays_dls', 'medmnist_dls',
-           'longtail_counts', 'digits_splits', 'digits_dls']
+           'mark_ordinal', 'IndexedImage', 'IndexedLabel', 'images_to_tensor', 'default_augs', 'arrays_dls',
+           'medmnist_dls', 'longtail_counts', 'digits_splits', 'digits_dls']
 
 # %% ../nbs/06_data.ipynb #eaaa79ac
 _DATA_HINT = "Set the environment variable BMX_DATA to the folder that holds the MedMNIST .npz files"
 
 def bmx_data(fname:str|None=None, # A file in the data folder; None returns the folder itself
             ) -> Path:
-    "Folder of the real data (`$BMX_DATA`, else the first `shared/data` in the cwd or one of its parents), or `fname` in it"
+    "Folder of the real data (`$BMX_DATA`, else the first `shared/data` in the cwd or a parent of it), or `fname` in it"
     env = os.environ.get('BMX_DATA')
     if env:
         d = Path(env).expanduser()
@@ -50,12 +50,12 @@ _SPLITS = {'train': 'train', 'valid': 'val', 'test': 'test'}  # our split name -
 
 def _read_npz(path:Path) -> dict:
     "All arrays of the `.npz` at `path`, or a clear error"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist. {_DATA_HINT}, and load it with e.g. `medmnist_dls(bmx_data('retinamnist.npz'))`.")
+    if not path.exists(): raise FileNotFoundError(f"{path} does not exist. {_DATA_HINT}, and load it with e.g. "
+                                                  "`medmnist_dls(bmx_data('retinamnist.npz'))`.")
     try: npz = np.load(path, allow_pickle=False)
     except Exception as e: raise ValueError(f"{path} is not a readable .npz: {type(e).__name__}: {e}") from e
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} is not a readable .npz: it holds a single array (a .npy file), not MedMNIST's named arrays.")
+    if not isinstance(npz, np.lib.npyio.NpzFile): raise ValueError(f"{path} is not a readable .npz: it holds a single "
+                                                                   "array (a .npy file), not MedMNIST's named arrays.")
     with npz:
         missing = [k for k in MEDMNIST_KEYS if k not in npz.files]
         if missing:
@@ -74,16 +74,16 @@ def _check_split(x:np.ndarray, y:np.ndarray, name:str, src:str) -> tuple:
         raise ValueError(f"{name} labels{src} have shape {y.shape}: {y.shape[1]} labels per image. This is a multi-label task (like ChestMNIST) "
                          "or one-hot labels; only single-label classification, with labels of shape (N,) or (N, 1), is supported.")
     y = check_labels(y, what=f"{name} labels{src}")
-    if len(x) != len(y):
-        raise ValueError(f"{name} has {len(x)} images but {len(y)} labels{src}: there must be one label per image, in the same order.")
+    if len(x) != len(y): raise ValueError(f"{name} has {len(x)} images but {len(y)} labels{src}: there must be one "
+                                          "label per image, in the same order.")
     return x, y
 
 def _check_splits(splits:dict, src:str='') -> dict:
     "Check each split and that all splits share one image shape"
     res = {k: _check_split(*v, k, src) for k, v in splits.items()}
     shapes = {k: (x.shape[1:3], x.shape[3] if x.ndim == 4 else 1) for k, (x, _) in res.items()}
-    if len(set(shapes.values())) > 1:
-        raise ValueError(f"The splits{src} have different image shapes ((H, W), channels): {shapes}. All splits must share one.")
+    if len(set(shapes.values())) > 1: raise ValueError(f"The splits{src} have different image shapes ((H, W), "
+                                                       f"channels): {shapes}. All splits must share one.")
     return res
 
 # %% ../nbs/06_data.ipynb #21f8390e
@@ -101,7 +101,7 @@ RETINA_CLASSES = ['0', '1', '2', '3', '4']  # diabetic-retinopathy grade: 0 no D
 def medmnist_classes(path:str|Path, # A MedMNIST file name or path
                      n_classes:int|None=None, # Number of classes, for the default names '0'..'k-1'
                     ) -> list|None:
-    "Class names of a MedMNIST file, from its name (RetinaMNIST, DermaMNIST), else `'0'..'k-1'` (None if `n_classes` is None)"
+    "Class names of a MedMNIST file, from its name (RetinaMNIST, DermaMNIST), else `'0'..'k-1'` if `n_classes`, or None"
     stem = Path(path).stem.lower()
     if 'retina' in stem: return list(RETINA_CLASSES)
     if 'derma' in stem: return list(DERMA_CLASSES)
@@ -122,16 +122,16 @@ def is_ordinal(o, # A MedMNIST file name/path, or `DataLoaders` marked by `mark_
 def mark_ordinal(dls:DataLoaders, # `DataLoaders` whose label pipeline ends in fastai's `Categorize`
                  ordinal:bool=True, # Whether the classes are ordered grades
                 ) -> DataLoaders:
-    "Record on the labels' `Categorize` whether the classes are ordered grades, so `is_ordinal(dls)` reads it, also after `dls.resampled`"
+    "Mark on the labels' `Categorize` if the classes are ordered grades, for `is_ordinal(dls)` (after `resampled` too)"
     cat = _label_categorize(dls)
-    if cat is None: raise ValueError("These DataLoaders' labels have no `Categorize` transform: build them with fastai's "
-                                     "`CategoryBlock` (or `Categorize`) to mark their classes as ordered.")
+    if cat is None: raise ValueError("These DataLoaders' labels have no `Categorize` transform: build them with "
+                                     "fastai's `CategoryBlock` (or `Categorize`) to mark their classes as ordered.")
     cat.ordinal = bool(ordinal)
     return dls
 
 # %% ../nbs/06_data.ipynb #6b205445
 class IndexedImage(Transform):
-    "Index -> `TensorImage` (C, H, W, uint8) read from an in-memory `(N, C, H, W)` tensor; 1 channel repeated to 3 if `expand`"
+    "Index -> `TensorImage` (C, H, W, uint8) of an in-memory `(N, C, H, W)` tensor; 1 channel repeated to 3 if `expand`"
     def __init__(self, images:torch.Tensor, expand:bool=True): store_attr()
     def encodes(self, i):
         x = self.images[i]
@@ -143,7 +143,7 @@ class IndexedLabel(Transform):
     def encodes(self, i): return self.names[self.labels[i]]
 
 # %% ../nbs/06_data.ipynb #b155b79b
-def _to_tensor(x:np.ndarray, size=None, chunk:int=1024) -> torch.Tensor:
+def images_to_tensor(x:np.ndarray, size=None, chunk:int=1024) -> torch.Tensor:
     "uint8 `(N,H,W[,C])` array -> uint8 `(N,C,H,W)` tensor, resized to `size` (bilinear, antialiased) when given"
     t = torch.from_numpy(np.ascontiguousarray(x))
     t = t[:, None] if t.ndim == 3 else t.permute(0, 3, 1, 2)
@@ -165,7 +165,7 @@ def _channel_stats(t:torch.Tensor, chunk:int=4096) -> tuple:
 
 # %% ../nbs/06_data.ipynb #74ad2c82
 def default_augs(do_flip:bool=True, # Random horizontal flip
-                 flip_vert:bool=False, # Also flip vertically and rotate by 90° (`Dihedral`): for images with no up or down
+                 flip_vert:bool=False, # Also flip vertically and rotate by 90° (`Dihedral`): images with no up or down
                  max_rotate:float=10., # Largest rotation, in degrees
                  max_zoom:float=1.1, # Largest zoom (1 for none)
                  max_lighting:float=0., # Brightness/contrast jitter (fastai's default is 0.2)
@@ -177,7 +177,7 @@ def default_augs(do_flip:bool=True, # Random horizontal flip
                           max_lighting=max_lighting, max_warp=max_warp, **kwargs)
 
 # %% ../nbs/06_data.ipynb #d32e10d7
-def arrays_dls(splits:dict, # `{'train': (images, labels), 'valid': ..., 'test': ...}`; uint8 `(N,H,W[,3])` images ('test' optional)
+def arrays_dls(splits:dict, # `{'train': (images, labels), 'valid': ...[, 'test': ...]}`; uint8 `(N,H,W[,3])` images
                class_names:list|None=None, # Name of each class index; default '0'..'k-1'
                bs:int=64, # Batch size
                size:int|tuple|None=None, # Resize every image once to this size; None keeps the native size
@@ -189,7 +189,7 @@ def arrays_dls(splits:dict, # `{'train': (images, labels), 'valid': ..., 'test':
                expand_gray:bool=True, # Repeat grayscale images to 3 channels
                ordinal:bool=False, # Whether the classes are ordered grades (`is_ordinal(dls)`, see `mark_ordinal`)
                path:str|Path='.', # `dls.path`
-               stats:tuple|None=None, # `(mean, std)` per channel, in [0, 1] units, to normalise with; None: the training images' own
+               stats:tuple|None=None, # `(mean, std)` per channel in [0, 1] to normalise with; None: the training set's
                **kwargs, # Passed on to `Datasets.dataloaders` (e.g. `val_bs`, `drop_last`)
               ) -> DataLoaders:
     "fastai `DataLoaders` (train, valid[, test]) over in-memory uint8 image arrays, whose items are indices"
@@ -202,14 +202,14 @@ def arrays_dls(splits:dict, # `{'train': (images, labels), 'valid': ..., 'test':
     if len(class_names) < n_cls: raise ValueError(f"The labels go up to class index {n_cls-1}, but only {len(class_names)} "
                                                   f"class_names were given: {class_names}. Pass one name per class.")
     if len(set(class_names)) != len(class_names): raise ValueError(f"class_names must be distinct, got {class_names}.")
-    xs = [_to_tensor(splits[k][0], size) for k in names]
+    xs = [images_to_tensor(splits[k][0], size) for k in names]
     n = np.cumsum([0] + [len(x) for x in xs])
     images, labels = torch.cat(xs), np.concatenate([splits[k][1] for k in names])
-    mean, std = _channel_stats(xs[0]) if stats is None else (torch.tensor(stats[0]).float(), torch.tensor(stats[1]).float())
+    mean, std = _channel_stats(xs[0]) if stats is None else tuple(torch.tensor(stats[i]).float() for i in (0, 1))
     if expand_gray and images.shape[1] == 1: mean, std = mean.expand(3), std.expand(3)
     if (std == 0).any(): raise ValueError(f"A channel of the training images is constant (std {std.tolist()}): it can't be normalised.")
-    dsets = Datasets(list(range(len(images))),
-                     [[IndexedImage(images, expand_gray)], [IndexedLabel(labels, class_names), Categorize(class_names, sort=False)]],
+    dsets = Datasets(list(range(len(images))), [[IndexedImage(images, expand_gray)],
+                     [IndexedLabel(labels, class_names), Categorize(class_names, sort=False)]],
                      splits=[list(range(n[i], n[i+1])) for i in range(len(names))])
     augs = default_augs() if batch_tfms is None else list(batch_tfms)
     dls = dsets.dataloaders(bs=bs, num_workers=num_workers, device=device, path=path,
@@ -221,12 +221,13 @@ def arrays_dls(splits:dict, # `{'train': (images, labels), 'valid': ..., 'test':
 @patch(as_prop=True)
 def test(self:DataLoaders):
     "The test loader (`dls[2]`) of `DataLoaders` with three loaders, as built by `medmnist_dls` and `digits_dls`"
-    if len(self.loaders) < 3: raise AttributeError('test')  # Python drops this error and asks `__getattr__`, which says why
+    if len(self.loaders) < 3: raise AttributeError('test')  # Python drops it and asks `__getattr__`, which says why
     return self.loaders[2]
 
 def _dls_getattr(self:DataLoaders, k:str, _fastai=DataLoaders.__getattr__):
-    "fastai's lookup in `dls.train`, except that a missing `dls.test` says why (not `@patch`: a module's `__getattr__` is special)"
-    if k == 'test': raise AttributeError(f"These DataLoaders have {len(self.loaders)} loaders, so no test loader (dls[2]): give a 'test' split, or make a loader with dls.test_dl(items).")
+    "fastai's lookup in `dls.train`, but a missing `dls.test` says why (not `@patch`: module `__getattr__` is special)"
+    if k == 'test': raise AttributeError(f"These DataLoaders have {len(self.loaders)} loaders, so no test loader "
+                                         "(dls[2]): give a 'test' split, or make a loader with dls.test_dl(items).")
     return _fastai(self, k)
 DataLoaders.__getattr__ = _dls_getattr
 
@@ -239,15 +240,15 @@ def medmnist_dls(path:str|Path, # A MedMNIST v2 `.npz` file (any of the 28/64/12
                  item_tfms:list|None=None, # Extra item transforms, applied to uint8 `TensorImage`s
                  batch_tfms:list|None=None, # Augmentations; None is `default_augs()`, [] none
                  device=None, # Device of the batches; default `default_device()`
-                 class_names:list|None=None, # Class names; default from the file name (`medmnist_classes`), else '0'..'k-1'
+                 class_names:list|None=None, # Class names; default: `medmnist_classes(path)`, else '0'..'k-1'
                  ordinal:bool|None=None, # Ordered classes? Default `is_ordinal(path)` (True for RetinaMNIST)
                  **kwargs, # Passed on to `arrays_dls` (e.g. `expand_gray`, `val_bs`)
                 ) -> DataLoaders:
-    "`DataLoaders` (train, valid, test) of a MedMNIST `.npz` file: normalised float images, labels readable without the images"
+    "`DataLoaders` (train, valid, test) of a MedMNIST `.npz` file: normalised float images, labels read without images"
     path = Path(path)
     if class_names is None: class_names = medmnist_classes(path)
-    return arrays_dls(load_medmnist(path), class_names=class_names, bs=bs, size=size, num_workers=num_workers, seed=seed,
-                      item_tfms=item_tfms, batch_tfms=batch_tfms, device=device,
+    return arrays_dls(load_medmnist(path), class_names=class_names, bs=bs, size=size, num_workers=num_workers,
+                      seed=seed, item_tfms=item_tfms, batch_tfms=batch_tfms, device=device,
                       ordinal=is_ordinal(path) if ordinal is None else ordinal, path=path.parent, **kwargs)
 
 # %% ../nbs/06_data.ipynb #7c11fa9c
@@ -266,14 +267,14 @@ def digits_splits(imbalance:float=10., # Ratio of the largest to the smallest cl
                   test_pct:float=0.2, # Fraction of the kept images in the test split
                   seed:int=0, # Seeds which images are kept and the split
                  ) -> dict:
-    "Long-tailed scikit-learn digits, split stratified: `{'train': (images, labels), 'valid': ..., 'test': ...}`, uint8 8×8"
+    "Long-tailed sklearn digits, split stratified: `{'train': (images, labels), 'valid': ..., 'test': ...}`, uint8 8×8"
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
     d = load_digits()
     x, y = np.round(d.images * 255 / 16).astype(np.uint8), d.target.astype(np.int64)
     counts = longtail_counts(np.bincount(y).min(), 10, imbalance)
-    if counts.min() < 5: raise ValueError(f"imbalance={imbalance} leaves the rarest digit only {counts.min()} images, too few "
-                                          "for three stratified splits: use imbalance <= 34.")
+    if counts.min() < 5: raise ValueError(f"imbalance={imbalance} leaves the rarest digit only {counts.min()} images, "
+                                          "too few for three stratified splits: use imbalance <= 34.")
     rng = np.random.default_rng(seed)
     keep = np.concatenate([np.sort(rng.choice(np.flatnonzero(y == j), n, replace=False)) for j, n in enumerate(counts)])
     x, y = x[keep], y[keep]

@@ -15,14 +15,15 @@ from fastai.callback.core import Callback
 from .sampling import check_labels, as_np
 
 # %% auto #0
-__all__ = ['flip_dims', 'FlipCallback', 'flip_tta', 'confusion_matrix', 'per_class_report']
+__all__ = ['flip_dims', 'FlipCallback', 'flip_tta', 'pred_classes', 'check_preds_targs', 'confusion_matrix', 'per_class_report']
 
 # %% ../nbs/04_evaluation.ipynb #a1f8e685
 _FLIPS = {'h': (-1,), 'v': (-2,), 'hv': (-2, -1)}
 
 def flip_dims(flip:str) -> tuple:
-    "Tensor dims to flip for `flip`: 'h' (horizontal, last dim), 'v' (vertical, dim -2) or 'hv' (both: a 180° rotation)"
-    if flip not in _FLIPS: raise ValueError(f"Unknown flip {flip!r}: use 'h' (horizontal), 'v' (vertical) or 'hv' (both).")
+    "Tensor dims to flip for `flip`: 'h' (horizontal, last dim), 'v' (vertical, dim -2) or 'hv' (both, a 180° turn)"
+    if flip not in _FLIPS:
+        raise ValueError(f"Unknown flip {flip!r}: use 'h' (horizontal), 'v' (vertical) or 'hv' (both).")
     return _FLIPS[flip]
 
 class FlipCallback(Callback):
@@ -59,18 +60,20 @@ def flip_tta(learn:Learner, # a trained `Learner` whose inputs are float images
     finally: learn.model.train(was_training)
     targs = passes[0][1]
     for _,t in passes[1:]:
-        if not torch.equal(t, targs): raise RuntimeError("Targets differ between TTA passes: the DataLoader must be deterministic.")
+        if not torch.equal(t, targs):
+            raise RuntimeError("Targets differ between TTA passes: the DataLoader must be deterministic.")
     probs = torch.stack([p for p,_ in passes])
     return (probs.mean(0), targs, probs) if with_passes else (probs.mean(0), targs)
 
 # %% ../nbs/04_evaluation.ipynb #8782a31d
-def _to_preds(p) -> np.ndarray:
+def pred_classes(p) -> np.ndarray:
     "Class indices from probabilities `(N, C)` (argmax) or from class indices `(N,)`"
     p = as_np(p)
     if p.ndim == 2: return p.argmax(1)
     return check_labels(p, what='predictions')
 
-def _check_inputs(probs_or_preds, targs):
+# %% ../nbs/04_evaluation.ipynb #ef88396a
+def check_preds_targs(probs_or_preds, targs):
     "Predictions as a numpy array and targets as checked class indices, aligned"
     p, t = as_np(probs_or_preds), check_labels(targs, what='targs')
     if p.ndim == 0 or len(p) != len(t):
@@ -78,17 +81,20 @@ def _check_inputs(probs_or_preds, targs):
                          "they must be aligned, one prediction (or row of probabilities) per target.")
     return p, t
 
+# %% ../nbs/04_evaluation.ipynb #18594476
 def confusion_matrix(probs_or_preds, # probabilities `(N, C)` or predicted class indices `(N,)`
                      targs, # true class indices `(N,)`
-                     n_classes:int|None=None, # number of classes; default: the width of the probabilities, or the largest index + 1
+                     n_classes:int|None=None, # number of classes; default: the width of probs, or the largest index + 1
                     ) -> np.ndarray:
     "Counts `(C, C)`: row `i`, column `j` is the number of items of class `i` predicted as `j`"
-    p, t = _check_inputs(probs_or_preds, targs)
-    pred = _to_preds(p)
+    p, t = check_preds_targs(probs_or_preds, targs)
+    pred = pred_classes(p)
     k = max(int(t.max()), int(pred.max())) + 1
     if p.ndim == 2: k = max(k, p.shape[1])
     if n_classes is not None:
-        if n_classes < k: raise ValueError(f"{n_classes} classes (n_classes, or the length of vocab) but there are classes up to index {k-1}: pass one name per class.")
+        if n_classes < k:
+            raise ValueError(f"{n_classes} classes (n_classes, or the length of vocab) but there are classes up to "
+                             f"index {k-1}: pass one name per class.")
         k = n_classes
     return np.bincount(t*k + pred, minlength=k*k).reshape(k, k)
 
@@ -96,7 +102,7 @@ def confusion_matrix(probs_or_preds, # probabilities `(N, C)` or predicted class
 def per_class_report(probs_or_preds, # probabilities `(N, C)` or predicted class indices `(N,)`
                      targs, # true class indices `(N,)`
                      vocab=None, # class names, in class-index order; defaults to 0..C-1
-                     zero_division:float=0.0, # value of a precision/recall/F1 whose denominator is 0 (np.nan to mark it)
+                     zero_division:float=0.0, # the value of a precision/recall/F1 of denominator 0 (np.nan to mark it)
                     ) -> pd.DataFrame:
     "Per-class precision, recall, F1 and support (one row per class, absent classes included), without warnings"
     vocab = None if vocab is None else list(vocab)

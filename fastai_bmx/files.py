@@ -6,8 +6,7 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/files.html.md"""
 
 # %% ../nbs/08_files.ipynb #da3da99f
 from __future__ import annotations
-import io, multiprocessing, os, random
-from concurrent.futures import ProcessPoolExecutor
+import io, random
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
@@ -17,53 +16,16 @@ from fastai.data.core import DataLoaders
 from fastai.data.transforms import Normalize
 from fastai.vision.core import PILImage
 from fasttransform import Transform
-from .data import default_augs, mark_ordinal, arrays_dls
+from .data import default_augs, mark_ordinal, arrays_dls, IndexedImage
 from .checks import check_window
-from .images import read_pixels, DICOM_SUFFIXES, image_problems, _need_pydicom  # image_problems: also importable from here, as before
-from .sampling import _available_memory
+from .images import read_pixels, DICOM_SUFFIXES, need_pydicom, square_resize, decode_files
+from .images import image_problems, decode_images  # also importable from here, as before
+from .sampling import available_memory
 from .splits import valid_mask
 
 # %% auto #0
-__all__ = ['decode_images', 'fits_in_memory', 'memory_dls', 'MedicalImage', 'ImageReader', 'frame_dls', 'serving_line',
-           'folder_table', 'csv_table', 'folder_dls', 'csv_dls']
-
-# %% ../nbs/08_files.ipynb #448bb1d2
-def _square(im:Image.Image, size:int) -> Image.Image:
-    "`im` as fastai's validation `Resize(size)` gives it: the centred crop of its largest square, resized bilinearly to `size`×`size`"
-    w, h = im.size
-    m = w/size if w/size < h/size else h/size  # fastai's `Resize`, method 'crop', to a square
-    cw, ch = int(m*size), int(m*size)
-    left, top = int(0.5*(w - cw)), int(0.5*(h - ch))
-    return im.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BILINEAR)
-
-def _decode(path:str, size:int, window:tuple|str|None=None) -> np.ndarray|str:
-    "The image at `path` (`read_pixels`: grey or RGB uint8) as fastai's validation `Resize(size)` gives it (`_square`); or what is wrong"
-    try: im = Image.fromarray(read_pixels(path, window))
-    except ImportError: raise
-    except Exception as e: return f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
-    return np.asarray(_square(im, size))
-
-def _decode_chunk(args) -> list: return [_decode(p, *args[1:]) for p in args[0]]
-
-def decode_images(paths, # image file paths (DICOM, PNG, JPEG, TIFF, ...: `read_pixels`)
-                  size:int, # every image becomes `size`×`size` pixels
-                  workers:int|None=None, # processes; default one per CPU core (1: none)
-                  chunk:int=500, # files per task of a process
-                  window:tuple|str|None=None, # grey images: `read_pixels`'s window
-                 ) -> np.ndarray:
-    "Every image in `paths` decoded and resized once as fastai's validation `Resize(size)` does: uint8 `(N, size, size)` if all are grey, else `(N, size, size, 3)`"
-    paths = [str(p) for p in paths]
-    _need_pydicom(paths)
-    chunks = [(paths[i:i+chunk], size, window) for i in range(0, len(paths), chunk)]
-    workers = min(workers or os.cpu_count() or 1, len(chunks))
-    if workers <= 1: out = [r for c in chunks for r in _decode_chunk(c)]
-    else:
-        ctx = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else None)
-        with ProcessPoolExecutor(workers, mp_context=ctx) as ex: out = [r for rs in ex.map(_decode_chunk, chunks) for r in rs]
-    bad = [(p, r) for p, r in zip(paths, out) if isinstance(r, str)]
-    if bad: raise ValueError(f"{len(bad)} of {len(paths)} image files can't be decoded: " + '; '.join(f'{p} ({r})' for p, r in bad[:3]) + '.')
-    if out and all(x.ndim == 2 for x in out): return np.stack(out)  # every image grey: one channel in memory
-    return np.stack([np.repeat(x[..., None], 3, -1) if x.ndim == 2 else x for x in out]) if out else np.zeros((0, size, size, 3), np.uint8)
+__all__ = ['fits_in_memory', 'decode_once', 'memory_dls', 'MedicalImage', 'ImageReader', 'frame_dls', 'serves_from_memory',
+           'serving_line', 'folder_table', 'csv_table', 'folder_dls', 'csv_dls']
 
 # %% ../nbs/08_files.ipynb #96462d13
 def fits_in_memory(n:int, # number of images
@@ -71,15 +33,39 @@ def fits_in_memory(n:int, # number of images
                    available:int|None=None, # bytes available; None: read from the system (else 4 GiB is assumed)
                    channels:int=3, # 3 for colour, 1 where every image is grey
                   ) -> bool:
-    "Whether `n` images of `size`² pixels and `channels` channels, three times over (the array and the loaders' copies), take at most half the memory available"
-    available = available if available is not None else (_available_memory() or 4 << 30)
-    return 3 * n * size * size * channels <= available // 2
+    "Whether `n` images of `size`² pixels and `channels` channels, three times over, take at most half the memory"
+    available = available if available is not None else (available_memory() or 4 << 30)
+    return 3 * n * size * size * channels <= available // 2  # three times: the array and the loaders' copies
+
+# %% ../nbs/08_files.ipynb #0dec0001
+_KEPT = {}  # (paths, size, window) -> their pixels, for `memory_dls`: the last two sets decoded in this process
+
+def _keep(key:tuple, images:np.ndarray) -> np.ndarray:
+    _KEPT.pop(key, None); _KEPT[key] = images  # the newest last: the oldest of three goes
+    while len(_KEPT) > 2: _KEPT.pop(next(iter(_KEPT)))
+    return images
+
+def decode_once(paths, # the image files of a table, in the order of its rows
+                size:int, # the side of the square the loaders resize them to
+                window:tuple|str|None=None, # grey images: `read_pixels`'s window
+                in_memory:bool|None=None, # keep the pixels for `memory_dls`; False: check only; None: if they fit
+                workers:int|None=None, # processes; default one per CPU core
+               ) -> tuple:
+    "`(in_memory, problems)`: every file decoded once (`decode_files`), its pixels kept where the loaders serve memory"
+    paths, window = list(paths), check_window(window)
+    n, key = len(paths), (tuple(str(p) for p in paths), size, window)
+    if in_memory is None and not fits_in_memory(n, size, channels=1): in_memory = False  # not even in grey
+    images, bad = decode_files(paths, None if in_memory is False else size, window, workers)
+    grey = images is not None and images.ndim == 3
+    if in_memory is None: in_memory = fits_in_memory(n, size, channels=1 if grey else 3)
+    if in_memory and images is not None: _keep(key, images)
+    return in_memory, bad
 
 # %% ../nbs/08_files.ipynb #4edcd146
-from functools import lru_cache
-
-@lru_cache(maxsize=2)
-def _decoded(paths:tuple, size:int, window=None) -> np.ndarray: return decode_images(paths, size, window=window)
+def _decoded(paths:tuple, size:int, window=None) -> np.ndarray:
+    "The pixels `decode_once` kept for `paths`, else decoded now (`decode_images`: an error names the bad files)"
+    key = (paths, size, window)
+    return _keep(key, _KEPT[key] if key in _KEPT else decode_images(paths, size, window=window))
 
 def memory_dls(df:pd.DataFrame, # the table `frame_dls` checked: one row per image
                pooled:np.ndarray, # per row: True for train or valid, False for test
@@ -92,7 +78,7 @@ def memory_dls(df:pd.DataFrame, # the table `frame_dls` checked: one row per ima
                window:tuple|str|None=None, # grey images: `read_pixels`'s window
                **kwargs, # passed on to `arrays_dls` (e.g. `bs`, `seed`, `batch_tfms`, `ordinal`)
               ) -> DataLoaders:
-    "`DataLoaders` (train, valid[, test]) of the images in `df`, decoded once (cached for the process) and served from memory"
+    "`DataLoaders` (train, valid[, test]) of the images in `df`, decoded once (kept for the process) and in memory"
     from fastai.vision.core import imagenet_stats
     images = _decoded(tuple(str(Path(folder)/f) for f in df[fn_col]), size, window)
     labels = pd.Series(df[label_col].values).map({c: i for i, c in enumerate(vocab)}).values
@@ -102,7 +88,8 @@ def memory_dls(df:pd.DataFrame, # the table `frame_dls` checked: one row per ima
     return arrays_dls(splits, class_names=vocab, size=None, stats=imagenet_stats, path=folder, **kwargs)
 
 # %% ../nbs/08_files.ipynb #5da59e31
-_SPLIT_NAMES = {'train': 'train', 'training': 'train', 'valid': 'valid', 'val': 'valid', 'validation': 'valid', 'test': 'test', 'testing': 'test'}
+_SPLIT_NAMES = {'train': 'train', 'training': 'train', 'valid': 'valid', 'val': 'valid', 'validation': 'valid',
+                'test': 'test', 'testing': 'test'}
 
 def _split_names(values) -> np.ndarray:
     "'train', 'valid' or 'test' for each split name, matched without case or spaces; None where it is none of them"
@@ -111,15 +98,18 @@ def _split_names(values) -> np.ndarray:
 def _check_frame_labels(labels, src:str) -> np.ndarray:
     "Single-label class names as strings, or a clear error (missing, multi-label, or non-integer numbers)"
     s = pd.Series(labels)
-    if s.isna().any(): raise ValueError(f"{src}: {int(s.isna().sum())} labels are missing (e.g. row {int(s.isna().values.argmax())}): every image needs one class.")
+    if s.isna().any(): raise ValueError(f"{src}: {int(s.isna().sum())} labels are missing (e.g. row "
+                                        f"{int(s.isna().values.argmax())}): every image needs one class.")
     if pd.api.types.is_float_dtype(s):
         if not np.all(s.values == np.round(s.values)):
-            raise ValueError(f"{src}: labels are non-integer numbers (e.g. {s[s != s.round()].iloc[0]}), which look like regression "
-                             "targets. Balanced-MixUp needs one class per image: a name or an integer index.")
+            eg = s[s != s.round()].iloc[0]
+            raise ValueError(f"{src}: labels are non-integer numbers (e.g. {eg}), which look like regression targets. "
+                             "Balanced-MixUp needs one class per image: a name or an integer index.")
         s = s.astype(np.int64)
     s = s.astype(str)
     multi = s[s.str.contains(r'[;|]|\s', regex=True)]
-    if len(multi): raise ValueError(f"{src}: label {multi.iloc[0]!r} looks multi-label (it holds a separator); give one class per image.")
+    if len(multi): raise ValueError(f"{src}: label {multi.iloc[0]!r} looks multi-label (it holds a separator); "
+                                    "give one class per image.")
     return s.values
 
 # %% ../nbs/08_files.ipynb #be9910f0
@@ -128,31 +118,23 @@ def _sort_vocab(names) -> list:
     names = sorted(set(names))
     return sorted(names, key=int) if all(n.lstrip('-').isdigit() for n in names) else names
 
-# %% ../nbs/08_files.ipynb #15e07132
-def _channels(folder:str|Path, fnames, window:tuple|str|None=None, k:int=16) -> int:
-    "1 if `k` files spread over `fnames` are all grey (`read_pixels`), else 3: how many channels the set takes in memory"
-    fnames = list(fnames)
-    pick = [fnames[i] for i in sorted(set(np.linspace(0, len(fnames) - 1, min(k, len(fnames))).round().astype(int)))] if fnames else []
-    try: return 1 if pick and all(read_pixels(Path(folder)/f, window).ndim == 2 for f in pick) else 3
-    except Exception: return 3  # a bad file is reported where the images are decoded
-
 # %% ../nbs/08_files.ipynb #3c417cbf
 class MedicalImage(PILImage):
     "fastai's `PILImage`, read from a file with `read_pixels` (DICOM, 16-bit, grey), in RGB as fastai's models take it"
     @classmethod
     def create(cls, fn:Path|str|torch.Tensor|np.ndarray|bytes|Image.Image,
                window:tuple|str|None=None, # `read_pixels`'s window, for grey images
-               size:int|None=None, # the side of the square a file's image is resized to (`_square`); None: as it comes
+               size:int|None=None, # the side of the square a file's image becomes (`square_resize`); None: as it is
                **kwargs):
-        "The image at `fn` through `read_pixels`, or anything else as `PILImage.create` takes it; resized to `size` as fastai's validation `Resize`"
+        "The image at `fn` (`read_pixels`), or what `PILImage.create` takes; resized to `size` as in validation"
         im = Image.fromarray(read_pixels(fn, window)) if isinstance(fn, (str, Path)) else super().create(fn, **kwargs)
-        return cls((im if size is None else _square(im, size)).convert('RGB'))
+        return cls((im if size is None else square_resize(im, size)).convert('RGB'))
 
 # %% ../nbs/08_files.ipynb #1b629c0b
 class ImageReader(Transform):
-    "Reads image files as `MedicalImage`s with one window, resized to `size` as they are read; `ImageBlock(ImageReader(...))` takes it as a class"
+    "Reads image files as `MedicalImage`s with one window, resized to `size`; `ImageBlock(ImageReader(...))` takes it"
     # `create` is itself, as `ImageBlock` calls `cls.create`
-    input_types = (Path, str, np.ndarray, torch.Tensor, bytes, Image.Image)  # what `PILImage.create` takes (`test_dl` checks it)
+    input_types = (Path, str, np.ndarray, torch.Tensor, bytes, Image.Image)  # `PILImage.create`'s (`test_dl` checks)
     window,size = None,None  # a reader pickled before `size` existed reads files at their own size
     def __init__(self, window:tuple|str|None=None, # `read_pixels`'s window
                  size:int|None=None, # the side of the square files are resized to; None: as they come
@@ -161,15 +143,14 @@ class ImageReader(Transform):
     @property
     def create(self): return self
 
-
 # %% ../nbs/08_files.ipynb #4fae1504
 def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label column and optionally a split column
               folder:str|Path='.', # The paths in `fn_col` are relative to this folder
               fn_col:str='fname', # Column of image paths
               label_col:str='label', # Column of class names or indices (one per image)
-              split_col:str|None='split', # Column of 'train'/'valid'/'test' (any case; 'val' or 'validation' too); missing: all rows train, valid drawn
+              split_col:str|None='split', # Column of 'train', 'valid' (or 'val'...) and 'test'; none: valid drawn
               bs:int=64, # Batch size
-              size:int=64, # Images are resized to `size`×`size` (centred crop, fastai's validation `Resize`) as they are read, from disk as in memory
+              size:int=64, # Images become `size`×`size` as they are read (`square_resize`), from disk as in memory
               valid_pct:float=0.2, # Stratified fraction drawn for validation when the data gives no valid split
               seed:int|None=None, # Seeds the training loader's shuffling
               fold:int|None=None, # With a fold number, train and valid are pooled and fold `fold` of `k` validates
@@ -177,39 +158,44 @@ def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label colum
               split_seed:int=0, # Seeds the folds and a drawn validation split (`valid_mask`); not the training seed
               batch_tfms:list|None=None, # Augmentations; None is `default_augs()`, [] none
               ordinal:bool=False, # Whether the classes are ordered grades (`is_ordinal(dls)`, kept by `dls.resampled`)
-              in_memory:bool|None=None, # Decode and resize every image once and serve the arrays (`memory_dls`); None: if they fit (`fits_in_memory`)
-              window:tuple|str|None=None, # Grey images: None (DICOM: its own window; 16-bit: the bit depth), 'range' or (center, width) (`read_pixels`)
-              **kwargs, # Passed on to `ImageDataLoaders.from_df`, or `arrays_dls` in memory (e.g. `num_workers`, `item_tfms`)
+              in_memory:bool|None=None, # Serve them decoded once (`memory_dls`); None: if they fit (`decode_once`)
+              window:tuple|str|None=None, # Grey images: `read_pixels`'s window: None, 'range' or (center, width)
+              **kwargs, # Passed on to `ImageDataLoaders.from_df`, or `arrays_dls` in memory (e.g. `num_workers`)
              ) -> DataLoaders:
-    "`DataLoaders` (train, valid[, test]) of image files listed in `df`: fastai's `ImageDataLoaders.from_df`, or the images decoded once"
+    "`DataLoaders` (train, valid[, test]) of image files listed in `df`: `ImageDataLoaders.from_df`, or decoded once"
     from fastai.vision.data import ImageDataLoaders
     from fastai.vision.core import imagenet_stats
     window = check_window(window)
     missing = [c for c in (fn_col, label_col) if c not in df.columns]
-    if missing: raise ValueError(f"The table has no column {missing} (its columns: {list(df.columns)}): pass fn_col= and label_col=.")
+    if missing: raise ValueError(f"The table has no column {missing} (its columns: {list(df.columns)}): "
+                                 "pass fn_col= and label_col=.")
     if len(df) == 0: raise ValueError("The table has no rows: there are no images to load.")
     df = df.reset_index(drop=True).copy()
     df[label_col] = _check_frame_labels(df[label_col], 'labels')
     if split_col is not None and split_col in df.columns:
         split = _split_names(df[split_col])
         bad = sorted(set(df[split_col].astype(str)[pd.isna(split)]))
-        if bad: raise ValueError(f"Column {split_col!r} has values {bad}: use 'train', 'valid' (or 'val', 'validation') and 'test', in any case.")
+        if bad: raise ValueError(f"Column {split_col!r} has values {bad}: use 'train', 'valid' (or 'val', "
+                                 "'validation') and 'test', in any case.")
     else: split = np.full(len(df), 'train', dtype=object)
     pool, test = df[split != 'test'].reset_index(drop=True), df[split == 'test'].reset_index(drop=True)
     vocab = _sort_vocab(pool[label_col])
-    if len(vocab) < 2: raise ValueError(f"The train and valid images have one class only ({vocab}): a classifier needs at least two.")
+    if len(vocab) < 2:
+        raise ValueError(f"The train and valid images have one class only ({vocab}): a classifier needs at least two.")
     unseen = sorted(set(test[label_col]) - set(vocab))
-    if unseen: raise ValueError(f"Test labels {unseen} never occur in train/valid (classes {vocab}): a model can't learn them.")
+    if unseen: raise ValueError(f"Test labels {unseen} never occur in train/valid (classes {vocab}): "
+                                "a model can't learn them.")
     pool['is_valid'] = valid_mask(pool[label_col].values, split[split != 'test'], fold, k, split_seed, valid_pct)
     from fastai.data.block import CategoryBlock
     augs = default_augs() if batch_tfms is None else list(batch_tfms)
-    if in_memory is None: in_memory = fits_in_memory(len(df), size, channels=_channels(folder, df[fn_col], window))
-    if in_memory: return memory_dls(df, split != 'test', pool['is_valid'].values, folder, fn_col, label_col, vocab, size=size, bs=bs,
-                                    seed=seed, batch_tfms=augs, ordinal=ordinal, window=window, **kwargs)
-    _need_pydicom(df[fn_col].astype(str).tolist())
+    if in_memory is None: in_memory = decode_once([Path(folder)/f for f in df[fn_col]], size, window)[0]
+    if in_memory: return memory_dls(df, split != 'test', pool['is_valid'].values, folder, fn_col, label_col, vocab,
+                                    size, window=window, bs=bs, seed=seed, batch_tfms=augs, ordinal=ordinal, **kwargs)
+    need_pydicom(df[fn_col].astype(str).tolist())
+    item_tfms = L(kwargs.pop('item_tfms', None))  # after the reader, whose items are at `size` as in memory
     dls = ImageDataLoaders.from_df(pool, folder, fn_col=fn_col, label_col=label_col, valid_col='is_valid',
                                    y_block=CategoryBlock(vocab=vocab, sort=False), bs=bs, seed=seed,
-                                   img_cls=ImageReader(window, size), item_tfms=L(kwargs.pop('item_tfms', None)),  # items at `size`, as in memory
+                                   img_cls=ImageReader(window, size), item_tfms=item_tfms,
                                    batch_tfms=[*augs, Normalize.from_stats(*imagenet_stats)], **kwargs)
     if len(test): dls.loaders.append(dls.test_dl(test, with_labels=True))
     if seed is not None: dls.train.rng = random.Random(seed)
@@ -217,37 +203,53 @@ def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label colum
     return dls
 
 # %% ../nbs/08_files.ipynb #ba65075e
+def _memory_images(dls):
+    "The uint8 `(N, C, H, W)` tensor of every split's images that `dls` serves (`arrays_dls`' `IndexedImage`), or None"
+    tls = getattr(dls.train.dataset, 'tls', None)
+    tfm = tls[0].fs[0] if tls and len(tls[0].fs) else None
+    return tfm.images if isinstance(tfm, IndexedImage) else None
+
+def serves_from_memory(dls, # `DataLoaders` of `frame_dls`, `load_source` or `arrays_dls`
+                      ) -> bool:
+    "Whether `dls` serves its images from arrays in memory (decoded once), not from files read every epoch"
+    return _memory_images(dls) is not None
+
 def serving_line(dls, # the `DataLoaders` of the source
                  kind:str, # its `source_kind`
-                 in_memory:bool|None, # whether its images were decoded once into memory
-                 from_disk:bool, # whether the user asked for the files to be read every epoch
+                 in_memory:bool|None=None, # whether its images were decoded once; None: as `serves_from_memory(dls)`
+                 from_disk:bool=False, # whether the user asked for the files to be read every epoch
                 ) -> str:
-    "How a folder's or CSV's images are served, in one line: decoded once (and what that holds in memory), or read every epoch"
+    "How a folder's or CSV's images are served, in one line: decoded once (and the memory it takes) or read every epoch"
     if kind not in ('folder', 'csv'): return ''
-    n = sum(len(dl.dataset) for dl in dls.loaders)
+    n, x = sum(len(dl.dataset) for dl in dls.loaders), _memory_images(dls)
+    if in_memory is None: in_memory = x is not None
     if in_memory:
-        x = dls.train.dataset.tls[0].fs[0].images  # `arrays_dls`' `IndexedImage`: every split's images, as one tensor
-        grey = ' grey' if x.shape[1] == 1 else ''  # one channel in memory, three in the batch
-        return (f"{n:,}{grey} images decoded once at {x.shape[-1]} px, served from memory: {x.numel()*x.element_size()/2**20:,.0f} MB "
+        grey, mb = ' grey' if x.shape[1] == 1 else '', x.numel() * x.element_size() / 2**20  # grey: 1 channel in memory
+        return (f"{n:,}{grey} images decoded once at {x.shape[-1]} px, served from memory: {mb:,.0f} MB "
                 "(--from-disk reads the files every epoch instead)")
-    return f"{n:,} images read from their files every epoch " + ('(--from-disk)' if from_disk else "(they don't fit in memory)")
+    why = '(--from-disk)' if from_disk else "(they don't fit in memory)"
+    return f"{n:,} images read from their files every epoch {why}"
 
 # %% ../nbs/08_files.ipynb #dca60a92
 def _image_files(d:Path) -> list:
     from fastai.data.transforms import get_files, image_extensions
     return list(get_files(d, extensions=image_extensions | set(DICOM_SUFFIXES), recurse=True))
 
-def folder_table(path:str|Path, # A folder of class folders, or of `train/`, `valid/` (or `val/`, `validation/`) and `test/` folders of class folders, in any case
+def folder_table(path:str|Path, # A folder of class folders, or of `train/`, `valid/` (or `val/`), `test/` ones of them
                 ) -> pd.DataFrame:
-    "One row per image file (DICOM too) of an ImageNet-style folder: its path relative to `path` (`fname`), its class (`label`, the parent folder's name) and `split`"
+    "One row per image file (DICOM too) of an ImageNet-style folder: `fname` (relative to `path`), `label` and `split`"
     path = Path(path)
-    if not path.is_dir(): raise FileNotFoundError(f"{path} is not a folder: pass a folder of class folders (or of train/valid/test folders).")
-    subs = {d.name: _SPLIT_NAMES[d.name.lower()] for d in sorted(path.iterdir()) if d.is_dir() and d.name.lower() in _SPLIT_NAMES}
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a folder: pass a folder of class folders (or of train/valid/test "
+                                "folders).")
+    subs = {d.name: _SPLIT_NAMES[d.name.lower()] for d in sorted(path.iterdir())
+            if d.is_dir() and d.name.lower() in _SPLIT_NAMES}
     parts = [(f, name) for s, name in subs.items() for f in _image_files(path/s)] if 'train' in subs.values() else \
             [(f, 'train') for f in _image_files(path)]
-    if not parts: raise ValueError(f"No image files under {path}: expected {path}/<class>/*.png (or .jpg, .dcm, ...), or train/valid/test folders of them.")
-    return pd.DataFrame({'fname': [str(f.relative_to(path)) for f, _ in parts], 'label': [f.parent.name for f, _ in parts],
-                         'split': [s for _, s in parts]})
+    if not parts: raise ValueError(f"No image files under {path}: expected {path}/<class>/*.png (or .jpg, .dcm, ...), "
+                                   "or train/valid/test folders of them.")
+    return pd.DataFrame({'fname': [str(f.relative_to(path)) for f, _ in parts],
+                         'label': [f.parent.name for f, _ in parts], 'split': [s for _, s in parts]})
 
 # %% ../nbs/08_files.ipynb #7d982201
 _SEPARATORS = {',': 'comma', ';': 'semicolon', '\t': 'tab'}
@@ -255,14 +257,16 @@ _SEPARATORS = {',': 'comma', ';': 'semicolon', '\t': 'tab'}
 def _csv_text(csv:Path) -> tuple:
     "The text of `csv` and its encoding: UTF-8 (with or without BOM), UTF-16 with a BOM, else Latin-1"
     raw = csv.read_bytes()
-    if raw[:4] == b'PK\x03\x04': raise ValueError(f"{csv} is a zip file (an Excel workbook?), not a CSV: save it as CSV (comma- or semicolon-separated).")
+    if raw[:4] == b'PK\x03\x04':
+        raise ValueError(f"{csv} is a zip file (an Excel workbook?), not a CSV: save it as CSV "
+                         "(comma- or semicolon-separated).")
     if raw[:2] in (b'\xff\xfe', b'\xfe\xff'): return raw.decode('utf-16'), 'UTF-16'
     try: return raw.decode('utf-8-sig'), 'UTF-8'
     except UnicodeDecodeError: return raw.decode('latin-1'), 'Latin-1'
 
 def csv_table(csv:str|Path, # A CSV file with a path column and a label column (and optionally a split column)
              ) -> pd.DataFrame:
-    "The rows of a CSV of image paths and labels, its separator (comma, semicolon or tab) and encoding detected; or a clear error"
+    "The rows of a CSV of image paths and labels, its separator (comma, semicolon, tab) and encoding found; or an error"
     csv = Path(csv)
     if not csv.is_file(): raise FileNotFoundError(f"No CSV file at {csv}.")
     text, encoding = _csv_text(csv)
@@ -270,15 +274,16 @@ def csv_table(csv:str|Path, # A CSV file with a path column and a label column (
     sep = max(_SEPARATORS, key=header.count) if any(s in header for s in _SEPARATORS) else ','
     try: return pd.read_csv(io.StringIO(text), sep=sep)
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
-        raise ValueError(f"{csv} can't be read as a CSV table, read as {encoding} with {_SEPARATORS[sep]}s between the columns "
-                         f"({type(e).__name__}: {' '.join(str(e).split())}): give one row per image with a path column and a label column.") from None
+        why = f"{type(e).__name__}: {' '.join(str(e).split())}"
+        raise ValueError(f"{csv} can't be read as a CSV table, read as {encoding} with {_SEPARATORS[sep]}s between the "
+                         f"columns ({why}): give one row per image with a path column and a label column.") from None
 
 # %% ../nbs/08_files.ipynb #01922565
 @delegates(frame_dls, but=['df', 'folder', 'fn_col', 'label_col', 'split_col'])
-def folder_dls(path:str|Path, # A folder of class folders, or of `train/`, `valid/` (or `val/`) and `test/` folders of class folders
+def folder_dls(path:str|Path, # A folder of class folders, or of `train/`, `valid/` (or `val/`), `test/` ones of them
                **kwargs,
               ) -> DataLoaders:
-    "`DataLoaders` (train, valid[, test]) of an ImageNet-style folder: the class is the name of the image's parent folder"
+    "`DataLoaders` (train, valid[, test]) of an ImageNet-style folder: the class is the image's parent folder's name"
     return frame_dls(folder_table(path), path, **kwargs)
 
 # %% ../nbs/08_files.ipynb #10694634

@@ -1,4 +1,4 @@
-"""Images: medical image files as pixels a model takes, from DICOM (rescale, window, MONOCHROME1), 16-bit PNG and TIFF (scaled by their bit depth) and 8-bit files, with grey kept grey
+"""Images: medical image files as the 8-bit pixels a model takes (DICOM, 16-bit PNG and TIFF), every set decoded once
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/images.html.md"""
 
@@ -15,14 +15,14 @@ from .checks import check_window
 
 # %% auto #0
 __all__ = ['DICOM_SUFFIXES', 'window_uint8', 'range_uint8', 'bits_uint8', 'is_dicom', 'read_dicom', 'read_pixels',
-           'image_problems']
+           'square_resize', 'need_pydicom', 'decode_files', 'image_problems', 'decode_images']
 
 # %% ../nbs/08a_images.ipynb #4c7b9854
 def window_uint8(px:np.ndarray, # grey levels (any numeric dtype; for CT, Hounsfield units after the rescale)
                  center:float, # the window's center
                  width:float, # the window's width, > 0
                 ) -> np.ndarray:
-    "Grey levels 0-255 of `px` seen through a linear window: `center - width/2` and below are 0, `center + width/2` and above 255"
+    "Grey levels 0-255 of `px` through a linear window: 0 up to `center - width/2`, 255 from `center + width/2`"
     lo = center - width / 2
     return np.clip(np.rint((px.astype(np.float32) - lo) * (255 / width)), 0, 255).astype(np.uint8)
 
@@ -37,23 +37,23 @@ def range_uint8(px:np.ndarray, # grey levels of one image
 def bits_uint8(px:np.ndarray, # unsigned grey levels
                bits:int, # the bit depth they are stored in: 0 to 2**bits - 1
               ) -> np.ndarray:
-    "Grey levels 0-255 of unsigned `bits`-bit values, scaled by the bit depth: 0 is 0 and 2**bits - 1 is 255, never clipped below"
+    "Grey levels 0-255 of unsigned `bits`-bit values, by the bit depth: 0 is 0, 2**bits - 1 is 255, none clipped below"
     return np.clip(np.rint(px.astype(np.float32) * (255 / (2 ** bits - 1))), 0, 255).astype(np.uint8)
 
 # %% ../nbs/08a_images.ipynb #061b7471
 def _grey_uint8(px:np.ndarray, window:tuple|str|None, bits:int|None=None) -> np.ndarray:
-    "Grey levels 0-255 of one image: through `window` (or its own range), else scaled by `bits`, else by its own range"
+    "Grey levels 0-255 of one image: through `window` (or its own range), else by `bits`, else by its own range"
     if isinstance(window, tuple): return window_uint8(px, *window)
     if window == 'range' or bits is None: return range_uint8(px)
     return px if bits == 8 else bits_uint8(px, bits)
 
 # %% ../nbs/08a_images.ipynb #4bc16dee
 DICOM_SUFFIXES = ('.dcm', '.dicom') # file names taken for DICOM without looking inside
-_IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.gif', '.webp') # taken for Pillow's, without opening them
+_IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.gif', '.webp') # Pillow's, taken unopened
 
 def is_dicom(path:str|Path, # a file
             ) -> bool:
-    "Whether `path` is a DICOM file: named `.dcm` or `.dicom`, or, unless named as a common image format, with 'DICM' after its 128-byte preamble"
+    "Whether `path` is DICOM: named `.dcm` or `.dicom`, or, unless named as an image format, 'DICM' after 128 bytes"
     path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES: return True
     if path.suffix.lower() in _IMAGE_SUFFIXES: return False  # no second open of every PNG or JPEG read each epoch
@@ -65,10 +65,11 @@ def is_dicom(path:str|Path, # a file
 def _pydicom():
     "The pydicom module, or a one-line error that names the extra"
     try: import pydicom
-    except ImportError: raise ImportError("Reading DICOM files needs pydicom: pip install 'fastai_bmx[dicom]'.") from None
+    except ImportError:
+        raise ImportError("Reading DICOM files needs pydicom: pip install 'fastai_bmx[dicom]'.") from None
     return pydicom
 
-_DECODERS = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"  # pydicom's decoders for JPEG, JPEG-LS and JPEG 2000
+_DECODERS = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"  # pydicom's: JPEG, JPEG-LS, JPEG 2000
 
 def _dicom_dataset(path:str|Path):
     "The pydicom data set of a single-frame DICOM image file, with a transfer syntax; or a clear error"
@@ -80,7 +81,8 @@ def _dicom_dataset(path:str|Path):
         what = 'a DICOMDIR' if 'DirectoryRecordSequence' in ds else getattr(sop, 'name', None) or 'not a DICOM image'
         raise ValueError(f"a DICOM file without pixel data ({what}): only images can be trained on, so leave it out")
     frames = int(ds.get('NumberOfFrames') or 1)
-    if frames > 1: raise ValueError(f"a multi-frame DICOM ({frames} frames): give one image per file (save each frame, or the one to use, as a file)")
+    if frames > 1: raise ValueError(f"a multi-frame DICOM ({frames} frames): give one image per file "
+                                    "(save each frame, or the one to use, as a file)")
     if ds.file_meta.get('TransferSyntaxUID') is None:  # an old file without a file meta header: read as it is encoded
         implicit, little = ds.original_encoding
         ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit is not False else
@@ -93,26 +95,29 @@ def _first(v) -> float:
 
 # %% ../nbs/08a_images.ipynb #b75e5238
 def read_dicom(path:str|Path, # a DICOM file of one image
-               window:tuple|str|None=None, # None: the file's own window; 'range': each image's own range; (center, width) in the rescaled units
+               window:tuple|str|None=None, # None: the file's own; 'range': its own range; (center, width), rescaled
               ) -> np.ndarray:
-    "The pixels of a single-frame DICOM file: modality rescale, then the window, MONOCHROME1 inverted; uint8 grey `(H, W)` or RGB `(H, W, 3)`"
+    "The pixels of a one-frame DICOM file: rescale, window, MONOCHROME1 inverted; uint8 `(H, W)` or RGB `(H, W, 3)`"
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_color_lut
     window, ds = check_window(window), _dicom_dataset(path)
     try: px = ds.pixel_array
     except Exception as e:
         ts = ds.file_meta.TransferSyntaxUID
-        if ts.is_compressed: raise ValueError(f"its pixel data is compressed as {ts.name} ({ts}), which no installed decoder reads: {_DECODERS}") from None
+        if ts.is_compressed: raise ValueError(f"its pixel data is compressed as {ts.name} ({ts}), "
+                                              f"which no installed decoder reads: {_DECODERS}") from None
         raise
     photo = str(ds.get('PhotometricInterpretation', 'MONOCHROME2')).strip()
     if photo == 'PALETTE COLOR': px = apply_color_lut(px, ds)
     if px.ndim == 3:  # colour: pydicom gives RGB
-        return px if px.dtype == np.uint8 else bits_uint8(px, 8 * px.dtype.itemsize if photo == 'PALETTE COLOR' else int(ds.get('BitsStored') or 16))
+        if px.dtype == np.uint8: return px
+        return bits_uint8(px, 8 * px.dtype.itemsize if photo == 'PALETTE COLOR' else int(ds.get('BitsStored') or 16))
     px = apply_modality_lut(px, ds)
     if isinstance(window, tuple) or window == 'range': grey = _grey_uint8(px, window)
     elif 'VOILUTSequence' in ds:
         out = apply_voi_lut(px, ds, prefer_lut=True)
         lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
-        grey = window_uint8(out, (lut.min() + lut.max()) / 2, lut.max() - lut.min()) if lut.max() > lut.min() else range_uint8(out)
+        lo, hi = lut.min(), lut.max()
+        grey = window_uint8(out, (lo + hi) / 2, hi - lo) if hi > lo else range_uint8(out)
     elif 'WindowCenter' in ds and 'WindowWidth' in ds and _first(ds.WindowWidth) > 0:
         grey = window_uint8(px, _first(ds.WindowCenter), _first(ds.WindowWidth))
     else: grey = range_uint8(px)
@@ -135,52 +140,96 @@ def _bit_depth(im:Image.Image, path:str|Path) -> int:
     bits = _png_sbit(path) if im.format == 'PNG' else (getattr(im, 'tag_v2', {}).get(258) or (16,))[0]
     return int(bits) if bits and 8 < int(bits) <= 16 else 16
 
-def _is_grey(rgb:np.ndarray) -> bool: return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+def _is_grey(rgb:np.ndarray) -> bool: return bool((rgb[..., :1] == rgb[..., 1:]).all())  # its three channels equal
 
 def _file_pixels(path:str|Path, window:tuple|str|None) -> np.ndarray:
     "The pixels of a file Pillow opens (PNG, JPEG, TIFF, ...): uint8 grey `(H, W)` or RGB `(H, W, 3)`"
     with Image.open(path) as im:
         if im.mode.startswith('I;16'): return _grey_uint8(np.asarray(im), window, _bit_depth(im, path))
-        if im.mode in ('I', 'F'): return _grey_uint8(np.asarray(im), window)  # 32-bit integers or floats: no bit depth to scale by
+        if im.mode in ('I', 'F'): return _grey_uint8(np.asarray(im), window)  # 32-bit integers or floats: no bit depth
         if im.mode in ('1', 'L', 'LA', 'La'): return _grey_uint8(np.asarray(im.convert('L')), window, 8)
         rgb = np.asarray(im.convert('RGB'))
     return _grey_uint8(rgb[..., 0].copy(), window, 8) if _is_grey(rgb) else rgb
 
 # %% ../nbs/08a_images.ipynb #8422cbf0
 def read_pixels(path:str|Path, # an image file: DICOM, PNG, JPEG, TIFF, ... (whatever Pillow opens)
-                window:tuple|str|None=None, # grey images: None (DICOM: its own window; 16-bit: the bit depth), 'range' (each image's own range) or (center, width)
+                window:tuple|str|None=None, # grey: None (DICOM: its own; 16-bit: bit depth), 'range' or (center, width)
                ) -> np.ndarray:
     "The image at `path` as the 8-bit pixels a model takes: grey `(H, W)` or RGB `(H, W, 3)` `uint8`"
     window = check_window(window)
     return read_dicom(path, window) if is_dicom(path) else _file_pixels(path, window)
 
+# %% ../nbs/08a_images.ipynb #5a0e1c01
+def square_resize(im:Image.Image, # an image
+                  size:int, # the side of the square it becomes
+                 ) -> Image.Image:
+    "`im` as fastai's validation `Resize(size)` gives it: the centred crop of its largest square, resized bilinearly"
+    w, h = im.size
+    m = w/size if w/size < h/size else h/size  # fastai's `Resize`, method 'crop', to a square
+    cw, ch = int(m*size), int(m*size)
+    left, top = int(0.5*(w - cw)), int(0.5*(h - ch))
+    return im.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BILINEAR)
+
 # %% ../nbs/08a_images.ipynb #52125c18
-def _image_problem(path:Path) -> str|None:
-    "None if the image file at `path` exists and decodes, else what is wrong with it"
-    try: read_pixels(path)
+def _decode(path, size:int|None=None, window:tuple|str|None=None) -> np.ndarray|str|None:
+    "The pixels of the image file at `path` at `size` (None: checked, nothing kept), or the `str` of what is wrong"
+    try:
+        px = read_pixels(path, window)
+        return None if size is None else np.asarray(square_resize(Image.fromarray(px), size))
     except ImportError: raise
     except FileNotFoundError: return 'missing'
     except IsADirectoryError: return 'a folder, not an image'
     except Exception as e: return f"doesn't decode: {type(e).__name__}: {' '.join(str(e).split())[:80]}"
-    return None
 
-def _problems(paths:list) -> list: return [_image_problem(p) for p in paths]
+def _decode_chunk(args:tuple) -> list: return [_decode(p, *args[1:]) for p in args[0]]
 
-def _need_pydicom(paths:list):
+def _stack(pixels:list, size:int) -> np.ndarray:
+    "Images of `size`² pixels as one uint8 array: `(N, size, size)` if all are grey, else `(N, size, size, 3)`"
+    if not pixels: return np.zeros((0, size, size, 3), np.uint8)
+    if all(x.ndim == 2 for x in pixels): return np.stack(pixels)  # every image grey: one channel in memory
+    return np.stack([np.repeat(x[..., None], 3, -1) if x.ndim == 2 else x for x in pixels])
+
+def need_pydicom(paths, # image file paths
+                ):
     "pydicom's one-line error before any work, where `paths` name DICOM files and it isn't installed"
     if any(Path(p).suffix.lower() in DICOM_SUFFIXES for p in paths): _pydicom()
 
+def decode_files(paths, # image file paths (DICOM, PNG, JPEG, TIFF, ...: `read_pixels`)
+                 size:int|None=None, # each image is resized to `size`×`size` and kept; None: checked, nothing kept
+                 window:tuple|str|None=None, # grey images: `read_pixels`'s window
+                 workers:int|None=None, # processes; default one per CPU core (1: none)
+                 chunk:int=500, # files per task of a process
+                ) -> tuple:
+    "`(images, problems)`: every file decoded once; the pixels of all at `size` (or None) and `{path: what is wrong}`"
+    paths = list(paths)
+    need_pydicom(paths)
+    chunks = [(paths[i:i+chunk], size, window) for i in range(0, len(paths), chunk)]
+    workers = min(workers or os.cpu_count() or 1, len(chunks))
+    if workers <= 1: out = [r for c in chunks for r in _decode_chunk(c)]
+    else:
+        ctx = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else None)
+        with ProcessPoolExecutor(workers, mp_context=ctx) as ex: done = list(ex.map(_decode_chunk, chunks))
+        out = [r for rs in done for r in rs]
+    problems = {p: r for p, r in zip(paths, out) if isinstance(r, str)}
+    return (None if size is None or problems else _stack(out, size)), problems
+
+# %% ../nbs/08a_images.ipynb #5a0e1c07
 def image_problems(paths, # image file paths
                    workers:int|None=None, # processes; default: one per CPU core (1: no subprocess)
                    chunk:int=1000, # files per task of a process
                   ) -> dict:
     "`{path: problem}` for every file in `paths` that is missing or doesn't decode as an image ({} when all are fine)"
-    paths = [Path(p) for p in paths]
-    _need_pydicom(paths)
-    chunks = [paths[i:i+chunk] for i in range(0, len(paths), chunk)]
-    workers = min(workers or os.cpu_count() or 1, len(chunks))
-    if workers <= 1: found = _problems(paths)
-    else:
-        ctx = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else None)
-        with ProcessPoolExecutor(workers, mp_context=ctx) as ex: found = [r for rs in ex.map(_problems, chunks) for r in rs]
-    return {p: r for p, r in zip(paths, found) if r is not None}
+    return decode_files([Path(p) for p in paths], workers=workers, chunk=chunk)[1]
+
+def decode_images(paths, # image file paths (DICOM, PNG, JPEG, TIFF, ...: `read_pixels`)
+                  size:int, # every image becomes `size`×`size` pixels
+                  workers:int|None=None, # processes; default one per CPU core (1: none)
+                  chunk:int=500, # files per task of a process
+                  window:tuple|str|None=None, # grey images: `read_pixels`'s window
+                 ) -> np.ndarray:
+    "Every image in `paths` decoded and resized once (`decode_files`), or an error naming the files that fail"
+    paths = [str(p) for p in paths]
+    images, bad = decode_files(paths, size, window, workers, chunk)
+    if bad: raise ValueError(f"{len(bad)} of {len(paths)} image files can't be decoded: "
+                             + '; '.join(f'{p} ({r})' for p, r in list(bad.items())[:3]) + '.')
+    return images

@@ -13,17 +13,17 @@ from torch import Tensor
 from fastai.torch_core import Module
 from fastai.losses import BaseLoss
 from fastai.callback.core import Callback
-from .sampling import _finite_real, get_labels, as_np, check_counts
+from .sampling import is_finite_real, get_labels, as_np, check_counts
 from .schedule import schedule_pct
 
 # %% auto #0
-__all__ = ['WeightedFocalLoss', 'WeightedFocalLossFlat', 'check_beta', 'class_counts', 'cb_weights', 'ClassBalancedLoss',
-           'DeferredReweight']
+__all__ = ['check_reduction', 'check_axis', 'WeightedFocalLoss', 'WeightedFocalLossFlat', 'check_beta', 'class_counts',
+           'cb_weights', 'ClassBalancedLoss', 'DeferredReweight']
 
 # %% ../nbs/02_losses.ipynb #8b69dc06
 def _check_gamma(gamma) -> float:
     "`gamma` as a float, or a clear error unless it is a finite number >= 0"
-    if not (_finite_real(gamma) and gamma >= 0):
+    if not (is_finite_real(gamma) and gamma >= 0):
         raise ValueError(f"gamma={gamma!r} is not a finite number >= 0. gamma=0 is plain (weighted) cross-entropy; "
                          "focal loss typically uses gamma=2.")
     return float(gamma)
@@ -32,7 +32,8 @@ def _check_weight(weight) -> Tensor|None:
     "Class weights as a 1-D float tensor of finite values >= 0 (or None)"
     if weight is None: return None
     a = as_np(weight)
-    if a.dtype.kind not in 'iuf': raise TypeError(f"weight must hold numbers, one weight per class; got dtype {a.dtype}.")
+    if a.dtype.kind not in 'iuf':
+        raise TypeError(f"weight must hold numbers, one weight per class; got dtype {a.dtype}.")
     w = torch.as_tensor(a.astype(np.float64), dtype=torch.float32)
     if w.ndim != 1 or len(w) == 0:
         raise ValueError(f"weight must hold one number per class (a 1-D sequence), got shape {tuple(w.shape)}.")
@@ -40,15 +41,18 @@ def _check_weight(weight) -> Tensor|None:
         raise ValueError(f"weight must be finite and >= 0, got {w.tolist()}.")
     return w
 
-def _check_reduction(reduction) -> str:
+# %% ../nbs/02_losses.ipynb #7ab1b885
+def check_reduction(reduction) -> str:
     "`reduction`, or a clear error unless it is 'mean', 'sum' or 'none'"
     if not (isinstance(reduction, str) and reduction in ('mean', 'sum', 'none')):
         raise ValueError(f"reduction={reduction!r} is not one of 'mean', 'sum', 'none'.")
     return reduction
 
-def _check_axis(axis) -> int:
+# %% ../nbs/02_losses.ipynb #47aff073
+def check_axis(axis) -> int:
     "`axis` as an int, or a clear error unless it is a whole number"
-    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral): raise TypeError(f"axis={axis!r} must be an int, the class axis (-1 or 1).")
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis={axis!r} must be an int, the class axis (-1 or 1).")
     return int(axis)
 
 # %% ../nbs/02_losses.ipynb #44a38ef3
@@ -60,14 +64,15 @@ class WeightedFocalLoss(Module):
         weight:Tensor|None=None, # One weight per class, applied once to each item's loss (None: all 1)
         reduction:str='mean', # 'mean' (plain mean over items), 'sum' or 'none'
     ):
-        self.gamma,self.reduction = _check_gamma(gamma),_check_reduction(reduction)
+        self.gamma,self.reduction = _check_gamma(gamma),check_reduction(reduction)
         self.register_buffer('weight', _check_weight(weight))
 
     def forward(self, inp:Tensor, targ:Tensor) -> Tensor:
         "Per-item focal loss of logits `inp` (N, C, ...) against class indices `targ` (N, ...), then reduced"
         if self.weight is not None and len(self.weight) != inp.shape[1]:
-            raise ValueError(f"The loss has {len(self.weight)} class weights but the model outputs {inp.shape[1]} classes: "
-                             "compute the weights (or class counts) with one entry per class, e.g. `minlength=dls.c`.")
+            raise ValueError(f"The loss has {len(self.weight)} class weights but the model outputs {inp.shape[1]} "
+                             "classes: compute the weights (or class counts) with one entry per class, "
+                             "e.g. `minlength=dls.c`.")
         ce = F.cross_entropy(inp, targ, reduction='none')  # -log p_t, unweighted
         loss = ce if self.gamma == 0 else (-torch.expm1(-ce)).clamp(min=0).pow(self.gamma) * ce  # 1-p_t = -expm1(-ce)
         if self.weight is not None: loss = loss * self.weight.to(loss.device, loss.dtype)[targ]
@@ -88,7 +93,8 @@ class WeightedFocalLossFlat(BaseLoss):
         reduction:str='mean', # 'mean' (plain mean over items), 'sum' or 'none'
         **kwargs
     ):
-        super().__init__(WeightedFocalLoss, *args, gamma=gamma, weight=weight, reduction=reduction, axis=_check_axis(axis), **kwargs)
+        super().__init__(WeightedFocalLoss, *args, gamma=gamma, weight=weight, reduction=reduction,
+                         axis=check_axis(axis), **kwargs)
 
     @property
     def gamma(self) -> float: return self.func.gamma
@@ -106,10 +112,10 @@ class WeightedFocalLossFlat(BaseLoss):
 # %% ../nbs/02_losses.ipynb #7ccd1a3e
 def check_beta(beta) -> float:
     "Return `beta` as a float, or raise a clear error unless it is a finite number in [0, 1)"
-    if not (_finite_real(beta) and 0 <= beta < 1):
+    if not (is_finite_real(beta) and 0 <= beta < 1):
         raise ValueError(f"beta={beta!r} is not a number in [0, 1). The effective number of n samples is "
-                         "(1-beta**n)/(1-beta): beta=0 gives all classes weight 1, beta close to 1 (0.99, 0.999, 0.9999) "
-                         "approaches inverse class frequency.")
+                         "(1-beta**n)/(1-beta): beta=0 gives all classes weight 1, beta close to 1 (0.99, 0.999, "
+                         "0.9999) approaches inverse class frequency.")
     return float(beta)
 
 def class_counts(dl_or_labels, n_classes:int|None=None) -> np.ndarray:
@@ -125,8 +131,8 @@ def cb_weights(
     "Class-balanced weights (1-beta)/(1-beta**n_j) of Cui et al. (2019), normalised to add up to the number of classes"
     beta, n = check_beta(beta), check_counts(class_counts)
     if (n == 0).any():
-        warnings.warn(f"Classes {np.flatnonzero(n == 0).tolist()} have no training items; they get the weight of a class "
-                      "with one item.", stacklevel=2)
+        warnings.warn(f"Classes {np.flatnonzero(n == 0).tolist()} have no training items; they get the weight of a "
+                      "class with one item.", stacklevel=2)
         n = np.maximum(n, 1)
     w = (1 - beta) / (1 - np.power(beta, n))
     return w * len(w) / w.sum()
@@ -157,19 +163,23 @@ class ClassBalancedLoss(WeightedFocalLossFlat):
         "Class-balanced loss with the class counts of `dl`, read with `get_labels` (no input is loaded)"
         return cls(class_counts(dl, n_classes), beta=beta, gamma=gamma, **kwargs)
 
-    def __repr__(self) -> str: return f"ClassBalancedLoss(beta={self.beta}, gamma={self.gamma}, counts={self.class_counts.tolist()})"
+    def __repr__(self) -> str:
+        return f"ClassBalancedLoss(beta={self.beta}, gamma={self.gamma}, counts={self.class_counts.tolist()})"
 
 # %% ../nbs/02_losses.ipynb #1d2c757b
 class DeferredReweight(Callback):
     "Deferred re-weighting (Cao et al.): the learner's own loss until `start`, then class-balanced weights"
     order = -10 # before mixup callbacks wrap the loss
     def __init__(self,
-        start:float=0.8, # fraction of training (of every stage, with a `StagedProgress`) after which the classes are re-weighted
+        start:float=0.8, # fraction of training (`schedule_pct`) after which the classes are re-weighted
         beta:float=0.9999, # effective-number hyperparameter of `cb_weights`
         class_counts=None, # training items per class; default: read from `dls.train`
     ):
-        if not (_finite_real(start) and 0 <= start <= 1): raise ValueError(f"start={start!r} must be a fraction of training in [0, 1].")
-        self.start,self.beta,self.counts = float(start),check_beta(beta),None if class_counts is None else check_counts(class_counts)
+        if not (is_finite_real(start) and 0 <= start <= 1):
+            raise ValueError(f"start={start!r} must be a fraction of training in [0, 1].")
+        beta = check_beta(beta)
+        counts = None if class_counts is None else check_counts(class_counts)
+        self.start,self.beta,self.counts = float(start),beta,counts
 
     def before_fit(self):
         "Find the loss whose class weights will change (`get_preds` runs this too, so nothing heavy here)"
@@ -177,7 +187,8 @@ class DeferredReweight(Callback):
         if not hasattr(self.weighted_loss, 'weight'):
             raise TypeError(f"DeferredReweight needs a loss with class weights, such as CrossEntropyLossFlat or "
                             f"WeightedFocalLossFlat; {type(self.learn.loss_func).__name__} has none.")
-        self.sized,self.class_axis = self.counts is None,getattr(self.learn.loss_func, 'axis', -1)  # counts read from `dls.train` are sized by `dls.c`
+        # counts read from `dls.train` are sized by `dls.c`
+        self.sized,self.class_axis = self.counts is None,getattr(self.learn.loss_func, 'axis', -1)
 
     def after_pred(self):
         "Check, at the first batch, that the class counts given have one entry per class the model outputs"
@@ -193,7 +204,8 @@ class DeferredReweight(Callback):
         if not self.training or self.reweighted or schedule_pct(self) < self.start: return
         counts = class_counts(self.dls.train, getattr(self.dls, 'c', None)) if self.counts is None else self.counts
         self.old_weight,self.reweighted = self.weighted_loss.weight,True
-        self.weighted_loss.weight = torch.as_tensor(cb_weights(counts, self.beta), dtype=torch.float32, device=self.dls.device)
+        w = cb_weights(counts, self.beta)
+        self.weighted_loss.weight = torch.as_tensor(w, dtype=torch.float32, device=self.dls.device)
 
     def after_fit(self):
         "Put the loss's own weights back"

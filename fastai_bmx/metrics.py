@@ -30,11 +30,12 @@ def class_preds(
     p = as_np(preds)
     if p.ndim == 2 and p.shape[1] > 1:
         if n_classes is not None and n_classes != p.shape[1]:
-            raise ValueError(f"preds have scores for {p.shape[1]} classes but n_classes={n_classes}: pass matching values "
-                             "(or leave n_classes=None to use the width of preds).")
+            raise ValueError(f"preds have scores for {p.shape[1]} classes but n_classes={n_classes}: pass matching "
+                             "values (or leave n_classes=None to use the width of preds).")
         n_classes, p = p.shape[1], p.argmax(1)
     t, p = check_labels(targs, n_classes, 'targs'), check_labels(p, n_classes, 'preds')
-    if len(p) != len(t): raise ValueError(f"Got {len(p)} predictions for {len(t)} targets: pass one prediction per target.")
+    if len(p) != len(t):
+        raise ValueError(f"Got {len(p)} predictions for {len(t)} targets: pass one prediction per target.")
     return p, t, int(n_classes if n_classes is not None else max(p.max(), t.max()) + 1)
 
 # %% ../nbs/03_metrics.ipynb #7b08e013
@@ -135,7 +136,7 @@ def MacroF1(n_classes:int|None=None) -> AccumMetric:
 
 # %% ../nbs/03_metrics.ipynb #b2a46445
 class PaperMetric(NamedTuple):
-    "One metric of the paper: its `name`, pure `func`, fastai metric factory (None: not recorded) and whether it needs ordered classes"
+    "A paper metric: its `name`, pure `func`, fastai metric factory (None: not recorded), if it needs ordered classes"
     name:str # column name in results and recorder
     func:Callable # pure function `(preds, targs) -> float`
     learn_metric:Callable|None # factory of the fastai `AccumMetric`; None: not recorded during training
@@ -172,12 +173,13 @@ def paper_scores(probs, # probabilities or scores `(N, C)`, or class indices `(N
 def auroc(probs, # probabilities or scores `(N, C)`
           targs, # true class indices `(N,)`
          ) -> float:
-    "Area under the ROC curve: the positive class's (index 1) for two classes, else the macro mean of one-vs-rest over the classes present"
+    "Area under the ROC curve: class 1's for two classes, else the macro mean of one-vs-rest over the classes present"
     p = as_np(probs).astype(np.float64)
-    if p.ndim != 2 or p.shape[1] < 2: raise ValueError(f"probs have shape {p.shape}: AUROC ranks scores, so pass them as (N, C), not class indices.")
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(f"probs have shape {p.shape}: AUROC ranks scores, so pass them as (N, C), not class indices.")
     t = check_labels(targs, p.shape[1], 'targs')
     if p.shape[1] == 2: ks = [1]
-    else: ks = [k for k in range(p.shape[1]) if 0 < (t == k).sum() < len(t)]  # one-vs-rest needs positives and negatives
+    else: ks = [k for k in range(p.shape[1]) if 0 < (t == k).sum() < len(t)]  # one-vs-rest: positives and negatives
     if not ks or len(np.unique(t == ks[0])) < 2: return float('nan')
     return float(np.mean([skm.roc_auc_score(t == k, p[:, k]) for k in ks]))
 
@@ -197,8 +199,9 @@ def run_scores(probs, # test probabilities `(N, C)` of one run
                targs, # true class indices `(N,)`
                counts=None, # training items per class: for two classes, the rarer is the positive one
               ) -> dict:
-    "What `bmx-compare` keeps of one run's predictions: `paper_scores`, auroc, the calibration measures and, for two classes, the rare class's sensitivity and specificity"
+    "A run's scores: `paper_scores`, auroc, `calibration_scores` and, for two classes, the `rare_class_rates`"
     p = as_np(probs)
     out = {**paper_scores(p, targs), 'auroc': auroc(p, targs), **calibration_scores(p, targs)}
-    if p.shape[1] == 2: out.update(rare_class_rates(p, targs, positive=int(np.argmin(counts)) if counts is not None else 1))
+    if p.shape[1] == 2:
+        out.update(rare_class_rates(p, targs, positive=int(np.argmin(counts)) if counts is not None else 1))
     return out

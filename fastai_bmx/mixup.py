@@ -13,14 +13,14 @@ from torch.distributions.beta import Beta
 from fastcore.basics import *
 from fastai.torch_core import tensor, unsqueeze, find_bs
 from fastai.callback.mixup import MixHandler
-from .sampling import _finite_real, check_q, check_labels, check_cache_mb, class_probs, resampled_dl
+from .sampling import is_finite_real, check_q, check_labels, check_cache_mb, class_probs, resampled_dl
 from .schedule import schedule_pct
 
 # %% auto #0
 __all__ = ['lam_distrib', 'bmx_class_mass', 'BalancedMixUp', 'box_mask', 'BalancedCutMix', 'check_alpha']
 
 # %% ../nbs/01_mixup.ipynb #34914f8f
-from .checks import check_alpha  # pure Python, in a module that loads no torch: a command line checks α before torch loads
+from .checks import check_alpha  # pure Python, loads no torch: a command line checks α before torch loads
 _all_ = ['check_alpha']
 
 # %% ../nbs/01_mixup.ipynb #975b6dd3
@@ -40,7 +40,7 @@ def bmx_class_mass(
     alpha:float=0.2, # λ ~ Beta(α, 1) weighs the class-balanced batch; the paper uses 0.1, 0.2 or 0.3
     q:float=0., # Partner batches draw class j with probability ∝ n_j**q, as in `BalancedMixUp`; 0 is class-balanced
 ) -> np.ndarray:
-    "Expected share of class j in the loss of a Balanced-MixUp step: E[1-λ]·n_j/N + E[λ]·p_j = (n_j/N + α·p_j)/(1+α)"
+    "Expected share of class j in a Balanced-MixUp step's loss: E[1-λ]·n_j/N + E[λ]·p_j = (n_j/N + α·p_j)/(1+α)"
     alpha = check_alpha(alpha)
     return (class_probs(counts, 1) + alpha*class_probs(counts, q)) / (1 + alpha)
 
@@ -59,17 +59,18 @@ class BalancedMixUp(MixHandler):
         per_sample:bool=False, # Draw one λ per sample instead of one per batch
         q:float=0., # Partner batches draw class j with probability ∝ n_j**q; 0 is class-balanced, as in the paper
         labels=None, # Class index of every training item, when `get_labels` can't read them from `dls.train`
-        stop:float|None=None, # Mix no batch after this fraction of training (of every stage, with a `StagedProgress`), so the class mass ends at the instance one
-        cache_mb:float|None=None, # MiB of decoded training items of the smallest classes the partner loader keeps in memory; None: `default_cache_mb()`, 0: none
+        stop:float|None=None, # Mix no batch past this fraction of training (`schedule_pct`): end on the instance mass
+        cache_mb:float|None=None, # MiB of rare-class items the partner caches; None: `default_cache_mb()`, 0: none
     ):
         alpha = check_alpha(alpha)
-        if stop is not None and not (_finite_real(stop) and 0 <= stop <= 1): raise ValueError(f"stop={stop!r} must be a fraction of training in [0, 1], or None.")
+        if stop is not None and not (is_finite_real(stop) and 0 <= stop <= 1):
+            raise ValueError(f"stop={stop!r} must be a fraction of training in [0, 1], or None.")
         per_sample,q,cache_mb = _check_flag(per_sample, 'per_sample'),check_q(q),check_cache_mb(cache_mb)
-        labels = None if labels is None else check_labels(labels)  # their length is checked against `dls.train` when training starts
+        labels = None if labels is None else check_labels(labels)  # their length is checked when training starts
         super().__init__(alpha)
         self._init_state()
-        self.distrib,self.alpha,self.per_sample,self.q,self.labels,self.stop = lam_distrib(alpha),alpha,per_sample,q,labels,stop
-        self.cache_mb = cache_mb
+        self.distrib,self.alpha,self.per_sample,self.q = lam_distrib(alpha),alpha,per_sample,q
+        self.labels,self.stop,self.cache_mb = labels,stop,cache_mb
 
     def _init_state(self):
         "No partner loader or batch yet: the state of a new callback, and of one read back by `load_learner`"
@@ -82,14 +83,14 @@ class BalancedMixUp(MixHandler):
         self._partner_it = None
 
     def before_train(self):
-        "Build (or, if `dls` changed, rebuild) the partner loader; then mix through the loss, as targets are class indices"
+        "Build (or, if `dls` changed, rebuild) the partner loader; mix through the loss, as targets are class indices"
         self._setup_partner()
         self.stack_y = True
         if self.learn.loss_func != self.lf: self.old_lf,self.learn.loss_func = self.learn.loss_func,self.lf
 
     def before_batch(self):
         "Draw a class-balanced partner batch and λ, and combine the two batches with `mix`"
-        if self.stop is not None and schedule_pct(self) >= self.stop:  # past `stop`: the plain batch, and the plain loss
+        if self.stop is not None and schedule_pct(self) >= self.stop:  # past `stop`: the plain batch and loss
             self.lam,self.yb1 = torch.ones((), device=self.x.device),self.yb
             return
         bs = find_bs(self.yb)
@@ -100,44 +101,50 @@ class BalancedMixUp(MixHandler):
 
     def mix(self, xb_c, xb_i, lam):
         "Blend the inputs, x = (1-λ)·x_I + λ·x_C, in their own dtype; return them and the partner's weight λ"
-        return tuple(torch.lerp(x_c, x_i, unsqueeze(1-lam, n=x_i.dim()-1).to(x_i.dtype)) for x_c,x_i in zip(xb_c, xb_i)),lam
+        lerp = lambda x_c, x_i: torch.lerp(x_c, x_i, unsqueeze(1-lam, n=x_i.dim()-1).to(x_i.dtype))
+        return tuple(lerp(x_c, x_i) for x_c,x_i in zip(xb_c, xb_i)),lam
 
     def after_fit(self):
         "Let go of the partner iterator (and its workers) and the last partner batch"
         self._partner_it,self.xb1,self.yb1 = None,None,None
 
-    def _setup_partner(self):
-        "The class-balanced copy of `dls.train`, built once and rebuilt when the training loader changes"
-        dl = self.dls.train
-        distrib = type(dl).__name__ == 'DistributedDL'  # fastai.distributed imports accelerate, so it isn't imported here
-        src = dl.dl if distrib else dl  # under DDP, fastai wraps the training loader anew each fit; its inner loader stays
-        if not (self._src_dl is src and self.partner_dl.bs == dl.bs and self.partner_dl.device == dl.device):
-            self.partner_dl,self._src_dl = resampled_dl(src, self.q, self.labels, self.cache_mb),src
-            if distrib: self.partner_dl = _shard(dl, self.partner_dl)
-        if len(self.partner_dl) == 0:
-            raise ValueError(f"The training set has {len(dl.dataset)} items, fewer than one batch of {dl.bs} with "
-                             "drop_last=True, so there is nothing to train on: lower the batch size.")
+# %% ../nbs/01_mixup.ipynb #38011e4e
+@patch
+def _setup_partner(self:BalancedMixUp):
+    "The class-balanced copy of `dls.train`, built once and rebuilt when the training loader changes"
+    dl = self.dls.train
+    distrib = type(dl).__name__ == 'DistributedDL'  # fastai.distributed imports accelerate, so it isn't imported here
+    src = dl.dl if distrib else dl  # under DDP, fastai wraps the training loader anew each fit; its inner loader stays
+    if not (self._src_dl is src and self.partner_dl.bs == dl.bs and self.partner_dl.device == dl.device):
+        self.partner_dl,self._src_dl = resampled_dl(src, self.q, self.labels, self.cache_mb),src
+        if distrib: self.partner_dl = _shard(dl, self.partner_dl)
+    if len(self.partner_dl) == 0:
+        raise ValueError(f"The training set has {len(dl.dataset)} items, fewer than one batch of {dl.bs} with "
+                         "drop_last=True, so there is nothing to train on: lower the batch size.")
 
-    def _float_xb(self):
-        "The inputs, checked to be float tensors that can be blended"
-        for x in self.xb:
-            if not torch.is_floating_point(x):
-                raise TypeError(f"BalancedMixUp blends inputs, which must be float tensors; got {x.dtype}. "
-                                "Inputs such as token ids can't be mixed.")
-        return self.xb
+@patch
+def _float_xb(self:BalancedMixUp):
+    "The inputs, checked to be float tensors that can be blended"
+    for x in self.xb:
+        if not torch.is_floating_point(x):
+            raise TypeError(f"BalancedMixUp blends inputs, which must be float tensors; got {x.dtype}. "
+                            "Inputs such as token ids can't be mixed.")
+    return self.xb
 
-    def _partner_batch(self, bs:int):
-        "The next `bs` partner items as (xb, yb), starting a new pass over the partner loader when it runs out"
-        b = self._next_partner()
-        if find_bs(b) < bs: b = self._next_partner()  # the pass ended on a partial batch: a new pass starts full
-        b,n_inp = tuple(o[:bs] for o in b),getattr(self.dls, 'n_inp', 1)
-        return b[:n_inp],b[n_inp:]
+@patch
+def _partner_batch(self:BalancedMixUp, bs:int):
+    "The next `bs` partner items as (xb, yb), starting a new pass over the partner loader when it runs out"
+    b = self._next_partner()
+    if find_bs(b) < bs: b = self._next_partner()  # the pass ended on a partial batch: a new pass starts full
+    b,n_inp = tuple(o[:bs] for o in b),getattr(self.dls, 'n_inp', 1)
+    return b[:n_inp],b[n_inp:]
 
-    def _next_partner(self):
-        "Next batch of the partner loader, re-iterating it when it runs out"
-        b = None if self._partner_it is None else next(self._partner_it, None)
-        if b is None: self._partner_it = iter(self.partner_dl); b = next(self._partner_it)
-        return b
+@patch
+def _next_partner(self:BalancedMixUp):
+    "Next batch of the partner loader, re-iterating it when it runs out"
+    b = None if self._partner_it is None else next(self._partner_it, None)
+    if b is None: self._partner_it = iter(self.partner_dl); b = next(self._partner_it)
+    return b
 
 # %% ../nbs/01_mixup.ipynb #5d9c088f
 def _box_mask(lam:Tensor, h:int, w:int) -> Tensor:
@@ -158,10 +165,13 @@ def box_mask(
 ) -> Tensor:
     "Boolean masks `(n, 1, h, w)`: one box each, of side √λ, placed uniformly inside the image and never clipped"
     for k,v in dict(h=h, w=w).items():
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1: raise ValueError(f"{k}={v!r} must be a whole number of pixels ≥ 1.")
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"{k}={v!r} must be a whole number of pixels ≥ 1.")
     lam = torch.as_tensor(lam)
-    if lam.dtype == torch.bool or lam.is_complex() or not (lam.isfinite().all() and (lam >= 0).all() and (lam <= 1).all()):
-        raise ValueError(f"lam must hold area shares, numbers in [0, 1] (one per box), got {lam.flatten()[:8].tolist()}.")
+    in_range = lambda: lam.isfinite().all() and (lam >= 0).all() and (lam <= 1).all()  # for real numbers only
+    if lam.dtype == torch.bool or lam.is_complex() or not in_range():
+        raise ValueError(f"lam must hold area shares, numbers in [0, 1] (one per box), "
+                         f"got {lam.flatten()[:8].tolist()}.")
     return _box_mask(lam, h, w)
 
 # %% ../nbs/01_mixup.ipynb #0b1c1341
@@ -171,8 +181,9 @@ class BalancedCutMix(BalancedMixUp):
         "Paste the partner's box into each input; return them and the box's exact share of the area"
         shapes = {tuple(x.shape[-2:]) for x in xb_i}
         if any(x.dim() != 4 for x in xb_i) or len(shapes) != 1:
-            raise TypeError(f"BalancedCutMix pastes boxes, so it needs image batches (bs, channels, height, width) of one "
-                            f"size; got shapes {[tuple(x.shape) for x in xb_i]}. Use BalancedMixUp for other inputs.")
+            raise TypeError(f"BalancedCutMix pastes boxes, so it needs image batches (bs, channels, height, width) of "
+                            f"one size; got shapes {[tuple(x.shape) for x in xb_i]}. "
+                            "Use BalancedMixUp for other inputs.")
         (h, w), = shapes
         mask = _box_mask(lam, h, w)  # one box for the batch, or one per item with `per_sample`
         share = mask.float().mean((1, 2, 3)).reshape(lam.shape)

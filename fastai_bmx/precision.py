@@ -17,7 +17,7 @@ from fastai.callback.channelslast import ChannelsLast
 __all__ = ['check_precision', 'DeviceMixedPrecision', 'precision_cbs', 'wants_channels_last', 'PRECISIONS']
 
 # %% ../nbs/10_precision.ipynb #c8bf6912
-from .checks import PRECISIONS, check_precision_name  # the values of `--precision`, checked before torch loads
+from .checks import PRECISIONS, check_precision_name  # `--precision`'s values, checked before torch loads
 _all_ = ['PRECISIONS']
 
 def check_precision(precision:str, # 'fp32', 'bf16' or 'fp16'
@@ -43,7 +43,7 @@ class DeviceMixedPrecision(MixedPrecision):
         self.autocast,self.learn.scaler,self.scales = autocast(kind, dtype=dtype),GradScaler(kind, **self.kwargs),L()
 
 def precision_cbs(precision:str='fp32', # 'fp32', 'bf16' or 'fp16'
-                  channels_last:bool|None=None, # also train in channels-last memory (fastai's `ChannelsLast`); None: with mixed precision only
+                  channels_last:bool|None=None, # also channels-last memory (`ChannelsLast`); None: with mixed precision
                  ) -> list:
     "The callbacks that train a `Learner` in `precision`, and in channels-last memory: none for plain fp32"
     cl = [ChannelsLast()] if (check_precision(precision) != 'fp32' if channels_last is None else channels_last) else []
@@ -53,5 +53,6 @@ def precision_cbs(precision:str='fp32', # 'fp32', 'bf16' or 'fp16'
 def wants_channels_last(model:nn.Module, # the model to train
                         precision:str='fp32', # 'fp32', 'bf16' or 'fp16'
                        ) -> bool:
-    "Whether to train in channels-last memory: with mixed precision, or for a model with depthwise (grouped) convolutions, which it speeds up on a CPU"
-    return check_precision(precision) != 'fp32' or any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
+    "Whether to train channels-last: with mixed precision, or for depthwise (grouped) convolutions (faster on a CPU)"
+    if check_precision(precision) != 'fp32': return True
+    return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())

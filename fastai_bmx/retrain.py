@@ -18,44 +18,49 @@ from fastai.callback.tracker import SaveModelCallback
 from fastai.callback.schedule import *  # fit_one_cycle
 from fastai.callback.progress import *  # no_bar
 from .sampling import *  # dls.resampled
-from .sampling import _finite_real
+from .sampling import is_finite_real
 
 # %% auto #0
 __all__ = ['retrain_classifier']
 
 # %% ../nbs/02b_retrain.ipynb #3a7495e7
 def _monitorable(learn:Learner) -> list:
-    "The recorder columns a fit of `learn` can monitor: its losses and metrics, also with fastai's train_/valid_ prefixes"
+    "The recorder columns a fit of `learn` can monitor: its losses and metrics, also with train_/valid_ prefixes"
     names = ['loss', *L(learn.metrics).attrgot('name')]
     return ['train_loss', 'valid_loss', *names[1:], *[f'{s}_{n}' for s in ('train', 'valid') for n in names[1:]]]
 
 def _check_crt_args(learn, epochs, lr, q, monitor, comp, fname):
     "A clear error, before the learner is touched, for an argument `retrain_classifier` can't use"
-    if not isinstance(learn, Learner): raise TypeError(f"learn must be a fastai Learner (e.g. from `vision_learner`), got {type(learn).__name__}.")
+    if not isinstance(learn, Learner):
+        raise TypeError(f"learn must be a fastai Learner (e.g. from `vision_learner`), got {type(learn).__name__}.")
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
         raise ValueError(f"epochs={epochs!r} must be a whole number >= 1 of re-training epochs.")
-    if not (_finite_real(lr) and lr > 0): raise ValueError(f"lr={lr!r} must be a finite learning rate > 0, e.g. 1e-3.")
+    if not (is_finite_real(lr) and lr > 0):
+        raise ValueError(f"lr={lr!r} must be a finite learning rate > 0, e.g. 1e-3.")
     check_q(q)
-    if monitor not in _monitorable(learn): raise ValueError(f"monitor={monitor!r} is no column of the recorder: use one of {_monitorable(learn)}.")
-    if comp is not None and not callable(comp): raise TypeError(f"comp={comp!r} must be np.greater, np.less or None (inferred from monitor).")
-    if fname is not None and not (isinstance(fname, str) and fname): raise TypeError(f"fname={fname!r} must be a file name (a str) or None.")
+    if monitor not in _monitorable(learn):
+        raise ValueError(f"monitor={monitor!r} is no column of the recorder: use one of {_monitorable(learn)}.")
+    if comp is not None and not callable(comp):
+        raise TypeError(f"comp={comp!r} must be np.greater, np.less or None (inferred from monitor).")
+    if fname is not None and not (isinstance(fname, str) and fname):
+        raise TypeError(f"fname={fname!r} must be a file name (a str) or None.")
 
 # %% ../nbs/02b_retrain.ipynb #3dd499ce
-def retrain_classifier(learn:Learner, # a trained `Learner` whose last parameter group is the classifier head (as `vision_learner` splits)
+def retrain_classifier(learn:Learner, # a trained `Learner` whose last parameter group is the head (`vision_learner`'s)
                        epochs:int=5, # epochs of re-training, with one-cycle
                        lr:float=1e-3, # maximum learning rate
                        q:float=0., # sampling exponent of the re-training batches: 0 class-balanced, 0.5 square root
                        monitor:str='valid_loss', # recorder column that picks the best epoch (e.g. 'mcc')
                        comp=None, # np.greater or np.less; None: inferred from `monitor`
-                       fname:str|None=None, # checkpoint of the best epoch, removed once reloaded; None: a name of this process's own
-                       labels=None, # class index of every training item, when `get_labels` can't read them from `dls.train`
+                       fname:str|None=None, # best epoch's checkpoint, deleted once reloaded; None: this process's own
+                       labels=None, # class of every training item, if `get_labels` can't read them from `dls.train`
                       ) -> Learner:
-    "cRT (Kang et al.): re-initialise the head's last layer and re-train the head alone on `dls.resampled(q)`; the body stays bit-identical"
+    "cRT (Kang et al.): re-initialise the head's last layer, re-train the head alone on `dls.resampled(q)`; body kept"
     _check_crt_args(learn, epochs, lr, q, monitor, comp, fname)
     groups = learn.splitter(learn.model)
     if not isinstance(groups[0], (list, tuple, L)) or len(groups) < 2:  # a flat list of parameters is one group
-        raise ValueError("The learner has one parameter group, so there is no body to keep: build it with `vision_learner` "
-                         "or pass a `splitter` that puts the classifier head in the last group.")
+        raise ValueError("The learner has one parameter group, so there is no body to keep: build it with "
+                         "`vision_learner` or pass a `splitter` that puts the classifier head in the last group.")
     last = [m for m in learn.model.modules() if isinstance(m, nn.Linear)]
     if not last: raise ValueError("The model has no `nn.Linear` layer to re-initialise as its classifier.")
     rdls = learn.dls.resampled(q, labels)  # checks `q` and `labels` while the head is still intact

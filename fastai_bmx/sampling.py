@@ -17,8 +17,9 @@ from fastai.callback.data import WeightedDL
 from PIL import Image
 
 # %% auto #0
-__all__ = ['as_np', 'check_labels', 'get_labels', 'check_counts', 'class_probs', 'sampling_probs', 'default_cache_mb',
-           'check_cache_mb', 'item_nbytes', 'in_memory', 'class_item_cache', 'ResampledDL', 'resampled_dl', 'check_q']
+__all__ = ['as_np', 'check_labels', 'get_labels', 'check_counts', 'class_probs', 'sampling_probs', 'available_memory',
+           'default_cache_mb', 'check_cache_mb', 'item_nbytes', 'in_memory', 'class_item_cache', 'ResampledDL',
+           'resampled_dl', 'check_q', 'is_finite_real']
 
 # %% ../nbs/00_sampling.ipynb #9b6bdca9
 def as_np(x) -> np.ndarray:
@@ -26,13 +27,16 @@ def as_np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 def _multi_msg(what, shape=None):
-    return (f"{what} must hold one class index per item{'' if shape is None else f', but have shape {shape}'}. Multi-label "
-            "or one-hot targets can't be class-balanced: pass single-label class indices (for one-hot, `y.argmax(1)`).")
+    got = '' if shape is None else f', but have shape {shape}'
+    return (f"{what} must hold one class index per item{got}. Multi-label or one-hot targets can't be class-balanced: "
+            "pass single-label class indices (for one-hot, `y.argmax(1)`).")
 
 def check_labels(labels, n_classes:int|None=None, what:str='labels') -> np.ndarray:
     "Return `labels` as a 1-D int64 array of class indices, or raise an error that says what is wrong and how to fix it"
-    if n_classes is not None and (isinstance(n_classes, bool) or not isinstance(n_classes, numbers.Integral) or n_classes < 1):
-        raise ValueError(f"n_classes={n_classes!r} must be a whole number ≥ 1 (the number of classes, e.g. `dls.c`), or None.")
+    whole = not isinstance(n_classes, bool) and isinstance(n_classes, numbers.Integral)
+    if n_classes is not None and not (whole and n_classes >= 1):
+        raise ValueError(f"n_classes={n_classes!r} must be a whole number ≥ 1 (the number of classes, e.g. `dls.c`), "
+                         "or None.")
     if isinstance(labels, torch.Tensor): labels = as_np(labels)
     if isinstance(labels, (list, tuple, L)) and len(labels) and isinstance(labels[0], (torch.Tensor, np.ndarray)):
         labels = [as_np(o) for o in labels]  # e.g. TensorCategory items
@@ -40,16 +44,20 @@ def check_labels(labels, n_classes:int|None=None, what:str='labels') -> np.ndarr
     arr = np.asarray(labels)
     if arr.ndim == 2 and arr.shape[1] == 1: arr = arr[:, 0]  # MedMNIST stores labels as (N, 1)
     if arr.ndim != 1: raise ValueError(_multi_msg(what, arr.shape))
-    if len(arr) == 0: raise ValueError(f"{what} is empty: the dataset has no items. Check the data source and the split.")
+    if len(arr) == 0:
+        raise ValueError(f"{what} is empty: the dataset has no items. Check the data source and the split.")
     if arr.dtype.kind == 'f':
-        raise TypeError(f"{what} are floats ({arr.dtype}): regression targets can't be class-balanced. If they are class "
-                        "indices stored as floats, cast them with `.astype(int)`; if they are continuous, this method does not apply.")
+        raise TypeError(f"{what} are floats ({arr.dtype}): regression targets can't be class-balanced. If they are "
+                        "class indices stored as floats, cast them with `.astype(int)`; if they are continuous, this "
+                        "method does not apply.")
     if arr.dtype.kind not in 'iub': raise TypeError(f"{what} must be integer class indices, got dtype {arr.dtype}.")
     arr = arr.astype(np.int64)
-    if arr.min() < 0: raise ValueError(f"{what} contain the negative class index {arr.min()}: class indices start at 0.")
+    if arr.min() < 0:
+        raise ValueError(f"{what} contain the negative class index {arr.min()}: class indices start at 0.")
     if n_classes is not None and arr.max() >= n_classes:
         raise ValueError(f"{what} contain class index {arr.max()}, beyond the vocabulary of {n_classes} classes "
-                         f"(valid indices are 0..{n_classes-1}). Fix the labels, or the vocab (`dls.vocab`) they index into.")
+                         f"(valid indices are 0..{n_classes-1}). Fix the labels, or the vocab (`dls.vocab`) they index "
+                         "into.")
     return arr
 
 # %% ../nbs/00_sampling.ipynb #a9888774
@@ -58,24 +66,30 @@ def _tfmd_labels(tl:TfmdLists) -> list:
     return [tl[i] for i in range(len(tl))]
 
 def get_labels(dl_or_dataset, n_classes:int|None=None) -> np.ndarray:
-    "Integer class index of every item of a fastai `DataLoader`/`Datasets`, a dataset with `targets`/`labels`, or an array"
+    "Integer class index of every item of a fastai `DataLoader`/`Datasets`, a dataset with `targets`/`labels`, an array"
     o = dl_or_dataset
     if isinstance(o, DataLoader):
         if n_classes is None: n_classes = _n_classes(o)
         o = o.dataset
     if isinstance(o, Datasets):
         n_tgt = len(o.tls) - o.n_inp
-        if n_tgt != 1: raise ValueError(f"The dataset has {n_tgt} target pipelines; BalancedMixUp needs exactly one, holding class indices.")
+        if n_tgt != 1:
+            raise ValueError(f"The dataset has {n_tgt} target pipelines; BalancedMixUp needs exactly one, holding "
+                             "class indices.")
         return check_labels(_tfmd_labels(o.tls[o.n_inp]), n_classes)
     if isinstance(o, TfmdLists): return check_labels(_tfmd_labels(o), n_classes)
     for attr in ('targets', 'labels', 'y'):
-        if hasattr(o, attr) and not callable(getattr(o, attr)): return check_labels(getattr(o, attr), n_classes, f'`{attr}`')
+        if hasattr(o, attr) and not callable(getattr(o, attr)):
+            return check_labels(getattr(o, attr), n_classes, f'`{attr}`')
     if isinstance(o, torch.utils.data.TensorDataset): return check_labels(o.tensors[-1], n_classes)
     if isinstance(o, (list, tuple, L)) and len(o) and isinstance(o[0], (tuple, list)):
-        raise TypeError("Got a list of (input, label) items: pass the labels themselves, e.g. `labels=[y for _, y in items]`.")
-    if isinstance(o, (np.ndarray, torch.Tensor, list, tuple, L)) or hasattr(o, '__array__'): return check_labels(o, n_classes)
+        raise TypeError("Got a list of (input, label) items: pass the labels themselves, "
+                        "e.g. `labels=[y for _, y in items]`.")
+    if isinstance(o, (np.ndarray, torch.Tensor, list, tuple, L)) or hasattr(o, '__array__'):
+        return check_labels(o, n_classes)
     raise TypeError(f"Can't read the labels of a {type(o).__name__} without loading its inputs. Pass them explicitly "
-                    "(`resampled_dl(dl, q, labels=...)` or `BalancedMixUp(alpha, labels=...)`), or give the dataset a `targets` attribute.")
+                    "(`resampled_dl(dl, q, labels=...)` or `BalancedMixUp(alpha, labels=...)`), or give the dataset a "
+                    "`targets` attribute.")
 
 def _n_classes(dl) -> int|None:
     "Size of `dl`'s vocabulary, if it has one"
@@ -83,22 +97,25 @@ def _n_classes(dl) -> int|None:
     except Exception: return None
 
 # %% ../nbs/00_sampling.ipynb #a34f294d
-from .checks import _finite_real, check_q  # pure Python, in a module that loads no torch
-_all_ = ['check_q']
+from .checks import is_finite_real, check_q  # pure Python, in a module that loads no torch
+_all_ = ['check_q', 'is_finite_real']
 
 def check_counts(counts, # items (or proportions) per class
-                 whole:bool=True, # must they be whole numbers of items? False accepts proportions, whose ratios alone matter
+                 whole:bool=True, # must they be whole numbers of items? False: proportions, whose ratios alone matter
                 ) -> np.ndarray:
     "`counts` as a 1-D float64 array of numbers ≥ 0, not all 0, or an error that says what is wrong"
     c = as_np(counts)
     if c.ndim != 1 or c.size == 0:
-        raise ValueError(f"counts must hold one count per class, that is one item count per class in a 1-D array (not empty); got shape {c.shape}. "
+        raise ValueError(f"counts must hold one count per class, that is one item count per class in a 1-D array "
+                         f"(not empty); got shape {c.shape}. "
                          "From class indices, use `np.bincount(labels)` (or `class_counts(dls.train)`).")
     if c.dtype.kind not in 'iuf': raise TypeError(f"counts must be numbers of items, got dtype {c.dtype}.")
     c = c.astype(np.float64)
-    if not (np.isfinite(c).all() and (c >= 0).all()): raise ValueError(f"counts must be finite and ≥ 0 (they can't be negative), got {c.tolist()}.")
+    if not (np.isfinite(c).all() and (c >= 0).all()):
+        raise ValueError(f"counts must be finite and ≥ 0 (they can't be negative), got {c.tolist()}.")
     if whole and (c != np.round(c)).any(): raise ValueError(f"counts must be whole numbers of items, got {c.tolist()}.")
-    if not (c > 0).any(): raise ValueError("Every count is 0: the training set has no items, so there is nothing to sample or weight.")
+    if not (c > 0).any():
+        raise ValueError("Every count is 0: the training set has no items, so there is nothing to sample or weight.")
     return c
 
 def class_probs(counts, q:float=0.) -> np.ndarray:
@@ -109,31 +126,33 @@ def class_probs(counts, q:float=0.) -> np.ndarray:
     return mass / mass.sum()
 
 def sampling_probs(labels, q:float=0.) -> np.ndarray:
-    "Per-item probabilities that draw class j with probability ∝ n_j**q (q=1 instance, q=0 class-balanced, q=0.5 sqrt)"
+    "Per-item probabilities drawing class j with probability ∝ n_j**q (q=1 instance, q=0 class-balanced, q=0.5 sqrt)"
     labels = check_labels(labels)
     counts = np.bincount(labels)
     p = class_probs(counts, q)[labels] / counts[labels]
     return p / p.sum()
 
 # %% ../nbs/00_sampling.ipynb #0e7a1434
-def _available_memory() -> int|None:
+def available_memory() -> int|None:
     "Bytes of memory available now (Linux `MemAvailable`), or None where it can't be read"
     try:
-        with open('/proc/meminfo') as f: return next(int(l.split()[1]) for l in f if l.startswith('MemAvailable:')) * 1024
+        with open('/proc/meminfo') as f:
+            return next(int(l.split()[1]) for l in f if l.startswith('MemAvailable:')) * 1024
     except Exception: return None
 
+# %% ../nbs/00_sampling.ipynb #a0f5db12
 def default_cache_mb() -> float:
-    "Default bound of an item cache, in MiB: 1/8 of the memory available now, at most 1 GiB (256 MiB where it can't be read)"
-    avail = _available_memory()
+    "Default bound of an item cache, in MiB: 1/8 of the memory available now, at most 1 GiB (256 MiB if unreadable)"
+    avail = available_memory()
     return 256. if avail is None else min(1024., avail / 2**20 / 8)
 
 # %% ../nbs/00_sampling.ipynb #0c7dc216
 def check_cache_mb(cache_mb) -> float|None:
-    "`cache_mb` as a float ≥ 0 (0 turns the cache off) or None (the default bound), or an error that says what to pass"
+    "`cache_mb` as a float ≥ 0 (0 turns the cache off) or None (the default bound), or an error saying what to pass"
     if cache_mb is None: return None
-    if not (_finite_real(cache_mb) and cache_mb >= 0):
-        raise ValueError(f"cache_mb={cache_mb!r} must be a number of MiB ≥ 0 (0 turns the item cache off), or None for "
-                         "the default bound, `default_cache_mb()`.")
+    if not (is_finite_real(cache_mb) and cache_mb >= 0):
+        raise ValueError(f"cache_mb={cache_mb!r} must be a number of MiB ≥ 0 (0 turns the item cache off), or None "
+                         "for the default bound, `default_cache_mb()`.")
     return float(cache_mb)
 
 # %% ../nbs/00_sampling.ipynb #916f0f84
@@ -142,10 +161,11 @@ def _parts(item) -> list:
     return [p for o in item for p in _parts(o)] if isinstance(item, (tuple, list)) else [item]
 
 def item_nbytes(item) -> int|None:
-    "Bytes of memory a decoded item holds (PIL images, tensors, arrays, numbers, strings); None if it holds anything else"
+    "Bytes held by a decoded item (PIL images, tensors, arrays, numbers, strings); None if it holds anything else"
     n = 0
     for o in _parts(item):
-        if isinstance(o, Image.Image): n += o.width * o.height * (1 if o.mode in ('1', 'L', 'P') else 4)  # PIL keeps RGB pixels in 4 bytes
+        if isinstance(o, Image.Image):  # PIL keeps RGB pixels in 4 bytes
+            n += o.width * o.height * (1 if o.mode in ('1', 'L', 'P') else 4)
         elif isinstance(o, torch.Tensor): n += o.untyped_storage().nbytes()
         elif isinstance(o, np.ndarray): n += o.nbytes
         elif isinstance(o, (numbers.Number, str, bytes)): n += sys.getsizeof(o)
@@ -162,7 +182,7 @@ def _root(o):
     return None
 
 def in_memory(dataset) -> bool:
-    "Whether the items of `dataset` are views into data held in memory: items 0 and 1 share a tensor's storage or an array"
+    "Whether the items of `dataset` are views into data in memory: items 0 and 1 share a tensor's storage or an array"
     if len(dataset) < 2: return False
     items = [dataset[0], dataset[1]]  # both alive, so that a freed tensor's memory can't be reused by the next
     return any(a is not None and a == b for a,b in zip(*([_root(o) for o in _parts(it)] for it in items)))
@@ -176,7 +196,8 @@ def class_item_cache(
 ) -> dict:
     "`{i: dataset[i]}` for the items of the smallest classes, smallest class first while they fit in `cache_mb` MiB"
     cache_mb,labels = check_cache_mb(cache_mb),check_labels(labels)
-    if len(labels) != len(dataset): raise ValueError(f"Got {len(labels)} labels for a dataset of {len(dataset)} items: pass one label per item.")
+    if len(labels) != len(dataset):
+        raise ValueError(f"Got {len(labels)} labels for a dataset of {len(dataset)} items: pass one label per item.")
     budget = (default_cache_mb() if cache_mb is None else cache_mb) * 2**20
     if budget <= 0 or in_memory(dataset): return {}
     counts,cache,used = np.bincount(labels),{},0
@@ -199,18 +220,20 @@ def _check_wgts(wgts, n:int) -> np.ndarray:
     "`wgts` as a 1-D float64 array of `n` finite weights ≥ 0, not all 0, or an error that says what to pass"
     w = as_np(wgts)
     if w.ndim != 1 or len(w) != n:
-        raise ValueError(f"wgts must hold one sampling weight per item of the dataset, {n} in a 1-D array; got shape {w.shape}. "
+        raise ValueError(f"wgts must hold one sampling weight per item of the dataset, {n} in a 1-D array; "
+                         f"got shape {w.shape}. "
                          "For class-balanced weights use `sampling_probs(labels, q)`, or `resampled_dl(dl, q)`.")
     if w.dtype.kind not in 'iuf': raise TypeError(f"wgts must be numbers (sampling weights), got dtype {w.dtype}.")
     w = w.astype(np.float64)
-    if not (np.isfinite(w).all() and (w >= 0).all()): raise ValueError(f"wgts must be finite and ≥ 0, got values in [{w.min()}, {w.max()}].")
+    if not (np.isfinite(w).all() and (w >= 0).all()):
+        raise ValueError(f"wgts must be finite and ≥ 0, got values in [{w.min()}, {w.max()}].")
     if not (w > 0).any(): raise ValueError("Every weight in wgts is 0: give at least one item a weight > 0.")
     return w
 
 class ResampledDL(WeightedDL):
     "A `WeightedDL` whose copies (`new`) keep its sampling weights and item cache, and whose draws take linear time"
     def __init__(self, dataset=None, bs=None, wgts=None,
-                 item_cache:dict|None=None, # `{i: dataset[i]}` for some items, served instead of reading them (see `class_item_cache`)
+                 item_cache:dict|None=None, # `{i: dataset[i]}` for some items, served instead of reading them
                  **kwargs):
         if wgts is not None: wgts = _check_wgts(wgts, len(dataset))
         super().__init__(dataset, bs=bs, wgts=wgts, **kwargs)
@@ -222,7 +245,7 @@ class ResampledDL(WeightedDL):
         return super().create_item(s) if o is None else o
 
     def get_idxs(self):
-        "`n` indices drawn with replacement ∝ `wgts`: multinomial counts in a random order, O(n) (`np.random.choice` is O(n log n))"
+        "`n` indices drawn with replacement ∝ `wgts`, in O(n): multinomial counts in a random order"
         if self.n == 0: return []
         if not self.shuffle: return super().get_idxs()
         counts = np.random.multinomial(self.n, self.wgts)
@@ -230,7 +253,8 @@ class ResampledDL(WeightedDL):
 
     def new(self, dataset=None, cls=None, **kwargs):
         if dataset is None and (cls is None or issubclass(cls, WeightedDL)): kwargs.setdefault('wgts', self.wgts)
-        if dataset is None and (cls is None or issubclass(cls, ResampledDL)): kwargs.setdefault('item_cache', self.item_cache)
+        if dataset is None and (cls is None or issubclass(cls, ResampledDL)):
+            kwargs.setdefault('item_cache', self.item_cache)
         return super().new(dataset, cls, **kwargs)
 
 # %% ../nbs/00_sampling.ipynb #0c1a2bfc
@@ -238,14 +262,15 @@ def resampled_dl(
     dl:TfmdDL, # A fastai training DataLoader
     q:float=0., # Class j is drawn with probability ∝ n_j**q: 1 instance, 0.5 sqrt, 0 class-balanced
     labels=None, # Class index of each item of `dl.dataset`; read with `get_labels` when None
-    cache_mb:float|None=0., # MiB of decoded items of the smallest classes to keep in memory (`class_item_cache`); None: `default_cache_mb()`, 0: none
+    cache_mb:float|None=0., # MiB of the smallest classes' items to cache (`class_item_cache`); None: default, 0: none
 ) -> ResampledDL:
-    "Copy of `dl` (same dataset, bs, transforms, device) that draws items with replacement so class j comes up ∝ n_j**q"
+    "Copy of `dl` (same dataset, bs, transforms, device) drawing items with replacement so class j comes up ∝ n_j**q"
     q,cache_mb = check_q(q),check_cache_mb(cache_mb)
     if not isinstance(dl, TfmdDL):
-        raise TypeError(f"resampled_dl needs a fastai TfmdDL (what DataBlock, Datasets.dataloaders and DataLoaders.from_dsets "
-                        f"build), got {type(dl).__name__}.")
-    if dl.dataset is None or len(dl.dataset) == 0: raise ValueError("The DataLoader has no items: there is nothing to resample.")
+        raise TypeError(f"resampled_dl needs a fastai TfmdDL (what DataBlock, Datasets.dataloaders and "
+                        f"DataLoaders.from_dsets build), got {type(dl).__name__}.")
+    if dl.dataset is None or len(dl.dataset) == 0:
+        raise ValueError("The DataLoader has no items: there is nothing to resample.")
     labels = get_labels(dl) if labels is None else check_labels(labels, _n_classes(dl))
     if len(labels) != len(dl.dataset):
         raise ValueError(f"Got {len(labels)} labels for a dataset of {len(dl.dataset)} items: pass one label per item, "

@@ -24,7 +24,8 @@ class StagedProgress(Callback):
     "Counts the training done over every fit of a schedule, so that `schedule_pct` is a fraction of all of it"
     order = -9 # after `TrainEvalCallback` (-10), which moves `pct_train` on
     def __init__(self, epochs:int): # epochs of the whole schedule, every stage together
-        if not (_is_int(epochs) and epochs >= 1): raise ValueError(f"epochs={epochs!r}: the schedule needs a whole number of epochs >= 1.")
+        if not (_is_int(epochs) and epochs >= 1):
+            raise ValueError(f"epochs={epochs!r}: the schedule needs a whole number of epochs >= 1.")
         self.total,self.done = epochs,0
 
     @property
@@ -41,26 +42,27 @@ def staged_progress(learn:Learner) -> StagedProgress|None:
     return next((c for c in learn.cbs if isinstance(c, StagedProgress)), None)
 
 def schedule_pct(cb:Callback) -> float:
-    "Fraction of all training done when `cb`'s event runs: over every stage with a `StagedProgress`, else this fit's `pct_train`"
+    "Fraction of all training done when `cb`'s event runs: over every stage with a `StagedProgress`, else `pct_train`"
     sp = staged_progress(cb.learn)
     return cb.learn.pct_train if sp is None else sp.pct
 
 # %% ../nbs/00a_schedule.ipynb #0fb9bacb
 class SaveBestOfStages(SaveModelCallback):
-    "fastai's `SaveModelCallback` over a schedule of fits: it keeps the best epoch of every stage, and reloads it after the last"
+    "fastai's `SaveModelCallback` over a schedule of fits: the best epoch of every stage, reloaded after the last"
     def __init__(self, **kwargs): super().__init__(reset_on_fit=False, **kwargs) # `SaveModelCallback`'s arguments
 
     def after_epoch(self):
-        "Save the model when the monitored value is the best of the schedule so far, naming the epoch of the whole schedule"
+        "Save the model when the monitored value is the schedule's best so far, naming the epoch of the whole schedule"
         if self.every_epoch: return super().after_epoch()
         TrackerCallback.after_epoch(self)
         if self.new_best:
             sp = staged_progress(self.learn)
-            print(f'Better model found at epoch {self.epoch + (sp.done if sp else 0)} with {self.monitor} value: {self.best}.')
+            epoch = self.epoch + (sp.done if sp else 0)  # the epoch of the whole schedule
+            print(f'Better model found at epoch {epoch} with {self.monitor} value: {self.best}.')
             self._save(self.fname)
 
     def after_fit(self, **kwargs):
-        "Reload the best checkpoint once the schedule's last stage is done (`StagedProgress` says which); go on otherwise"
+        "Reload the best checkpoint once the schedule's last stage is done (`StagedProgress` says so); else go on"
         sp = staged_progress(self.learn)
         if sp is None or sp.done >= sp.total: super().after_fit(**kwargs)
         else: self.run = True
@@ -76,21 +78,23 @@ def _stage_values(learn:Learner, stage:str) -> pd.DataFrame:
     df = pd.DataFrame([list(v) for v in learn.recorder.values], columns=list(learn.recorder.metric_names[1:-1]))
     return df.assign(stage=stage)
 
-def fine_tune_stages(learn:Learner, # a `Learner` whose parameter groups end with the head (as `vision_learner` builds them)
+def fine_tune_stages(learn:Learner, # a `Learner` whose parameter groups end with the head (as `vision_learner` makes)
                      epochs:int, # epochs with every layer trained
-                     base_lr:float=2e-3, # fastai's `fine_tune` base learning rate: the head's in the frozen stage, twice the head's after
+                     base_lr:float=2e-3, # `fine_tune`'s base learning rate: the head's when frozen, twice it after
                      freeze_epochs:int=1, # epochs of the frozen stage first (0: none)
                      lr_mult:float=100, # the first layers train at the head's rate divided by this
                      pct_start:float=0.3, # warm-up fraction of the unfrozen stage's one-cycle schedule
                      div:float=5., # the unfrozen stage starts at its peak rate divided by this
                      cbs=None, # callbacks for both stages, e.g. a `SaveBestOfStages`
                     ) -> pd.DataFrame:
-    "fastai's `fine_tune`, with `cbs` and one `StagedProgress` through both stages; returns every epoch's recorder values"
-    if not (_is_int(epochs) and epochs >= 1): raise ValueError(f"epochs={epochs!r}: fine-tune every layer for at least one epoch.")
-    if not (_is_int(freeze_epochs) and freeze_epochs >= 0): raise ValueError(f"freeze_epochs={freeze_epochs!r}: give a whole number >= 0.")
+    "fastai's `fine_tune`, with `cbs` and one `StagedProgress` through both stages; returns each epoch's values"
+    if not (_is_int(epochs) and epochs >= 1):
+        raise ValueError(f"epochs={epochs!r}: fine-tune every layer for at least one epoch.")
+    if not (_is_int(freeze_epochs) and freeze_epochs >= 0):
+        raise ValueError(f"freeze_epochs={freeze_epochs!r}: give a whole number >= 0.")
     if len(learn.splitter(learn.model)) < 2 or not isinstance(learn.splitter(learn.model)[0], (list, tuple, L)):
-        raise ValueError("Fine-tuning freezes the body and trains the head, but the learner has one parameter group: build it with "
-                         "`vision_learner`, or pass a `splitter` whose last group is the head.")
+        raise ValueError("Fine-tuning freezes the body and trains the head, but the learner has one parameter group: "
+                         "build it with `vision_learner`, or pass a `splitter` whose last group is the head.")
     cbs, vals = [StagedProgress(freeze_epochs + epochs), *L(cbs)], []
     if freeze_epochs:
         learn.freeze(); _drop_frozen_grads(learn)

@@ -20,7 +20,8 @@ def check_fold(fold:int, # the fold that validates
                k:int, # number of folds
               ) -> int:
     "`fold` as an int, or a clear error unless it numbers one of the `k` folds"
-    if not isinstance(fold, numbers.Integral) or not 0 <= fold < k: raise ValueError(f"fold={fold!r} but folds are numbered 0..{k-1}.")
+    if not isinstance(fold, numbers.Integral) or not 0 <= fold < k:
+        raise ValueError(f"fold={fold!r} but folds are numbered 0..{k-1}.")
     return int(fold)
 
 def stratified_kfold(labels, # class index of every item
@@ -60,8 +61,8 @@ def valid_mask(labels, # class of every pool item (indices or names)
     if not 0 < valid_pct < 1: raise ValueError(f"valid_pct={valid_pct!r} must be in (0, 1).")
     try: _, va = train_test_split(np.arange(len(codes)), test_size=valid_pct, stratify=codes, random_state=split_seed)
     except ValueError as e:
-        raise ValueError(f"Can't draw a stratified validation split of {valid_pct:.0%} ({e}). Give every class at least "
-                         "2 images, or provide the split (a 'valid' folder or split column).") from None
+        raise ValueError(f"Can't draw a stratified validation split of {valid_pct:.0%} ({e}). Give every class at "
+                         "least 2 images, or provide the split (a 'valid' folder or split column).") from None
     mask[va] = True
     return mask
 

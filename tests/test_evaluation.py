@@ -14,7 +14,7 @@ from fastai.optimizer import SGD
 from fastai.callback.progress import *  # Learner.no_bar
 from fastai_bmx.evaluation import *
 from fastai_bmx.bootstrap import *
-from fastai_bmx.bootstrap import _draw
+from fastai_bmx.bootstrap import draw_resample
 import fastai_bmx.bootstrap as ev
 from fastai_bmx.splits import stratified_kfold, kfold_splitter
 from fastai_bmx.app.report.results import fold_summary

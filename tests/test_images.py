@@ -1,5 +1,6 @@
-"Medical images as hospitals store them: DICOM (real scanners' files and pydicom's own), 16-bit PNG, grey kept grey, and spreadsheet CSVs"
-import json, shutil, subprocess, sys, zlib
+"Medical images as hospitals store them: DICOM, 16-bit PNG, grey kept grey, spreadsheet CSVs; and each planned once"
+import json, pickle, shutil, subprocess, sys, zlib
+from collections import Counter
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 import fastcore.test as fct
@@ -248,9 +249,74 @@ def test_an_exported_dicom_model_reads_new_files_through_its_window(tmp_path):
     plan = plan_compare(str(tmp_path/'data'), tmp_path/'out', methods=['instance'], seeds=[0], epochs=1, arch='resnet10t',
                         bs=4, size=16, window=(40, 400), show_bar=False)
     run_plan(plan)
-    export_run(plan.folder, 'instance_seed0', 'plain', None, plan.load_kw, plan.train_kw)
+    export_run(plan.folder, 'instance_seed0', 'plain', None, plan.load, plan.train)
     learn = load_learner(tmp_path/'out'/'recommended.pkl')
     tbl = folder_table(tmp_path/'data')
     files = [tmp_path/'data'/f for f in tbl.fname[tbl.split == 'test']]
     probs, _ = learn.get_preds(dl=learn.dls.test_dl(files))
     fct.test_close(probs.numpy(), plan.folder.preds('instance_seed0')[0], eps=1e-5)
+
+
+# --- planning: a source decided once, each image decoded once --------------------------------------------------------
+
+def _count_reads(monkeypatch) -> Counter:
+    "Count the opening of every image file: by the decoding of a set (`decode_files`) and by loaders that read files"
+    import fastai_bmx.images as images, fastai_bmx.files as files
+    opened, read = Counter(), images.read_pixels
+    def counted(path, window=None): opened[str(path)] += 1; return read(path, window)
+    monkeypatch.setattr(images, 'read_pixels', counted)
+    monkeypatch.setattr(files, 'read_pixels', counted)
+    return opened
+
+
+@pytest.mark.parametrize('from_disk', [False, True])
+def test_planning_decodes_each_image_once(tmp_path, monkeypatch, from_disk):
+    "bmx-compare's planning of a CSV: the check that every file decodes is the decoding the loaders serve; no run decodes again"
+    from fastai_bmx.app.plan.sources import read_source, LoadSettings
+    from fastai_bmx.app.plan.validate import check_images, split_counts
+    from fastai_bmx.files import serves_from_memory
+    png_table(tmp_path, labels=('a', 'b')).to_csv(tmp_path/'labels.csv', index=False)
+    opened = _count_reads(monkeypatch)
+    src = read_source(tmp_path/'labels.csv')
+    settings = LoadSettings(src, bs=4, size=16, in_memory=check_images(src, size=16, in_memory=False if from_disk else None))
+    dls, rec = settings.load(seed=0)
+    split_counts(dls, rec)  # the labels, for the checks of the classes: no image read
+    fct.test_eq((settings.in_memory, serves_from_memory(dls)), (not from_disk,) * 2)
+    fct.test_eq(len(opened), len(src.files))  # every file checked
+    again = {f for f, n in opened.items() if n > 1}
+    if from_disk:  # fastai's `from_df` reads its first training item as it builds the loaders, to learn their types
+        assert again <= {str(src.files[0])}, again
+        return
+    assert not again, again  # each decoded once, for the check and the loaders
+    for seed, fold in ((1, None), (0, 2)): settings.load(seed, fold)  # the next runs: from the pixels kept
+    fct.test_eq(max(opened.values()), 1)
+
+
+def test_a_bad_file_is_refused_by_the_one_decoding(tmp_path):
+    "The refusal of the planning decode names the bad file, as the check alone did"
+    from fastai_bmx.app.plan.validate import check_images
+    png_table(tmp_path, labels=('a', 'b')).to_csv(tmp_path/'labels.csv', index=False)
+    (tmp_path/'train_3.png').write_bytes(b'broken')
+    for in_memory in (None, False):
+        with pytest.raises(ValueError) as e: check_images(str(tmp_path/'labels.csv'), size=16, in_memory=in_memory)
+        assert str(e.value).startswith(f"1 of 24 image files can't be used: {tmp_path/'train_3.png'} (doesn't decode: "), e.value
+        assert str(e.value).endswith('. Fix them, or remove their rows from the CSV.'), e.value
+
+
+def test_a_source_is_absolute_and_pickles(tmp_path, monkeypatch):
+    "Ray sends the loading settings to workers that may start in another folder: the paths are absolute from the start"
+    from fastai_bmx.app.plan.sources import read_source, LoadSettings
+    (tmp_path/'data').mkdir()
+    png_table(tmp_path/'data', labels=('a', 'b')).to_csv(tmp_path/'data'/'labels.csv', index=False)
+    np.savez(tmp_path/'data'/'arrays.npz', x=np.zeros(1))
+    monkeypatch.chdir(tmp_path)
+    src = read_source('data/labels.csv')  # relative to this folder
+    fct.test_eq(read_source('data/arrays.npz').path, tmp_path/'data'/'arrays.npz')
+    monkeypatch.chdir(tmp_path/'data')  # a worker that starts elsewhere
+    back = pickle.loads(pickle.dumps(LoadSettings(src, bs=4, size=16, in_memory=False)))
+    fct.test_eq((back.source.data, back.source.kind, back.source.folder, back.source.path),
+                ('data/labels.csv', 'csv', tmp_path/'data', tmp_path/'data'/'labels.csv'))
+    fct.test_eq(back.source.table, src.table)
+    assert all(f.is_file() for f in back.source.files)
+    dls, rec = back.load(seed=0)
+    fct.test_eq((rec.data, [len(dl.dataset) for dl in dls.loaders]), ('data/labels.csv', [12, 6, 6]))  # the record: as given

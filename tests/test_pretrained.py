@@ -13,7 +13,7 @@ from fastai.callback.progress import *  # no_bar
 from fastai_bmx.weights import (find_weights, lite_weights_file, map_state_dict, check_state_dict, read_state_dict, LITE_STATS,
                                 cache_dir, normalize_with, Weights)
 from fastai_bmx.schedule import fine_tune_stages, SaveBestOfStages, StagedProgress, schedule_pct
-from fastai_bmx.app.run.training import train_eval, _learner
+from fastai_bmx.app.run.training import train_eval, run_learner
 from fastai_bmx.app.plan.methods import get_method
 from fastai_bmx.app.plan.sources import load_source
 from fastai_bmx.losses import DeferredReweight
@@ -154,7 +154,7 @@ def test_inputs_are_normalised_once_with_the_weights_statistics(data, tmp_path, 
     src = 'digits' if data == 'digits' else str(real_data('retinamnist.npz'))
     dls, rec = load_source(src, bs=16, size=32)
     w = find_weights('efficientnet_lite0')
-    learn = _learner(dls, rec, get_method('sqrt'), 'efficientnet_lite0', w, [], tmp_path)
+    learn = run_learner(dls, rec, get_method('sqrt'), 'efficientnet_lite0', w, [], tmp_path)
     for dl in [*dls.loaders, *learn.dls.loaders, dls.valid.new(shuffle=False)]:
         norms = [f for f in dl.after_batch.fs if isinstance(f, Normalize)]
         fct.test_eq(len(norms), 1)
@@ -203,7 +203,7 @@ METHODS = ['instance', 'class', 'sqrt', 'focal', 'cb', 'bmx-0.2', 'la', 'drw', '
 def test_the_frozen_stage_trains_the_head_and_bn_only_and_the_second_every_layer(method, tiny_weights, tmp_path):
     dls, rec = _tiny()
     m = get_method(method)
-    learn = _learner(dls, rec, m, 'resnet10t', tiny_weights, m.cbs(rec), tmp_path)
+    learn = run_learner(dls, rec, m, 'resnet10t', tiny_weights, m.cbs(rec), tmp_path)
     start = {k: v.detach().clone() for k, v in learn.model.named_parameters()}
     snap = Snapshots()
     with learn.no_bar(), learn.no_logging(): fine_tune_stages(learn, 1, base_lr=1e-2, freeze_epochs=1, cbs=[snap])
@@ -221,7 +221,7 @@ def test_the_frozen_stage_trains_the_head_and_bn_only_and_the_second_every_layer
 def test_drw_switches_at_80_percent_of_all_batches(tiny_weights, tmp_path):
     dls, rec = _tiny()
     m = get_method('drw')
-    learn = _learner(dls, rec, m, 'resnet10t', tiny_weights, m.cbs(rec), tmp_path)
+    learn = run_learner(dls, rec, m, 'resnet10t', tiny_weights, m.cbs(rec), tmp_path)
     drw = next(cb for cb in learn.cbs if isinstance(cb, DeferredReweight))
     class Log(Callback):
         order = 0  # after DeferredReweight (-10) switched
@@ -238,7 +238,7 @@ def test_drw_switches_at_80_percent_of_all_batches(tiny_weights, tmp_path):
 
 def test_bmx_stop_is_a_fraction_of_the_whole_schedule(tiny_weights, tmp_path):
     dls, rec = _tiny()
-    learn = _learner(dls, rec, get_method('instance'), 'resnet10t', tiny_weights, [BalancedMixUp(0.5, stop=0.5)], tmp_path)
+    learn = run_learner(dls, rec, get_method('instance'), 'resnet10t', tiny_weights, [BalancedMixUp(0.5, stop=0.5)], tmp_path)
     bmx = learn.cbs.filter(lambda c: isinstance(c, BalancedMixUp))[0]
     class Log(Callback):
         order = 1  # after the mixer drew its λ
@@ -257,7 +257,7 @@ def test_the_checkpoint_kept_is_the_best_of_both_stages(tiny_weights, tmp_path):
     dls, rec = _tiny()
     scores = iter([0.9, 0.1, 0.5, 0.2])
     score = ValueMetric(lambda: next(scores), 'scripted')
-    learn = _learner(dls, rec, get_method('instance'), 'resnet10t', tiny_weights, [], tmp_path)
+    learn = run_learner(dls, rec, get_method('instance'), 'resnet10t', tiny_weights, [], tmp_path)
     learn.metrics = [score]
     snap = Snapshots()
     class AtEpochEnd(Callback):

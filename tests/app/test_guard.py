@@ -67,13 +67,13 @@ def test_a_learning_rate_that_explodes_is_reported_as_diverged(tmp_path, capsys)
 
 
 def test_a_run_that_succeeds_on_retry_replaces_its_failure(tmp_path, monkeypatch):
-    import fastai_bmx.app.compare as cmp
-    out, real, calls = tmp_path/'cmp', cmp.train_eval, []
+    import fastai_bmx.app.run.executors as executors
+    out, real, calls = tmp_path/'cmp', executors.train_eval, []
     def flaky(dls, rec, method, **kw):
         calls.append(method)
         if len(calls) == 1: raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
         return real(dls, rec, method, **kw)
-    monkeypatch.setattr(cmp, 'train_eval', flaky)
+    monkeypatch.setattr(executors, 'train_eval', flaky)
     kw = dict(methods=['instance', 'focal'], seeds=[0], epochs=1, arch='resnet10t', bs=32, show_bar=False)
     compare('digits', out, **kw)  # the first run fails; the second still trains
     fct.test_eq(list(pd.read_csv(out/'results.csv').run), ['focal_seed0'])
@@ -86,8 +86,8 @@ def test_a_run_that_succeeds_on_retry_replaces_its_failure(tmp_path, monkeypatch
 
 
 def test_ctrl_c_still_stops_the_sweep(tmp_path, monkeypatch):
-    import fastai_bmx.app.compare as cmp
-    monkeypatch.setattr(cmp, 'train_eval', lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    import fastai_bmx.app.run.executors as executors
+    monkeypatch.setattr(executors, 'train_eval', lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt): compare('digits', tmp_path/'cmp', methods=['instance', 'focal'], seeds=[0], epochs=1, arch='resnet10t')
     assert not (tmp_path/'cmp'/'failures.json').exists()  # an interruption is no failure of the run
 

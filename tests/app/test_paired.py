@@ -75,7 +75,7 @@ def test_report_table_pairs_by_seed_and_refuses_an_unknown_reference(tmp_path):
 @pytest.mark.parametrize('metric', PAIRABLE)
 def test_degenerate_runs_in_closed_form_equal_the_metric(metric, monkeypatch):
     "A run that predicts one class, one that never predicts a class, targets with a gap: no call per resample, the metric's values"
-    from fastai_bmx.bootstrap import _draw
+    from fastai_bmx.bootstrap import draw_resample
     from fastai_bmx.metrics import PAPER_METRICS
     import fastai_bmx.metrics as fm
     rng = np.random.default_rng(3)
@@ -83,7 +83,7 @@ def test_degenerate_runs_in_closed_form_equal_the_metric(metric, monkeypatch):
     runs_ = [np.full(120, 1), np.where(t == 4, 0, t), np.where(rng.random(120) < .5, t, 2), np.full(120, 3)]
     func = {m.name: m.func for m in PAPER_METRICS}[metric]
     groups, rng2 = [np.flatnonzero(t == c) for c in np.unique(t)], np.random.default_rng(7)
-    idx = [np.arange(120)] + [_draw(rng2, 120, groups) for _ in range(40)]
+    idx = [np.arange(120)] + [draw_resample(rng2, 120, groups) for _ in range(40)]
     want = np.array([[func(a[i], t[i]) - func(r[i], t[i]) for a, r in zip(runs_[:2], runs_[2:])] for i in idx])
     calls = []
     monkeypatch.setattr(fm.skm, 'matthews_corrcoef', lambda *a, **kw: calls.append(a))

@@ -242,7 +242,7 @@ def test_an_exported_flip_tta_run_with_bmx_matches_its_report(tmp_path):
                         size=24, show_bar=False)
     run_plan(plan)
     fit = fit_folder(plan.folder, 'mcc')['bmx-0.2_seed0']
-    info = export_run(plan.folder, 'bmx-0.2_seed0', 'post-hoc τ', fit, plan.load_kw, plan.train_kw)
+    info = export_run(plan.folder, 'bmx-0.2_seed0', 'post-hoc τ', fit, plan.load, plan.train)
     assert info['flip_tta'] and info['size'] == 24
     np.save(tmp_path/'items.npy', a['test_images'])
     got, printed = _load_in_fresh_process(tmp_path/'out'/'recommended.pkl', tmp_path/'items.npy', tmp_path/'probs.npy')
@@ -268,7 +268,7 @@ def test_an_exported_two_class_csv_run_decides_with_its_threshold(tmp_path):
     run_plan(plan)
     fit = fit_folder(plan.folder, 'mcc')['instance_seed0']
     assert fit.threshold is not None and fit.positive == 1  # 'rare' sorts after 'common'
-    export_run(plan.folder, 'instance_seed0', 'threshold', fit, plan.load_kw, plan.train_kw)
+    export_run(plan.folder, 'instance_seed0', 'threshold', fit, plan.load, plan.train)
     learn = load_learner(tmp_path/'out'/'recommended.pkl')
     files = [tmp_path/f for f, _, s in rows if s == 'test']
     probs, _, dec = learn.get_preds(dl=learn.dls.test_dl(files), with_decoded=True)

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 import fastcore.test as fct
 import failing_methods  # registers nancounted, killedonce and killed here; the workers' setup hook registers them there
-import fastai_bmx.app.compare as cmp
+import fastai_bmx.app.run.executors as executors
 from fastai_bmx.app.compare import compare, plan_compare
 from fastai_bmx.app.run.executors import RayExecutor, run_spec, train_spec
 from fastai_bmx.app.run.store import RunFolder
@@ -118,15 +118,15 @@ def test_a_run_finished_but_not_recorded_is_recovered(tmp_path, monkeypatch, cap
     plan = plan_compare('digits', out, methods=['instance'], seeds=[0], **TINY)
     with RunFolder(out).lock(): RunFolder(out).save_settings(plan.settings)
     got = train_spec(run_spec(plan, 'instance', 0, None, threads=1))  # the worker's part, in this process
-    assert 'row' in got and (out/'preds'/'instance_seed0.row.json').exists() and not (out/'results.csv').exists()
+    assert got.row is not None and (out/'preds'/'instance_seed0.row.json').exists() and not (out/'results.csv').exists()
     calls = []
-    monkeypatch.setattr(cmp, 'train_eval', lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(executors, 'train_eval', lambda *a, **k: calls.append(a))
     compare('digits', out, methods=['instance'], seeds=[0], **TINY)  # the same command again
     fct.test_eq(calls, [])  # nothing trains again
     assert 'recovered 1 finished run(s)' in capsys.readouterr().out
     res = pd.read_csv(out/'results.csv')
     fct.test_eq(list(res.run), ['instance_seed0'])
-    fct.test_close(res.mcc[0], got['row']['mcc'])
+    fct.test_close(res.mcc[0], got.row['mcc'])
     assert not (out/'preds'/'instance_seed0.row.json').exists()
 
 

@@ -1,4 +1,4 @@
-"""Export: the recommended run as a fastai `Learner.export` that predicts new images offline, with its flip TTA, post-hoc τ, temperature and threshold built in
+"""Export: the recommended run as an offline `Learner.export`, with its flip TTA, post-hoc τ, temperature and threshold
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/app/decide/export.html.md"""
 
@@ -19,41 +19,44 @@ from fastai.torch_core import TensorImage, set_seed, defaults, trainable_params
 from fastai.vision.core import PILImage
 from ...files import ImageReader
 from ...adjust import log_prior
-from ...data import _to_tensor
+from ...data import images_to_tensor
 from ..plan.methods import get_method
 from .posthoc import PosthocFit
-from ..plan.sources import load_source, source_kind
-from ..run.training import train_eval, _learner
+from ..plan.sources import LoadSettings
+from ..run.training import TrainSettings, train_eval, run_learner
 
 # %% auto #0
 __all__ = ['ArrayImage', 'FlipAverage', 'DeployedLoss', 'export_dls', 'export_run']
 
 # %% ../../../nbs/app/decide/03_export.ipynb #fe8373ad
 class ArrayImage(Transform):
-    "A uint8 image array `(H, W[, C])` (or a PIL image) as the `TensorImage` `(3, size, size)` that `arrays_dls` made of it"
+    "A uint8 image array `(H, W[, C])` (or PIL image) as the `TensorImage` `(3, size, size)` `arrays_dls` made of it"
     def __init__(self, size:int|None=None, # the side the source resized to; None: as it comes
                  expand:bool=True, # repeat a grayscale image to 3 channels
                 ): store_attr()
     def encodes(self, x):
         a = np.asarray(x)
         if a.dtype != np.uint8 or a.ndim not in (2, 3):
-            raise TypeError(f"Expected a uint8 image array (H, W) or (H, W, C), as the .npz held, got {a.dtype} {a.shape}.")
-        t = _to_tensor(a[None], self.size)[0]
+            raise TypeError(f"Expected a uint8 image array (H, W) or (H, W, C), as the .npz held, "
+                            f"got {a.dtype} {a.shape}.")
+        t = images_to_tensor(a[None], self.size)[0]
         return TensorImage(t.expand(3, -1, -1) if self.expand and t.shape[0] == 1 else t)
 
 # %% ../../../nbs/app/decide/03_export.ipynb #56b1cbee
 class FlipAverage(nn.Module):
-    "A classifier whose output is the log of its probabilities averaged over each image and its mirror: flip TTA inside the model"
+    "A classifier outputting the log of its probabilities averaged over an image and its mirror: flip TTA in the model"
     def __init__(self, model:nn.Module, # the trained model, outputting logits
                  dims:tuple=(-1,), # the flip: (-1,) horizontal
                 ):
         super().__init__()
         self.model,self.dims = model,dims
-    def forward(self, x): return torch.log((F.softmax(self.model(x), -1) + F.softmax(self.model(x.flip(self.dims)), -1)) / 2)
+    def forward(self, x):
+        both = F.softmax(self.model(x), -1) + F.softmax(self.model(x.flip(self.dims)), -1)
+        return torch.log(both / 2)
 
 # %% ../../../nbs/app/decide/03_export.ipynb #960182dd
 class DeployedLoss:
-    "The loss of an exported run: its activation gives the post-hoc probabilities (τ, temperature), its decodes the decisions (argmax or threshold)"
+    "An exported run's loss: activation gives post-hoc probabilities (τ, T), decodes decisions (argmax or threshold)"
     def __init__(self, loss_func, # the run's training loss (kept for `validate` and `get_preds(with_loss=True)`)
                  log_prior:torch.Tensor|None=None, # log π of the training classes, for τ
                  tau:float=0., # post-hoc logit adjustment
@@ -70,20 +73,22 @@ class DeployedLoss:
     def decodes(self, p):
         "The class of each row of probabilities: the argmax, or for two classes the threshold rule"
         if self.threshold is None: return p.argmax(-1)
-        th = torch.sigmoid(torch.logit(torch.tensor(self.threshold, dtype=torch.float64)) / self.temperature).item()  # on the scaled probability
+        logit = torch.logit(torch.tensor(self.threshold, dtype=torch.float64))
+        th = torch.sigmoid(logit / self.temperature).item()  # on the scaled probability
         return torch.where(p[..., self.positive] >= th, self.positive, 1 - self.positive)
 
 # %% ../../../nbs/app/decide/03_export.ipynb #ade2a985
 def export_dls(vocab:list, # class names
                size:int|None, # the side images are resized to; None: as they come (arrays only)
                mean, std, # the normalisation of the run's inputs
-               files:bool, # True: items are image files (`ImageReader`: DICOM and 16-bit too, resized as fastai's validation `Resize`); False: uint8 arrays (`ArrayImage`)
+               files:bool, # True: image files (`ImageReader`, as in validation); False: uint8 arrays (`ArrayImage`)
               window:tuple|str|None=None, # image files: how grey levels become 8 bits, as in training (`read_pixels`)
               ):
     "Loaders that take new items as the comparison's source gave them, and make them the run's inputs"
     dummy = np.zeros((size or 8, size or 8, 3), np.uint8)
     label = lambda o: vocab[0]
-    x_tfms, item = ([ImageReader(window, size)], [ToTensor()]) if files else ([ArrayImage(size)], [])  # files: the comparison's own reader
+    # files: the comparison's own reader
+    x_tfms, item = ([ImageReader(window, size)], [ToTensor()]) if files else ([ArrayImage(size)], [])
     ds = Datasets([dummy], [x_tfms, [label, Categorize(vocab=list(vocab), sort=False)]], splits=[[0], [0]])
     norm = Normalize(torch.as_tensor(mean).reshape(1, -1, 1, 1).cpu(), torch.as_tensor(std).reshape(1, -1, 1, 1).cpu())
     return ds.dataloaders(bs=64, after_item=item, after_batch=[IntToFloatTensor(), norm], device='cpu')
@@ -98,37 +103,41 @@ def export_run(folder, # the `RunFolder` of the comparison
                run:str, # the run to export, e.g. 'sqrt_seed1'
                variant:str, # how it is deployed: one of `VARIANTS`
                fit:PosthocFit|None, # its post-hoc fit (None: the plain model)
-               load_kw:dict, # `Plan.load_kw`: how the comparison loaded its data
-               train_kw:dict, # `Plan.train_kw`: how it trained
+               load:LoadSettings, # `Plan.load`: how the comparison loaded its data
+               train:TrainSettings, # `Plan.train`: how it trained
                fname:str='recommended.pkl', # the file written in the folder
               ) -> dict:
-    "Write `fname`: `run`'s tested weights (trained again, with its seed, if no checkpoint was kept) as a `Learner.export` deployed as `variant`; return what it holds"
+    "Write `run`'s tested weights (trained again if no checkpoint was kept) as a `Learner.export` deployed as `variant`"
     row, counts = _run_row(folder, run), folder.record.counts
     seed, fold = int(row['seed']), None if pd.isna(row['fold']) else int(row['fold'])
-    ckpt, retrained, drift = folder.path/'models'/f'{run}.pth', False, 0.
-    if not ckpt.exists():
+    retrained, drift = False, 0.
+    if not folder.model_file(run).exists():
         set_seed(seed, reproducible=True)
-        dls, rec = load_source(seed=seed, fold=fold, **load_kw)
-        _, preds = train_eval(dls, rec, row['method'], path=folder.path, fname=run, **{**train_kw, 'keep_model': True, 'show_bar': False})
+        dls, rec = load.load(seed, fold)
+        kw = {**train.kwargs(), 'keep_model': True, 'show_bar': False}
+        _, preds = train_eval(dls, rec, row['method'], path=folder.path, fname=run, **kw)
         retrained, drift = True, float((preds['probs'] - torch.as_tensor(folder.preds(run)[0])).abs().max())
-    dls, rec = load_source(seed=seed, fold=fold, **load_kw)
-    learn = _learner(dls, rec, get_method(row['method']), train_kw['arch'], train_kw.get('weights'), [], folder.path)
+    dls, rec = load.load(seed, fold)
+    learn = run_learner(dls, rec, get_method(row['method']), train.arch, train.weights, [], folder.path)
     learn.load(run, with_opt=False)
     norm = next(f for f in dls.train.after_batch.fs if isinstance(f, Normalize))
-    size = (dls.train.one_batch()[0].shape[-1] if load_kw.get('size') is None and source_kind(load_kw['data']) != 'npz' else load_kw.get('size'))
-    files = source_kind(load_kw['data']) in ('folder', 'csv')
-    learn.dls = export_dls(rec.classes, size or (64 if files else None), norm.mean.flatten(), norm.std.flatten(), files, load_kw.get('window'))
-    if rec.flip: learn.model,learn.splitter = FlipAverage(learn.model),trainable_params  # one group: nothing is trained now
+    src = load.source
+    files, size = src.is_files, src.image_size(load.size)  # None: a `.npz`'s native size
+    mean, std = norm.mean.flatten(), norm.std.flatten()
+    learn.dls = export_dls(rec.classes, size, mean, std, files, src.window)
+    if rec.flip: learn.model,learn.splitter = FlipAverage(learn.model),trainable_params  # one group: nothing trains now
     tau = fit.tau if fit is not None and variant == 'post-hoc τ' else 0.
     temp = 1. if fit is None else fit.adjusted_temperature if variant == 'post-hoc τ' else fit.temperature
     th = fit.threshold if fit is not None and variant == 'threshold' else None
-    learn.loss_func = DeployedLoss(learn.loss_func, log_prior(counts) if tau else None, tau, temp, th, fit.positive if th is not None else None)
-    learn.remove_cbs([cb for cb in learn.cbs if type(cb) not in defaults.callbacks])  # nothing mixes or re-weights at inference
+    learn.loss_func = DeployedLoss(learn.loss_func, log_prior(counts) if tau else None, tau, temp, th,
+                                   fit.positive if th is not None else None)
+    learn.remove_cbs([cb for cb in learn.cbs if type(cb) not in defaults.callbacks])  # nothing mixes at inference
     learn.model.cpu().eval()
     learn.opt = None  # the optimiser of the training groups has nothing to do here
-    learn.export(folder.path.absolute()/fname)  # absolute: fastai joins a relative name onto learn.path, this same folder
-    info = dict(file=fname, run=run, method=row['method'], variant=variant, seed=seed, fold=fold, classes=list(rec.classes),
-                input=('image files' if files else 'uint8 image arrays (H, W[, 3])'), size=size, flip_tta=rec.flip,
-                tau=tau, temperature=temp, threshold=th, retrained=retrained, retrain_max_prob_difference=drift)
+    learn.export(folder.path.absolute()/fname)  # absolute: fastai joins a relative name onto learn.path, this folder
+    info = dict(file=fname, run=run, method=row['method'], variant=variant, seed=seed, fold=fold,
+                classes=list(rec.classes), input=('image files' if files else 'uint8 image arrays (H, W[, 3])'),
+                size=size, flip_tta=rec.flip, tau=tau, temperature=temp, threshold=th, retrained=retrained,
+                retrain_max_prob_difference=drift)
     folder.write(Path(fname).stem + '.json', json.dumps(info, indent=1))
     return info

@@ -1,4 +1,4 @@
-"""Paired comparison: how much better one method is than a reference, with an interval that counts both seed and test-set noise
+"""Paired comparison: how much better a method is than a reference, with an interval counting seed and test-set noise
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/app/decide/paired.html.md"""
 
@@ -10,14 +10,14 @@ import hashlib, math, numbers
 import numpy as np
 from scipy import stats
 from ...metrics import PAPER_METRICS
-from ...sampling import check_labels, _finite_real
-from ...bootstrap import _confusions, _fast_values, _draw, _FAST_BY_NAME
+from ...sampling import check_labels, is_finite_real
+from ...bootstrap import resample_confusions, confusion_metric_values, draw_resample, FAST_KIND_BY_NAME
 
 # %% auto #0
 __all__ = ['PAIRABLE', 'paired_differences', 'paired_interval', 'verdict']
 
 # %% ../../../nbs/app/decide/00_paired.ipynb #931af059
-PAIRABLE = tuple(m.name for m in PAPER_METRICS if m.name in _FAST_BY_NAME) # the metrics `paired_differences` computes
+PAIRABLE = tuple(m.name for m in PAPER_METRICS if m.name in FAST_KIND_BY_NAME) # the metrics `paired_differences` takes
 
 def _whole(x, low:int) -> bool:
     "Whether `x` is a whole number (not a bool) ≥ `low`"
@@ -26,12 +26,16 @@ def _whole(x, low:int) -> bool:
 def _run_preds(p, n:int, what:str) -> tuple:
     "One run's class indices `(n,)` and its number of columns (None for class indices), or an error that names `what`"
     a = np.asarray(p)
-    if a.ndim not in (1, 2): raise ValueError(f"{what} has shape {a.shape}: pass a list with, for each seed, probabilities (N, C) or class indices (N,).")
-    if len(a) != n: raise ValueError(f"{what} has {len(a)} predictions for {n} targets: every run must predict the test items of targs.")
-    if a.ndim == 1 and a.dtype.kind == 'f': raise TypeError(f"{what} holds floats: pass class indices (N,) as ints, or probabilities (N, C).")
-    if a.ndim == 1: return check_labels(a, what=what),None
-    if a.dtype.kind not in 'iuf' or not np.isfinite(a).all(): raise ValueError(f"{what} must hold finite probabilities (N, C).")
-    return a.argmax(1),a.shape[1]
+    if a.ndim not in (1, 2): raise ValueError(f"{what} has shape {a.shape}: pass a list with, for each seed, "
+                                              "probabilities (N, C) or class indices (N,).")
+    if len(a) != n: raise ValueError(f"{what} has {len(a)} predictions for {n} targets: "
+                                     "every run must predict the test items of targs.")
+    if a.ndim == 1 and a.dtype.kind == 'f':
+        raise TypeError(f"{what} holds floats: pass class indices (N,) as ints, or probabilities (N, C).")
+    if a.ndim == 1: return check_labels(a, what=what), None
+    if a.dtype.kind not in 'iuf' or not np.isfinite(a).all():
+        raise ValueError(f"{what} must hold finite probabilities (N, C).")
+    return a.argmax(1), a.shape[1]
 
 # %% ../../../nbs/app/decide/00_paired.ipynb #0a2ee3cb
 _RESAMPLES, _VALUES = {}, {}  # the latest resamples of a test set, and of runs' metrics on them
@@ -43,20 +47,22 @@ def _remember(memo:dict, key, make, keep:int):
         memo[key] = make()
     return memo[key]
 
-def _digest(a:np.ndarray) -> tuple: return a.dtype.str, a.shape, hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest()
+def _digest(a:np.ndarray) -> tuple:
+    "The array's dtype, shape and a hash of its contents: a key that two equal arrays share"
+    return a.dtype.str, a.shape, hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest()
 
 def _resamples(t:np.ndarray, n:int, seed:int) -> np.ndarray:
     "Row 0: the test set itself; then `n` stratified resamples of its indices `(1+n, N)`"
-    rng, groups = np.random.default_rng(seed),[np.flatnonzero(t == c) for c in np.unique(t)]
-    return np.stack([np.arange(len(t))] + [_draw(rng, len(t), groups) for _ in range(n)])
+    rng, groups = np.random.default_rng(seed), [np.flatnonzero(t == c) for c in np.unique(t)]
+    return np.stack([np.arange(len(t))] + [draw_resample(rng, len(t), groups) for _ in range(n)])
 
 def _run_values(t:np.ndarray, q:np.ndarray, idx:np.ndarray, k:int) -> dict:
-    "Every metric of `PAIRABLE` of class indices `q` on each resample `idx`, in closed form from one batch of confusion matrices"
-    cms, out = _confusions(t, q, idx, k),{}
+    "Every metric of `PAIRABLE` of class indices `q` on each resample `idx`, from one batch of confusion matrices"
+    cms, out = resample_confusions(t, q, idx, k), {}
     for m in PAPER_METRICS:
         if m.name not in PAIRABLE: continue
-        v = _fast_values(_FAST_BY_NAME[m.name], cms)[0]  # edge cases (e.g. one class predicted) included
-        b = np.flatnonzero(np.isnan(v))  # kappa's 0/0 (one class, true and predicted): the metric's `undefined`, the same for all
+        v = confusion_metric_values(FAST_KIND_BY_NAME[m.name], cms)[0]  # edge cases (e.g. one class predicted) included
+        b = np.flatnonzero(np.isnan(v))  # kappa's 0/0 (one class, true and predicted): its `undefined` for all
         if len(b): v[b] = m.func(q[idx[b[0]]], t[idx[b[0]]])
         v.flags.writeable = False  # shared by the calls that remember it
         out[m.name] = v
@@ -67,27 +73,35 @@ def paired_differences(
     probs, # Test predictions of the method, one array per seed: probabilities `(N, C)` or class indices `(N,)`
     ref_probs, # Those of the reference, for the same seeds in the same order
     targs, # True class indices `(N,)`, the same test items for every seed
-    metric:str='mcc', # One of `PAPER_METRICS` that comes from a confusion matrix: mcc, quadratic_kappa, balanced_accuracy, macro_f1, accuracy
+    metric:str='mcc', # One of `PAIRABLE`: mcc, quadratic_kappa, balanced_accuracy, macro_f1, accuracy
     n:int=1000, # Paired bootstrap resamples of the test items
     seed:int=0, # Seed of the resampling
 ) -> tuple:
-    "Per-seed differences method − reference `(S,)`, and the same on `n` stratified resamples shared by both and all seeds `(n, S)`"
+    "Per-seed differences method − reference `(S,)`, and on `n` stratified resamples shared by all runs `(n, S)`"
     if metric not in PAIRABLE: raise ValueError(f"metric={metric!r}: use one of {list(PAIRABLE)}.")
     if len(probs) != len(ref_probs) or not len(probs):
-        raise ValueError(f"{len(probs)} runs of the method and {len(ref_probs)} of the reference: pair them by seed, at least one pair.")
-    if not _whole(n, 2): raise ValueError(f"n={n!r} must be an integer >= 2, the number of paired bootstrap resamples (1000 by default).")
+        raise ValueError(f"{len(probs)} runs of the method and {len(ref_probs)} of the reference: "
+                         "pair them by seed, at least one pair.")
+    if not _whole(n, 2):
+        raise ValueError(f"n={n!r} must be an integer >= 2, the number of paired bootstrap resamples "
+                         "(1000 by default).")
     if not _whole(seed, 0): raise ValueError(f"seed={seed!r} must be an integer >= 0.")
     t = check_labels(targs, what='targs')
-    runs = [_run_preds(p, len(t), f'{w}[{i}]') for w, ps in (('probs', probs), ('ref_probs', ref_probs)) for i, p in enumerate(ps)]
+    both = (('probs', probs), ('ref_probs', ref_probs))
+    runs = [_run_preds(p, len(t), f'{w}[{i}]') for w, ps in both for i, p in enumerate(ps)]
     cols = sorted({c for _, c in runs if c is not None})
-    if len(cols) > 1: raise ValueError(f"The runs' probabilities have {cols} columns: every run must score the same classes.")
-    if cols and t.max() >= cols[0]: raise ValueError(f"targs hold class index {t.max()}, but the probabilities have only {cols[0]} columns, one per class.")
+    if len(cols) > 1:
+        raise ValueError(f"The runs' probabilities have {cols} columns: every run must score the same classes.")
+    if cols and t.max() >= cols[0]:
+        raise ValueError(f"targs hold class index {t.max()}, but the probabilities have only {cols[0]} columns, "
+                         "one per class.")
     k = int(max(t.max(), *(q.max() if c is None else c - 1 for q, c in runs))) + 1
     tkey = (_digest(t), n, seed)
     idx = _remember(_RESAMPLES, tkey, lambda: _resamples(t, n, seed), keep=2)
     values = lambda q: _remember(_VALUES, (tkey, _digest(q), k), lambda: _run_values(t, q, idx, k), keep=256)[metric]
-    diffs = np.stack([values(a) - values(r) for (a, _), (r, _) in zip(runs[:len(probs)], runs[len(probs):])], 1)  # (1+n, S)
-    return diffs[0],diffs[1:]
+    pairs = zip(runs[:len(probs)], runs[len(probs):])
+    diffs = np.stack([values(a) - values(r) for (a, _), (r, _) in pairs], 1)  # (1+n, S)
+    return diffs[0], diffs[1:]
 
 # %% ../../../nbs/app/decide/00_paired.ipynb #20911798
 def paired_interval(
@@ -96,15 +110,17 @@ def paired_interval(
     ci:float=0.95, # Coverage of the interval
 ) -> dict:
     "Mean difference and its interval, SE² = seed variance / S + test-set variance, with Welch–Satterthwaite t"
-    d, b = np.asarray(diffs),np.asarray(boot)
+    d, b = np.asarray(diffs), np.asarray(boot)
     if d.ndim != 1 or not d.size or d.dtype.kind not in 'iuf':
-        raise ValueError(f"diffs must hold one difference per seed, shape (S,), from `paired_differences`; got shape {d.shape}.")
+        raise ValueError("diffs must hold one difference per seed, shape (S,), from `paired_differences`; "
+                         f"got shape {d.shape}.")
     if b.ndim != 2 or len(b) < 2 or b.shape[1] != len(d) or b.dtype.kind not in 'iuf':
-        raise ValueError(f"boot must hold the differences on n >= 2 resamples for each of the {len(d)} seeds, shape (n, {len(d)}), "
-                         f"from `paired_differences`; got shape {b.shape}.")
-    if not (np.isfinite(d).all() and np.isfinite(b).all()): raise ValueError("diffs and boot must be finite: a metric gave NaN or inf.")
-    if not (_finite_real(ci) and 0 < ci < 1): raise ValueError(f"ci={ci!r} must be a coverage in (0, 1), e.g. 0.95.")
-    d, S = d.astype(float),len(d)
+        raise ValueError(f"boot must hold the differences on n >= 2 resamples for each of the {len(d)} seeds, "
+                         f"shape (n, {len(d)}), from `paired_differences`; got shape {b.shape}.")
+    if not (np.isfinite(d).all() and np.isfinite(b).all()):
+        raise ValueError("diffs and boot must be finite: a metric gave NaN or inf.")
+    if not (is_finite_real(ci) and 0 < ci < 1): raise ValueError(f"ci={ci!r} must be a coverage in (0, 1), e.g. 0.95.")
+    d, S = d.astype(float), len(d)
     v_items = float(np.var(np.mean(boot, 1), ddof=1))
     v_seeds = float(np.var(d, ddof=1))/S if S > 1 else 0.
     se = math.sqrt(v_items + v_seeds)
@@ -114,6 +130,6 @@ def paired_interval(
 
 # %% ../../../nbs/app/decide/00_paired.ipynb #a894c257
 def verdict(lo:float, hi:float, seeds:int=2) -> str:
-    "'better' if the interval lies above 0, 'worse' if below, else 'no evidence either way'; flagged when one seed hides the training noise"
+    "'better' if the interval is above 0, 'worse' if below, else 'no evidence either way'; flags a lone seed's verdict"
     word = 'better' if lo > 0 else 'worse' if hi < 0 else 'no evidence either way'
     return word + (' (one seed: training noise not counted)' if seeds < 2 else '')

@@ -1,4 +1,4 @@
-"""Post hoc: what a trained run's saved predictions become without retraining (logit adjusted, temperature scaled, thresholded), each fitted on the run's validation predictions
+"""Post hoc: a run's predictions logit adjusted, temperature scaled or thresholded without retraining, fit on validation
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/app/decide/posthoc.html.md"""
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, asdict
 import numpy as np
 from ...sampling import as_np
 from ...metrics import PAPER_METRICS
-from ...bootstrap import _closed_form
+from ...bootstrap import closed_form_metric
 from ...adjust import posthoc_adjust, tune_tau
 from ...calibration import fit_temperature, temperature_scale
 from ...threshold import tune_threshold, threshold_preds
@@ -20,15 +20,15 @@ __all__ = ['POSTHOC_TAUS', 'VARIANTS', 'PosthocFit', 'fit_posthoc', 'posthoc_pre
 
 # %% ../../../nbs/app/decide/01_posthoc.ipynb #88a8f8e4
 POSTHOC_TAUS = (0., 0.25, 0.5, 0.75, 1., 1.5, 2.) # the τ values tried for post-hoc logit adjustment
-VARIANTS = ('plain', 'post-hoc τ', 'threshold') # the decisions a run can be deployed with ('threshold': two classes only)
+VARIANTS = ('plain', 'post-hoc τ', 'threshold') # the decisions a run can be deployed with (threshold: two classes)
 
 @dataclass(frozen=True)
 class PosthocFit:
-    "What one run's validation predictions fix after training: the prior shift τ, two temperatures and, for two classes, a threshold"
+    "What a run's validation predictions fix after training: prior shift τ, two temperatures, a two-class threshold"
     tau:float # post-hoc logit adjustment τ, tuned for the main metric (0: none)
     temperature:float # T of the plain probabilities, fitted by negative log-likelihood
     adjusted_temperature:float # T of the τ-adjusted probabilities
-    threshold:float|None=None # two classes: the positive class's probability above which it is called, tuned for the main metric
+    threshold:float|None=None # two classes: the positive class's probability above which it is called (tuned)
     positive:int|None=None # two classes: the positive class, the rarer in training
 
     def to_dict(self) -> dict: return asdict(self)
@@ -37,11 +37,11 @@ class PosthocFit:
 def _metric_func(metric:str):
     funcs = {m.name: m.func for m in PAPER_METRICS}
     if metric not in funcs: raise ValueError(f"metric={metric!r}: use one of {list(funcs)}.")
-    return _closed_form(metric)  # the metric's values, from one confusion matrix: τ and the threshold try many
+    return closed_form_metric(metric)  # the metric's values, from one confusion matrix: τ and the threshold try many
 
 def _fit_decisions(p, t, counts, func, taus) -> tuple:
     "`(tau, threshold, positive)` tuned on the validation items `p, t`: all that a variant's decisions depend on"
-    tau = tune_tau(p, t, counts, func, taus)[0] if min(counts) > 0 else 0.  # no log prior for a class without training items
+    tau = tune_tau(p, t, counts, func, taus)[0] if min(counts) > 0 else 0.  # no log prior for a class never trained on
     if p.shape[1] != 2: return float(tau), None, None
     pos = int(np.argmin(counts))
     return float(tau), tune_threshold(p, t, func, positive=pos)[0], pos
@@ -52,7 +52,7 @@ def fit_posthoc(valid_probs, # validation probabilities `(N, C)` of one run
                 metric:str='mcc', # the main metric, which τ and the threshold are tuned for
                 taus=POSTHOC_TAUS, # the τ values tried
                ) -> PosthocFit:
-    "Fit post-hoc logit adjustment, temperature scaling and (two classes) a decision threshold on one run's validation predictions"
+    "Fit post-hoc logit adjustment, temperature scaling and (two classes) a threshold on a run's validation predictions"
     p, t, func = as_np(valid_probs).astype(np.float64), as_np(valid_targs), _metric_func(metric)
     tau, th, pos = _fit_decisions(p, t, counts, func, taus)
     adjusted = posthoc_adjust(p, counts, tau).numpy() if tau else p
@@ -65,7 +65,7 @@ def posthoc_predictions(probs, # test probabilities `(N, C)` of the run
                         variant:str='plain', # one of `VARIANTS`
                         calibrated:bool=True, # temperature-scale the probabilities (it changes no decision)
                        ) -> tuple:
-    "`(probs, preds)` of a run deployed as `variant`: probabilities (temperature scaled unless `calibrated=False`) and class indices"
+    "`(probs, preds)` of the run deployed as `variant`: probabilities (scaled by T if `calibrated`) and class indices"
     if variant not in VARIANTS: raise ValueError(f"variant={variant!r}: use one of {VARIANTS}.")
     p = as_np(probs).astype(np.float64)
     if variant == 'post-hoc τ':
@@ -74,13 +74,14 @@ def posthoc_predictions(probs, # test probabilities `(N, C)` of the run
         return q, q.argmax(1)
     q = temperature_scale(p, fit.temperature) if calibrated else p
     if variant == 'threshold':
-        if fit.threshold is None: raise ValueError("variant 'threshold' needs a two-class run: its fit has no threshold.")
+        if fit.threshold is None:
+            raise ValueError("variant 'threshold' needs a two-class run: its fit has no threshold.")
         return q, threshold_preds(p, fit.threshold, fit.positive)
     return q, q.argmax(1)
 
 # %% ../../../nbs/app/decide/01_posthoc.ipynb #195999cc
 def _crossfit_folds(targs:np.ndarray, folds:int) -> np.ndarray:
-    "Each item's fold: the items of each class dealt in turn into `folds` folds, so every fold holds its share of each class"
+    "Each item's fold: each class's items dealt in turn into `folds` folds, so every fold holds its share of each class"
     fold = np.empty(len(targs), dtype=np.int64)
     for c in np.unique(targs):
         ix = np.flatnonzero(targs == c)
@@ -92,15 +93,17 @@ def crossfit_predictions(valid_probs, # validation probabilities `(N, C)` of one
                          counts, # training items per class
                          metric:str='mcc', # the main metric, which τ and the threshold are tuned for
                          variant:str='plain', # one of `VARIANTS`
-                         folds:int|np.ndarray=10, # how many class-stratified folds, or each item's fold: each fold is decided by a fit on the others
+                         folds:int|np.ndarray=10, # how many folds (stratified by class), or each item's fold
                          taus=POSTHOC_TAUS, # the τ values tried
                         ) -> np.ndarray:
     "Class indices of `variant` on the validation items, each decided by τ or the threshold tuned on the other folds"
     if variant not in VARIANTS: raise ValueError(f"variant={variant!r}: use one of {VARIANTS}.")
     p, t, func = as_np(valid_probs).astype(np.float64), as_np(valid_targs), _metric_func(metric)
-    if np.ndim(folds) == 0 and folds < 2: raise ValueError(f"folds={folds}: use 2 or more, so that every item is decided by a fit on the others.")
+    if np.ndim(folds) == 0 and folds < 2:
+        raise ValueError(f"folds={folds}: use 2 or more, so that every item is decided by a fit on the others.")
     fold = _crossfit_folds(t, int(folds)) if np.ndim(folds) == 0 else as_np(folds)
-    if len(fold) != len(t): raise ValueError(f"folds gives {len(fold)} items a fold, but there are {len(t)}: give one fold per validation item.")
+    if len(fold) != len(t): raise ValueError(f"folds gives {len(fold)} items a fold, but there are {len(t)}: "
+                                             "give one fold per validation item.")
     if variant == 'threshold' and p.shape[1] != 2: raise ValueError("variant 'threshold' needs two classes.")
     if variant == 'plain': return p.argmax(1)
     out = np.empty(len(t), dtype=np.int64)

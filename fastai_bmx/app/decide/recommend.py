@@ -1,4 +1,4 @@
-"""Recommend: the setting to use, chosen on validation only, its test score against the reference, and what choosing on validation cost against the test-best setting
+"""Recommend: the setting chosen on validation only, its test score against the reference, and what the choice cost
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/app/decide/recommend.html.md"""
 
@@ -9,15 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 import numpy as np, pandas as pd
 from ...metrics import PAPER_METRICS
-from ...bootstrap import _closed_form
+from ...bootstrap import closed_form_metric
 from ..plan.methods import method_order
 from .paired import paired_differences, paired_interval, verdict, PAIRABLE
 from .posthoc import VARIANTS, PosthocFit, fit_posthoc, posthoc_predictions, crossfit_predictions
 from ..run.store import RunFolder
 
 # %% auto #0
-__all__ = ['RULES', 'fit_folder', 'setting_name', 'valid_decisions', 'candidate_scores', 'Recommendation', 'recommend',
-           'recommendation_lines']
+__all__ = ['RULES', 'fit_folder', 'setting_name', 'valid_decisions', 'candidate_scores', 'Candidates', 'Recommendation',
+           'recommend', 'recommendation_lines']
 
 # %% ../../../nbs/app/decide/02_recommend.ipynb #a1a9c803
 def fit_folder(folder:RunFolder, # an output folder
@@ -37,9 +37,9 @@ def setting_name(method:str, variant:str) -> str: return method if variant == 'p
 def valid_decisions(folder:RunFolder, # an output folder
                     metric:str, # the main metric, which τ and the threshold are tuned for
                     fits:dict, # `{run: PosthocFit}`, from `fit_folder`
-                    out_of_fold:bool=True, # a tuned variant's decisions out of fold; False: in sample, by the fit on all of validation (the old scores)
+                    out_of_fold:bool=True, # a tuned variant out of fold; False: in sample (fitted on all of validation)
                    ) -> dict:
-    "`{(run, variant): class indices}` on each fitted run's validation items; a tuned variant's out of fold (`crossfit_predictions`)"
+    "`{(run, variant): class indices}` on each fitted run's validation items, a tuned variant's out of fold"
     counts, out = folder.record.counts, {}
     decide = ((lambda run, v, valid: crossfit_predictions(*valid, counts, metric, v)) if out_of_fold else
               (lambda run, v, valid: posthoc_predictions(valid[0], counts, fits[run], v, calibrated=False)[1]))
@@ -54,10 +54,10 @@ def valid_decisions(folder:RunFolder, # an output folder
 def candidate_scores(folder:RunFolder, # an output folder
                      metric:str, # the metric the candidates are scored on
                      fits:dict, # `{run: PosthocFit}`, from `fit_folder`
-                     decisions:dict|None=None, # `{(run, variant): class indices}` on validation, from `valid_decisions`; None: made here
+                     decisions:dict|None=None, # validation decisions, from `valid_decisions`; None: made here
                     ) -> pd.DataFrame:
-    "One row per run and deployable variant: its setting, seed, fold, validation (out of fold) and test score on `metric`"
-    func, counts, rows = _closed_form(metric), folder.record.counts, []
+    "One row per run and deployable variant: its setting, seed, fold, validation (out of fold) and test `metric`"
+    func, counts, rows = closed_form_metric(metric), folder.record.counts, []
     decisions = valid_decisions(folder, metric, fits) if decisions is None else decisions
     for r in folder.results().itertuples():
         fit, (test_p, test_t), valid = fits.get(r.run), folder.preds(r.run), folder.preds(r.run, 'valid')
@@ -71,10 +71,73 @@ def candidate_scores(folder:RunFolder, # an output folder
                              fold=-1 if pd.isna(r.fold) else r.fold, valid=float(vs), test=float(ts)))
     return pd.DataFrame(rows)
 
+# %% ../../../nbs/app/decide/02_recommend.ipynb #2153e344
+@dataclass
+class Candidates:
+    "A folder's candidate settings, scored on `metric`, with all that pairing two of them needs"
+    folder:RunFolder # the output folder
+    metric:str # the metric they are scored, ranked and paired on
+    fits:dict # `{run: PosthocFit}`, from `fit_folder`
+    decisions:dict # `{(run, variant): class indices}` on validation, from `valid_decisions`
+    counts:tuple # training items per class
+    rows:pd.DataFrame # one row per run and variant, from `candidate_scores`: the runs the ranking uses
+
+    def of(self, setting:str) -> pd.DataFrame:
+        "The candidate rows of `setting`, one per run"
+        return self.rows[self.rows.setting == setting]
+
+    def test_preds(self, rows:pd.DataFrame) -> list:
+        "Each row's test decisions of its variant, fitted on all of validation (no fit: its probabilities), in order"
+        probs = lambda r: self.folder.preds(r.run)[0]
+        fitted = lambda r: posthoc_predictions(probs(r), self.counts, self.fits[r.run], r.variant, calibrated=False)[1]
+        return [fitted(r) if r.run in self.fits else probs(r) for r in rows.itertuples()]
+
+    def valid_seeds(self, rows:pd.DataFrame) -> tuple|None:
+        "Per seed, the validation decisions of its folds end to end, and the targets they share; None if any is missing"
+        valid = lambda run: self.folder.preds(run, 'valid')
+        if any(valid(r) is None for r in rows.run): return None
+        rows = rows.sort_values(['seed', 'fold'])
+        key = lambda r: (r.run, r.variant)
+        decided = lambda r: self.decisions[key(r)] if key(r) in self.decisions else valid(r.run)[0].argmax(1)
+        preds, targs = [decided(r) for r in rows.itertuples()], [valid(r)[1] for r in rows.run]
+        by_seed = [np.flatnonzero(rows.seed.values == s) for s in rows.seed.unique()]
+        joined = [np.concatenate([targs[i] for i in ix]) for ix in by_seed]
+        if any(len(t) != len(joined[0]) or (t != joined[0]).any() for t in joined): return None
+        return [np.concatenate([preds[i] for i in ix]) for ix in by_seed], joined[0]
+
+    def valid_items(self, setting:str) -> int:
+        "How many validation items a choice of `setting` rests on (a seed's folds pooled); 0 if they can't be paired"
+        return len((self.valid_seeds(self.of(setting)) or ((), ()))[1])
+
+    def _shared(self, a:str, b:str) -> tuple|None:
+        "The rows of settings `a` and `b` on the seeds and folds both ran, in the same order; None if none"
+        ra, rb = self.of(a), self.of(b)
+        keys = sorted(set(zip(ra.seed, ra.fold)) & set(zip(rb.seed, rb.fold)))
+        if not keys or self.metric not in PAIRABLE: return None
+        pick = lambda df: df.set_index(['seed', 'fold']).loc[keys].reset_index()
+        return pick(ra), pick(rb)
+
+    def _interval(self, pa:list, pb:list, targs) -> dict:
+        "`paired_interval` of decisions `pa` − `pb` per seed on the items `targs`, with the verdict and the items"
+        ci = paired_interval(*paired_differences(pa, pb, targs, self.metric))
+        return {**ci, 'verdict': verdict(ci['lo'], ci['hi'], len(pa)), 'items': len(targs)}
+
+    def on_test(self, a:str, b:str) -> dict|None:
+        "`paired_interval` of setting `a` − setting `b` on the test set, with verdict and items; None if not paired"
+        if (pair := self._shared(a, b)) is None: return None
+        return self._interval(*map(self.test_preds, pair), self.folder.preds(self.of(a).run.iloc[0])[1])
+
+    def on_valid(self, a:str, b:str) -> dict|None:
+        "`paired_interval` of setting `a` − setting `b` on validation, a seed's folds pooled; None if not paired"
+        if (pair := self._shared(a, b)) is None: return None
+        va, vb = map(self.valid_seeds, pair)
+        if va is None or vb is None: return None
+        return self._interval(va[0], vb[0], va[1])
+
 # %% ../../../nbs/app/decide/02_recommend.ipynb #e3af928f
 @dataclass(frozen=True)
 class Recommendation:
-    "The setting chosen on validation: its scores, its paired verdict against the reference, and what the choice cost on the test set"
+    "The setting chosen on validation: its scores, its paired verdict against the reference, and what the choice cost"
     setting:str # e.g. 'sqrt', 'sqrt + post-hoc τ', 'instance + threshold'
     method:str # the method's run name
     variant:str # one of `VARIANTS`
@@ -90,41 +153,14 @@ class Recommendation:
     left_out:tuple=() # runs left out of the ranking: on seeds or folds that some method has not recorded
     shared:bool=True # whether every method has a seed or fold in common; False: each setting is ranked on its own runs
     rule:str='best' # how it was chosen, one of `RULES`
-    valid_vs_reference:dict|None=None # `paired_interval` of setting − reference on the validation predictions; None: not paired
+    valid_vs_reference:dict|None=None # `paired_interval` of setting − reference on validation; None: not paired
     valid_items:int=0 # validation items the choice rests on (pooled over the folds of a seed)
-    closest:tuple=() # where the reference was kept: the `(setting, validation interval)`s that came closest to beating it
+    closest:tuple=() # reference kept: the `(setting, validation interval)`s that came closest to beating it
 
 # %% ../../../nbs/app/decide/02_recommend.ipynb #5a310248
-RULES = ('best', 'one-se', 'evidence') # how the choice may leave the reference: the best validation mean; only a setting whose validation lead over it exceeds one standard error; only one whose 95% interval lies above 0
-
-def _test_preds(folder, counts, fits, rows) -> list:
-    "Each row's test decisions (class indices) of its variant, fitted on all of validation, in the order of `rows`"
-    return [posthoc_predictions(folder.preds(r.run)[0], counts, fits[r.run], r.variant, calibrated=False)[1] if r.run in fits
-            else folder.preds(r.run)[0] for r in rows.itertuples()]
-
-def _valid_seeds(folder, decisions, rows) -> tuple|None:
-    "Per seed, the validation decisions (out of fold) of its folds one after another, and the targets they share; None if any is missing"
-    if any(folder.preds(r, 'valid') is None for r in rows.run): return None
-    rows = rows.sort_values(['seed', 'fold'])
-    preds = [decisions[r.run, r.variant] if (r.run, r.variant) in decisions else folder.preds(r.run, 'valid')[0].argmax(1) for r in rows.itertuples()]
-    targs = [folder.preds(r, 'valid')[1] for r in rows.run]
-    by_seed = [np.flatnonzero(rows.seed.values == s) for s in rows.seed.unique()]
-    joined = [np.concatenate([targs[i] for i in ix]) for ix in by_seed]
-    if any(len(t) != len(joined[0]) or (t != joined[0]).any() for t in joined): return None
-    return [np.concatenate([preds[i] for i in ix]) for ix in by_seed], joined[0]
-
-def _paired(folder, counts, fits, decisions, a:pd.DataFrame, b:pd.DataFrame, metric:str, split:str='test') -> dict|None:
-    "`paired_interval` of setting a − setting b over their shared seeds and folds, with the verdict and items; None if none are shared"
-    keys = sorted(set(zip(a.seed, a.fold)) & set(zip(b.seed, b.fold)))
-    if not keys or metric not in PAIRABLE: return None
-    pick = lambda df: df.set_index(['seed', 'fold']).loc[keys].reset_index()
-    if split == 'valid':  # a fold's validation items are its own: each seed's folds are pooled
-        va, vb = _valid_seeds(folder, decisions, pick(a)), _valid_seeds(folder, decisions, pick(b))
-        if va is None or vb is None: return None
-        (pa, targs), (pb, _) = va, vb
-    else: pa, pb, targs = _test_preds(folder, counts, fits, pick(a)), _test_preds(folder, counts, fits, pick(b)), folder.preds(a.run.iloc[0])[1]
-    ci = paired_interval(*paired_differences(pa, pb, targs, metric))
-    return {**ci, 'verdict': verdict(ci['lo'], ci['hi'], len(pa)), 'items': len(targs)}
+# How the choice may leave the reference: 'best', the best validation mean; 'one-se', only for a setting whose
+# validation lead over it exceeds one standard error; 'evidence', only for one whose 95% interval lies above 0
+RULES = ('best', 'one-se', 'evidence')
 
 def _beats(iv:dict|None, rule:str) -> bool:
     "Whether a validation interval against the reference lets `rule` leave the reference"
@@ -139,43 +175,56 @@ def _on_shared_runs(cands:pd.DataFrame) -> tuple:
     keep = np.array([k in keys for k in zip(cands.seed, cands.fold)])
     return cands[keep], tuple(sorted(set(cands.run[~keep]))), True
 
+def _rank(rows:pd.DataFrame) -> tuple:
+    "The settings by mean validation score, best first (of equal scores, the simpler), and the test-best setting"
+    g = rows.groupby('setting', sort=False)
+    means, first = g[['valid', 'test']].mean(), g[['method', 'variant']].first()
+    simpler = lambda s: (VARIANTS.index(first.loc[s, 'variant']), method_order(first.loc[s, 'method']))
+    order = sorted(means.index, key=lambda s: (-means.loc[s, 'valid'], *simpler(s)))
+    return order, max(means.index, key=lambda s: (means.loc[s, 'test'], -order.index(s)))
+
+def _choose(cands:Candidates, order:list, reference:str, rule:str) -> tuple:
+    "`(setting, its validation interval against the reference, closest)`: what `rule` picks from `order`"
+    if rule != 'best' and reference in order:  # leave the reference only for a setting that validation shows better
+        ivs = {s: cands.on_valid(s, reference) for s in order if s != reference}
+        chosen = next((s for s in order if s in ivs and _beats(ivs[s], rule)), reference)
+        if chosen != reference: return chosen, ivs[chosen], ()
+        apart = [(s, v) for s, v in ivs.items() if v and v['hi'] > v['lo']]  # not those deciding as the reference does
+        return chosen, None, tuple(sorted(apart, key=lambda sv: -sv[1]['lo'])[:2])
+    chosen = order[0]
+    if chosen != reference: return chosen, cands.on_valid(chosen, reference) if reference in order else None, ()
+    nearest = ((s, cands.on_valid(s, reference)) for s in order[1:6])  # the reference validated best: the next ones
+    return chosen, None, tuple((s, v) for s, v in nearest if v and v['hi'] > v['lo'])[:2]
+
+# %% ../../../nbs/app/decide/02_recommend.ipynb #e6b25027
 def recommend(folder:RunFolder, # an output folder with recorded runs
               metric:str, # the metric to choose on: the main one, or `--select`
               reference:str='instance', # the method the chosen setting is paired against
               fits:dict|None=None, # `{run: PosthocFit}`; None: fitted here (`fit_folder`)
-              rule:str='best', # one of `RULES`: the best validation mean, or the reference unless validation shows better
-              out_of_fold:bool=True, # score tuned variants on validation out of fold (`valid_decisions`); False: in sample, as before
+              rule:str='best', # `RULES`: the best validation mean, or the reference unless validation shows better
+              out_of_fold:bool=True, # score tuned variants out of fold (`valid_decisions`); False: in sample, as before
              ) -> Recommendation:
-    "The setting chosen on validation by `rule` (never the test set), with what it scored on test and what the choice cost"
+    "The setting `rule` chooses on validation (never the test set), its test score and what the choice cost"
     if metric not in PAIRABLE: raise ValueError(f"--select {metric}: choose on one of {list(PAIRABLE)}.")
     if rule not in RULES: raise ValueError(f"--rule {rule}: use one of {list(RULES)}.")
     fits = fit_folder(folder, metric) if fits is None else fits
-    decisions, counts = valid_decisions(folder, metric, fits, out_of_fold), folder.record.counts
-    cands = candidate_scores(folder, metric, fits, decisions)
-    cands, left_out, shared = _on_shared_runs(cands)
-    g = cands.groupby('setting', sort=False)
-    means, first = g[['valid', 'test']].mean(), g[['method', 'variant']].first()
-    simpler = lambda s: (VARIANTS.index(first.loc[s, 'variant']), method_order(first.loc[s, 'method']))
-    order = sorted(means.index, key=lambda s: (-means.loc[s, 'valid'], *simpler(s)))  # of equal scores, the simpler setting
-    test_best, ref_rows = max(means.index, key=lambda s: (means.loc[s, 'test'], -order.index(s))), cands[cands.setting == reference]
-    on_valid = lambda s: _paired(folder, counts, fits, decisions, cands[cands.setting == s], ref_rows, metric, 'valid')
-    chosen, closest = order[0], ()
-    if rule != 'best' and reference in means.index:  # leave the reference only for a setting that validation shows better
-        ivs = {s: on_valid(s) for s in order if s != reference}
-        chosen = next((s for s in order if s in ivs and _beats(ivs[s], rule)), reference)
-        if chosen == reference: closest = tuple(sorted(((s, v) for s, v in ivs.items() if v and v['hi'] > v['lo']), key=lambda sv: -sv[1]['lo'])[:2])  # not those deciding as it does
-    elif chosen == reference:  # the best mean was the reference's: the next ones, paired against it
-        closest = tuple((s, v) for s, v in ((s, on_valid(s)) for s in order[1:6]) if v and v['hi'] > v['lo'])[:2]
-    rows = cands[cands.setting == chosen]
+    decisions = valid_decisions(folder, metric, fits, out_of_fold)
+    rows, left_out, shared = _on_shared_runs(candidate_scores(folder, metric, fits, decisions))
+    cands = Candidates(folder, metric, fits, decisions, folder.record.counts, rows)
+    order, test_best = _rank(rows)
+    chosen, valid_ref, closest = _choose(cands, order, reference, rule)
+    rows = cands.of(chosen)
     same = dict(diff=0., lo=0., hi=0., verdict='the same setting')
-    vs_ref = same if chosen == reference else _paired(folder, counts, fits, decisions, rows, ref_rows, metric)
-    valid_ref = None if chosen == reference or reference not in means.index else ivs[chosen] if rule != 'best' else on_valid(chosen)
-    cost = same if chosen == test_best else _paired(folder, counts, fits, decisions, rows, cands[cands.setting == test_best], metric)
-    median = rows.iloc[np.argsort(rows.valid.values, kind='stable')[(len(rows) - 1) // 2]].run
     std = lambda c: float(rows[c].std(ddof=1)) if len(rows) > 1 else float('nan')
-    return Recommendation(chosen, rows.method.iloc[0], rows.variant.iloc[0], metric, float(rows.valid.mean()), std('valid'),
-                          float(rows.test.mean()), std('test'), len(rows), reference, vs_ref or {}, test_best, cost or {}, median,
-                          left_out, shared, rule, valid_ref, len((_valid_seeds(folder, decisions, rows) or ((), ()))[1]), closest)
+    return Recommendation(
+        setting=chosen, method=rows.method.iloc[0], variant=rows.variant.iloc[0], metric=metric,
+        valid_mean=float(rows.valid.mean()), valid_std=std('valid'),
+        test_mean=float(rows.test.mean()), test_std=std('test'), runs=len(rows), reference=reference,
+        vs_reference=same if chosen == reference else cands.on_test(chosen, reference) or {},
+        test_best=test_best, cost=same if chosen == test_best else cands.on_test(chosen, test_best) or {},
+        median_run=rows.iloc[np.argsort(rows.valid.values, kind='stable')[(len(rows) - 1) // 2]].run,
+        left_out=left_out, shared=shared, rule=rule, valid_vs_reference=valid_ref,
+        valid_items=cands.valid_items(chosen), closest=closest)
 
 # %% ../../../nbs/app/decide/02_recommend.ipynb #c6760f46
 def _pm(m:float, s:float) -> str: return f'{100*m:.2f}' + ('' if np.isnan(s) else f' ± {100*s:.2f}')
@@ -184,25 +233,32 @@ def _ci(d:dict) -> str: return f"{100*d['diff']:+.2f} [{100*d['lo']:+.2f}, {100*
 _RULE_WORDS = {'one-se': 'by more than one standard error', 'evidence': 'beyond the noise (a 95% interval above 0)'}
 
 def _how_sure(r:Recommendation) -> list:
-    "What the choice rests on: its validation lead over the reference, or, where the reference was kept, what came closest"
+    "What the choice rests on: its validation lead over the reference, or, if the reference is kept, what came closest"
     on = f"({r.valid_items} validation items, {r.runs} run{'s' * (r.runs > 1)})"
     closest = '; closest: ' + '; '.join(f'{s} {_ci(v)}' for s, v in r.closest) if r.closest else ''
-    if r.setting == r.reference and r.rule != 'best': return [f"No setting beat {r.reference} on validation {_RULE_WORDS[r.rule]}, so it is kept {on}{closest}."]
-    if r.setting == r.reference: return [f"No setting's mean validation {r.metric} beat {r.reference}'s {on}{closest}."] if r.valid_items else []
+    if r.setting == r.reference and r.rule != 'best':
+        return [f"No setting beat {r.reference} on validation {_RULE_WORDS[r.rule]}, so it is kept {on}{closest}."]
+    if r.setting == r.reference:
+        return [f"No setting's mean validation {r.metric} beat {r.reference}'s {on}{closest}."] if r.valid_items else []
     if r.valid_vs_reference is None: return []
     v, noise = r.valid_vs_reference, r.valid_vs_reference['lo'] <= 0
-    return [f"On validation it beat {r.reference} by {_ci(v)} {on}" + (f": within the noise, so validation can't tell it from {r.reference}."
-            if noise else '.') + (f" Rule: {r.rule}; --rule evidence keeps {r.reference} unless validation shows better beyond the noise." if noise and r.rule == 'best' else '')]
+    if not noise: return [f"On validation it beat {r.reference} by {_ci(v)} {on}."]
+    rule = (f" Rule: {r.rule}; --rule evidence keeps {r.reference} unless validation shows better beyond the noise."
+            if r.rule == 'best' else '')
+    return [f"On validation it beat {r.reference} by {_ci(v)} {on}: within the noise, so validation can't tell it from "
+            f"{r.reference}.{rule}"]
 
 def recommendation_lines(r:Recommendation) -> list:
-    "The recommendation in words: the `Recommended:` line, what choosing on validation cost, and any runs left out of the ranking"
+    "The recommendation in words: the `Recommended:` line, what choosing on validation cost, and any runs left out"
     ref = ('it is the reference' if r.setting == r.reference else
            f"against {r.reference} {_ci(r.vs_reference)}: {r.vs_reference.get('verdict', 'not paired')}")
-    cost = (f'it is also the setting with the best test {r.metric}, so the choice cost nothing' if r.setting == r.test_best else
+    cost = (f'it is also the setting with the best test {r.metric}, so the choice cost nothing'
+            if r.setting == r.test_best else
             f"against the test-best setting, {r.test_best}, it scored {_ci(r.cost)} points of test {r.metric}")
-    ranked = ([] if r.shared and not r.left_out else
-              [f"Ranked on the seeds and folds every method has recorded; left out: {', '.join(r.left_out)}."] if r.shared else
+    left_out = f"Ranked on the seeds and folds every method has recorded; left out: {', '.join(r.left_out)}."
+    ranked = ([] if r.shared and not r.left_out else [left_out] if r.shared else
               ["No seed or fold is recorded for every method, so each setting was ranked on its own runs."])
-    return [f"Recommended: {r.setting} (validation {r.metric} {_pm(r.valid_mean, r.valid_std)} over {r.runs} run{'s' * (r.runs > 1)}); "
+    runs = f"{r.runs} run{'s' * (r.runs > 1)}"
+    return [f"Recommended: {r.setting} (validation {r.metric} {_pm(r.valid_mean, r.valid_std)} over {runs}); "
             f"test {r.metric} {_pm(r.test_mean, r.test_std)}, {ref}.", *_how_sure(r),
             f"Chosen on validation only; {cost}.", *ranked]

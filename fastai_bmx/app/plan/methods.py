@@ -1,4 +1,4 @@
-"""Methods: the registry of ways to train on imbalanced data; each method is one entry, with its knob and what it changes
+"""Methods: the registry of ways to train on imbalanced data; each method one entry, with its knob and what it changes
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/app/plan/methods.html.md"""
 
@@ -8,7 +8,8 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/app/plan/methods.html.md"""
 from __future__ import annotations
 import itertools
 from fastcore.foundation import L
-from ...checks import check_alpha, check_tau, check_q  # pure Python: the registry loads no torch (each method imports its training code when it runs)
+# pure Python: the registry loads no torch (each method imports its training code when it runs)
+from ...checks import check_alpha, check_tau, check_q
 
 # %% auto #0
 __all__ = ['METHODS', 'FRONTIER_GRIDS', 'Method', 'register', 'Instance', 'ClassSampling', 'SqrtSampling', 'Focal',
@@ -38,7 +39,8 @@ class Method:
     def train_dls(self, dls, rec): return dls # the DataLoaders to train on
     def loss_func(self, rec): return None # the loss; None: the learner's default (cross-entropy)
     def cbs(self, rec) -> list: return [] # callbacks for the fit
-    def after_fit(self, learn, rec, monitor:str, epochs:int): pass # a step after training (its best epoch reloaded) of `epochs` in all, before testing
+    # a step after training (its best epoch reloaded) of `epochs` in all, before testing
+    def after_fit(self, learn, rec, monitor:str, epochs:int): pass
 
     def __repr__(self): return f'{type(self).__name__}({self.run_name!r})'
 
@@ -48,7 +50,8 @@ METHODS = {} # name -> `Method` subclass, in the order registered
 def register(cls:type) -> type:
     "Class decorator: add a `Method` subclass to `METHODS` under its `name`"
     if not (isinstance(cls, type) and issubclass(cls, Method)): raise TypeError(f"{cls!r} is not a subclass of Method.")
-    if not cls.name or '-' in cls.name or not cls.name.islower(): raise ValueError(f"Method name {cls.name!r}: give one, in lower case, without '-'.")
+    if not cls.name or '-' in cls.name or not cls.name.islower():
+        raise ValueError(f"Method name {cls.name!r}: give one, in lower case, without '-'.")
     if cls.name in METHODS and METHODS[cls.name].__qualname__ != cls.__qualname__:
         raise ValueError(f"A method named {cls.name!r} is registered already ({METHODS[cls.name].__qualname__}).")
     METHODS[cls.name] = cls
@@ -104,7 +107,8 @@ class BalancedMixUpMethod(Method):
 # %% ../../../nbs/app/plan/00_methods.ipynb #084f008f
 @register
 class Resampling(Method):
-    "Class-aware sampling, class j drawn with probability ∝ n_j^q: the family of which instance (1), sqrt (0.5) and class (0) are points"
+    ("Class-aware sampling, class j drawn with probability ∝ n_j^q: "
+     "the family of which instance (1), sqrt (0.5) and class (0) are points")
     name, knob, grid, default = 'sample', 'q', (0.75, 0.25), False
     def check(self, value) -> float: return check_q(value)
     def train_dls(self, dls, rec): return dls.resampled(self.value)
@@ -122,7 +126,8 @@ class LogitAdjusted(Method):
 # %% ../../../nbs/app/plan/00_methods.ipynb #e13989e7
 @register
 class DeferredReweighting(Method):
-    "Deferred re-weighting: cross-entropy, class-balanced weights (β = 0.9999) for the last 20% of training (Cao et al.)"
+    ("Deferred re-weighting: cross-entropy, class-balanced weights (β = 0.9999) "
+     "for the last 20% of training (Cao et al.)")
     name, default = 'drw', False
     def cbs(self, rec) -> list:
         from fastai_bmx.losses import DeferredReweight
@@ -131,13 +136,15 @@ class DeferredReweighting(Method):
 # %% ../../../nbs/app/plan/00_methods.ipynb #9c8f752b
 @register
 class ClassifierRetraining(Method):
-    "cRT: train plainly, then re-train the re-initialised classifier head on class-balanced batches, body frozen (Kang et al.)"
+    ("cRT: train plainly, then re-train the re-initialised classifier head on class-balanced batches, "
+     "body frozen (Kang et al.)")
     name, default = 'crt', False
     def after_fit(self, learn, rec, monitor, epochs):
-        "Re-train the head for 30% as many epochs as training had (every stage; at least one), at its peak learning rate"
+        "Re-train the head for 30% as many epochs as training had (every stage; at least one), at its peak rate"
         import numpy as np
         from fastai_bmx.retrain import retrain_classifier
-        retrain_classifier(learn, epochs=max(1, round(0.3 * epochs)), lr=float(max(learn.recorder.lrs)), q=0., monitor=monitor, comp=np.greater)
+        peak = float(max(learn.recorder.lrs))
+        retrain_classifier(learn, epochs=max(1, round(0.3 * epochs)), lr=peak, q=0., monitor=monitor, comp=np.greater)
 
 # %% ../../../nbs/app/plan/00_methods.ipynb #7f197484
 @register
@@ -150,13 +157,16 @@ class BalancedCutMixMethod(BalancedMixUpMethod):
 
 # %% ../../../nbs/app/plan/00_methods.ipynb #91c1e51f
 class Combined(Method):
-    "Several methods at once, each changing its own step: 'bmx-0.2+la' mixes with Balanced-MixUp and trains with the LA loss"
+    ("Several methods at once, each changing its own step: "
+     "'bmx-0.2+la' mixes with Balanced-MixUp and trains with the LA loss")
     def __init__(self, parts:list): # the `Method`s combined, in order
         for step in ('train_dls', 'loss_func'):
             own = [p.run_name for p in parts if getattr(type(p), step) is not getattr(Method, step)]
-            if len(own) > 1: raise ValueError(f"{' and '.join(own)} both change the {step.replace('_', ' ')}: combine methods that change different steps.")
+            if len(own) > 1: raise ValueError(f"{' and '.join(own)} both change the {step.replace('_', ' ')}: "
+                                              "combine methods that change different steps.")
         mixers = [p.run_name for p in parts if isinstance(p, BalancedMixUpMethod)]
-        if len(mixers) > 1: raise ValueError(f"{' and '.join(mixers)} both mix the training batch: combine at most one of them.")
+        if len(mixers) > 1:
+            raise ValueError(f"{' and '.join(mixers)} both mix the training batch: combine at most one of them.")
         self.parts,self.value = parts,None
 
     @property
@@ -176,7 +186,7 @@ def get_method(name:str) -> Method:
     name = str(name).strip().lower()
     if '+' in name: return Combined([get_method(n) for n in name.split('+')])
     cls = METHODS.get(name)
-    if cls is not None: return cls(cls.grid[0]) if cls.knob and len(cls.grid) == 1 else cls()  # 'la': its one default τ
+    if cls is not None: return cls(cls.grid[0]) if cls.knob and len(cls.grid) == 1 else cls()  # 'la': its one τ
     base, _, value = name.rpartition('-')
     if base in METHODS and METHODS[base].knob:
         try: return METHODS[base](float(value))
@@ -185,7 +195,8 @@ def get_method(name:str) -> Method:
                      "with a value for a method with a knob (e.g. bmx-0.2).")
 
 # %% ../../../nbs/app/plan/00_methods.ipynb #f3f64feb
-def expand_methods(methods=None, # names; a method with a knob expands over its grid ('bmx'), or names one value ('bmx-0.2'); '+' combines; None: the default set
+def expand_methods(methods=None, # names: a knob's method expands over its grid ('bmx') or names one value ('bmx-0.2');
+                                 # '+' combines; None: the default set
                    alphas=None, # the α grid of 'bmx'; None: its default
                    **grids, # the grids of other knobs, by knob name (e.g. `tau=[0.5, 1, 2]`)
                   ) -> list:
@@ -206,8 +217,9 @@ def expand_methods(methods=None, # names; a method with a knob expands over its 
 def describe_methods(names=None, # run names; None: every registered method, knobs bare
                     ) -> str:
     "A markdown table of methods: name, knob and what it does"
-    rows = [(cls.name + (f'-{cls.knob}' if cls.knob else ''), cls.__doc__) for cls in METHODS.values()] if names is None else \
-           [(n, ' + '.join(type(p).__doc__ for p in getattr(get_method(n), 'parts', [get_method(n)]))) for n in names]
+    parts = lambda n: getattr(get_method(n), 'parts', [get_method(n)])  # a combination's methods, or the one
+    if names is None: rows = [(c.name + (f'-{c.knob}' if c.knob else ''), c.__doc__) for c in METHODS.values()]
+    else: rows = [(n, ' + '.join(type(p).__doc__ for p in parts(n))) for n in names]
     return '\n'.join(['| method | what it does |', '|---|---|'] + [f'| `{n}` | {d} |' for n, d in rows])
 
 # %% ../../../nbs/app/plan/00_methods.ipynb #c00adf14
@@ -217,5 +229,6 @@ def method_order(name:str) -> tuple:
     return (len(parts),) + tuple((list(METHODS).index(p.name), p.value or 0.) for p in parts)  # single methods first
 
 # %% ../../../nbs/app/plan/00_methods.ipynb #a4ed2f5c
-FRONTIER_GRIDS = {'alpha': (0.1, 0.2, 0.3, 0.5, 1., 2.), 'q': (1., 0.75, 0.5, 0.25, 0.), 'tau': (0.5, 1., 2.)} # the frontier's default knob values
+FRONTIER_GRIDS = {'alpha': (0.1, 0.2, 0.3, 0.5, 1., 2.), 'q': (1., 0.75, 0.5, 0.25, 0.),
+                  'tau': (0.5, 1., 2.)} # the frontier's default knob values
 

@@ -1,4 +1,4 @@
-"""Sources: the data sources of `bmx-compare`, and the run record that carries what a source knows to every step of a run
+"""Sources: the data sources of `bmx-compare`, each decided once, and the record of what a run learns from its source
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/app/plan/sources.html.md"""
 
@@ -7,7 +7,7 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/app/plan/sources.html.md"""
 # %% ../../../nbs/app/plan/01_sources.ipynb #47f73939
 from __future__ import annotations
 import json
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, field
 from functools import lru_cache
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -19,12 +19,12 @@ from ...files import frame_dls, folder_table, csv_table
 from ...splits import refold
 
 # %% auto #0
-__all__ = ['RunRecord', 'source_kind', 'Source', 'read_source', 'load_source']
+__all__ = ['RunRecord', 'source_kind', 'Source', 'read_source', 'load_source', 'LoadSettings']
 
 # %% ../../../nbs/app/plan/01_sources.ipynb #bf96af8f
 @dataclass(frozen=True)
 class RunRecord:
-    "What a data source knows about one run: class names, training counts, ordered grades, and whether a mirror keeps the class"
+    "What a source tells one run: class names, training counts, ordered grades, and whether a mirror keeps the class"
     data:str # the source: 'digits', a `.npz`, a folder or a CSV
     classes:tuple # class names, in class-index order
     counts:tuple # training items per class
@@ -55,7 +55,8 @@ def source_kind(data:str) -> str:
     if data == 'digits': return 'digits'
     p = Path(data)
     if p.suffix.lower() == '.npz':
-        if not p.is_file(): raise FileNotFoundError(f"No file {p}: pass an existing MedMNIST .npz (or set --data digits).")
+        if not p.is_file():
+            raise FileNotFoundError(f"No file {p}: pass an existing MedMNIST .npz (or set --data digits).")
         return 'npz'
     if p.suffix.lower() == '.csv':
         if not p.is_file(): raise FileNotFoundError(f"No file {p}: pass an existing CSV of image paths and labels.")
@@ -66,17 +67,32 @@ def source_kind(data:str) -> str:
 # %% ../../../nbs/app/plan/01_sources.ipynb #dd1ef78a
 @dataclass(frozen=True, eq=False)
 class Source:
-    "What `--data` is, decided once: its kind and, for image files, their table (path, label, split), their folder and how they decode"
+    "What `--data` is, decided once: its kind and, for image files, their table, their folder and how they decode"
     data:str # 'digits', a `.npz`, a folder or a CSV, as given
     kind:str # 'digits', 'npz', 'folder' or 'csv' (`source_kind`)
-    table:pd.DataFrame|None=None # image files: one row per file, columns `fname` (relative to `folder`), `label` and `split`
-    folder:Path|None=None # image files: the folder their paths are relative to
+    table:pd.DataFrame|None=None # image files: one row per file: `fname` (relative to `folder`), `label` and `split`
+    folder:Path|None=None # image files: the folder their paths are relative to, made absolute
     window:tuple|str|None=None # image files: how grey levels become 8 bits (`read_pixels`)
+    path:Path|None=field(default=None, init=False) # the file or folder `data` names, absolute; None for digits
+
+    def __post_init__(self):  # absolute from the start: a worker (Ray's) may run in another folder
+        if self.folder is not None: object.__setattr__(self, 'folder', Path(self.folder).absolute())
+        if self.kind != 'digits': object.__setattr__(self, 'path', Path(self.data).absolute())
 
     @property
     def files(self) -> list:
         "The paths of the image files it lists (none for arrays)"
         return [] if self.table is None else [self.folder/f for f in self.table['fname'].astype(str)]
+
+    @property
+    def is_files(self) -> bool:
+        "Whether it is image files (a folder or a CSV), which are decoded, rather than arrays"
+        return self.kind in ('folder', 'csv')
+
+    def image_size(self, size:int|None=None, # the size asked for, or None
+                  ) -> int|None:
+        "The side its images are resized to: `size`, else 64 for image files, 32 for digits, None (native) for `.npz`"
+        return size if size is not None else {'folder': 64, 'csv': 64, 'digits': 32}.get(self.kind)
 
 def read_source(data:str, # 'digits', a MedMNIST `.npz`, a folder of images or a CSV
                 window:tuple|str|None=None, # image files: None (each DICOM's own window), 'range' or (center, width)
@@ -87,9 +103,11 @@ def read_source(data:str, # 'digits', a MedMNIST `.npz`, a folder of images or a
     if kind == 'folder': return Source(data, kind, folder_table(data), Path(data), window)
     if kind == 'csv':
         table = csv_table(data)
-        if 'fname' not in table.columns: raise ValueError(f"{data} has no 'fname' column of image paths (its columns: {list(table.columns)}).")
+        if 'fname' not in table.columns:
+            raise ValueError(f"{data} has no 'fname' column of image paths (its columns: {list(table.columns)}).")
         return Source(data, kind, table, Path(data).parent, window)
-    if window is not None: raise ValueError(f"--window applies to image files (a folder or a CSV); {data} holds 8-bit arrays.")
+    if window is not None:
+        raise ValueError(f"--window applies to image files (a folder or a CSV); {data} holds 8-bit arrays.")
     return Source(data, kind)
 
 # %% ../../../nbs/app/plan/01_sources.ipynb #42bd903f
@@ -102,26 +120,44 @@ def _array_source(data:str) -> tuple:
 
 def load_source(data:str|Source='digits', # 'digits', a MedMNIST `.npz`, a folder of images or a CSV, or its `Source`
                 bs:int=64, # batch size
-                size:int|None=None, # image size; None: 32 for digits, native for `.npz`, 64 for files
+                size:int|None=None, # image size; None: 32 for digits, native for `.npz`, 64 for files (`image_size`)
                 seed:int=0, # seeds the training loader's shuffling
                 fold:int|None=None, # with `k`, the fold that validates
                 k:int=5, # number of folds, with `fold`
                 split_seed:int=0, # seeds the folds (and a drawn validation split); not the training seed
-                in_memory:bool|None=None, # a folder or CSV: decode its images once and serve them from memory; None: if they fit
-                window:tuple|str|None=None, # a folder or CSV given by its path: how grey levels become 8 bits (`read_pixels`); a `Source` has its own
+                in_memory:bool|None=None, # a folder or CSV: serve its images decoded once, in memory; None: if they fit
+                window:tuple|str|None=None, # data given by its path: its window (`read_source`); a `Source` has its own
                ) -> tuple:
     "`(dls, record)`: the `DataLoaders` (train, valid, test) of a `bmx-compare` source and its `RunRecord`"
     src = data if isinstance(data, Source) else read_source(data, window)
-    data, kind = src.data, src.kind
-    if kind in ('folder', 'csv'):
-        dls = frame_dls(src.table, src.folder, bs=bs, size=size or 64, seed=seed, fold=fold, k=k, split_seed=split_seed,
+    data, size = src.data, src.image_size(size)
+    if src.is_files:
+        dls = frame_dls(src.table, src.folder, bs=bs, size=size, seed=seed, fold=fold, k=k, split_seed=split_seed,
                         in_memory=in_memory, window=src.window)
-        if len(dls.loaders) < 3: raise ValueError(f"{data} has no test split: add a test/ folder or rows with split 'test'.")
+        if len(dls.loaders) < 3:
+            raise ValueError(f"{data} has no test split: add a test/ folder or rows with split 'test'.")
         ordinal, flip = False, True
     else:
-        splits, names, ordinal, flip = _array_source(data)
+        splits, names, ordinal, flip = _array_source(data if src.path is None else str(src.path))
         if fold is not None: splits = refold(splits, fold, k, split_seed)
-        dls = arrays_dls(splits, class_names=names, bs=bs, size=(32 if kind == 'digits' else None) if size is None else size,
-                         seed=seed, batch_tfms=default_augs(do_flip=flip), ordinal=ordinal)
+        dls = arrays_dls(splits, class_names=names, bs=bs, size=size, seed=seed, batch_tfms=default_augs(do_flip=flip),
+                         ordinal=ordinal)
     counts = np.bincount(get_labels(dls.train), minlength=len(dls.vocab))
     return dls, RunRecord(data, tuple(str(v) for v in dls.vocab), tuple(int(n) for n in counts), ordinal, flip)
+
+# %% ../../../nbs/app/plan/01_sources.ipynb #50c0a004
+@dataclass(frozen=True)
+class LoadSettings:
+    "How every run of a comparison loads its data: its `Source`, decided once, and the loaders' settings"
+    source:Source # what the data is (`read_source`), with its window
+    bs:int=64 # batch size
+    size:int|None=None # image size; None: the source's default (`Source.image_size`)
+    k:int=5 # number of folds, with a run's `fold`
+    split_seed:int=0 # seeds the folds (and a drawn validation split); not the training seed
+    in_memory:bool|None=None # a folder or CSV: serve its images decoded once; None: if they fit (`check_images`)
+
+    def load(self, seed:int=0, # seeds the training loader's shuffling
+             fold:int|None=None, # the fold that validates; None: the data's own split
+            ) -> tuple:
+        "`(dls, record)` of one run: `load_source` of the source with these settings, `seed` and `fold`"
+        return load_source(self.source, self.bs, self.size, seed, fold, self.k, self.split_seed, self.in_memory)

@@ -10,8 +10,8 @@ import numbers, os, tempfile
 from pathlib import Path
 import numpy as np
 from fastcore.foundation import L
-from ...checks import _finite_real, check_precision_name
-from .methods import expand_methods  # the registry loads no torch; the checks of the data import theirs when they run
+from ...checks import is_finite_real, check_precision_name
+from .methods import expand_methods  # no torch: the checks of the data import theirs as they run
 
 # %% auto #0
 __all__ = ['check_options', 'check_out', 'check_batch', 'check_frontier_x', 'check_command', 'need_ray', 'check_executor',
@@ -35,38 +35,47 @@ def check_options(epochs:int=10, # epochs per run
                  ):
     "Raise a `ValueError` naming the option and the fix unless every option of a comparison is in range"
     _check_int('--epochs', epochs, 1, 'train at least one epoch, e.g. --epochs 10')
-    if not (_finite_real(lr) and lr > 0):
+    if not (is_finite_real(lr) and lr > 0):
         raise ValueError(f"--lr {lr!r}: the learning rate must be a number > 0, e.g. --lr 2e-3.")
     _check_int('--bs', bs, 1, 'the batch size must be an integer >= 1, e.g. --bs 64')
-    if size is not None: _check_int('--size', size, 8, 'images are resized to size x size pixels: give an integer >= 8, or leave it out')
-    if size is not None and size > 2048: raise ValueError(f"--size {size}: images are resized to size x size pixels, and more than 2048 won't fit a batch in memory; give 8 to 2048.")
+    if size is not None:
+        _check_int('--size', size, 8, 'images are resized to size x size pixels: give an integer >= 8, or leave it out')
+        if size > 2048: raise ValueError(f"--size {size}: images are resized to size x size pixels, and more than 2048 "
+                                         "won't fit a batch in memory; give 8 to 2048.")
     seeds = list(L(seeds))
     if not seeds: raise ValueError("--seeds: no seeds given; pass at least one, e.g. --seeds 0 1 2.")
     for s in seeds:
         _check_int('--seeds', s, 0, 'seeds are integers >= 0, e.g. --seeds 0 1 2')
         if s >= 2**32: raise ValueError(f"--seeds {s}: a seed must be below 2**32 (numpy's limit), e.g. --seeds 0 1 2.")
-    if len(set(seeds)) < len(seeds): raise ValueError(f"--seeds {' '.join(map(str, seeds))}: a seed is repeated; each seed is one run per method.")
-    if not _is_int(folds) or folds < 0 or folds == 1: raise ValueError(f"--folds {folds!r}: use 0 (the data's own split) or k >= 2.")
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: a seed is repeated; each seed is one run per method.")
+    if not _is_int(folds) or folds < 0 or folds == 1:
+        raise ValueError(f"--folds {folds!r}: use 0 (the data's own split) or k >= 2.")
     _check_int('--split-seed', split_seed, 0, 'the split seed is an integer >= 0')
     if split_seed >= 2**32: raise ValueError(f"--split-seed {split_seed}: it must be below 2**32 (numpy's limit).")
     if threads is not None: _check_int('--threads', threads, 1, 'give at least 1 thread, or leave it out')
-    _check_int('--freeze-epochs', freeze_epochs, 0, 'the epochs of the new head alone, body frozen, before every layer trains: an integer >= 0, e.g. 1')
+    _check_int('--freeze-epochs', freeze_epochs, 0,
+               'the epochs of the new head alone, body frozen, before every layer trains: an integer >= 0, e.g. 1')
 
 
 # %% ../../../nbs/app/plan/02_validate.ipynb #d1cdb9cd
 def check_out(out:str|Path, # the output folder
              ):
-    "Raise unless `out` is an existing folder that can be written, or a path where one can be made (writing nothing there)"
+    "Raise unless `out` is an existing folder that can be written, or a path where one can be made (writing nothing)"
     out = Path(out)
-    if out.exists() and not out.is_dir(): raise ValueError(f"--out {out} is a file: give a folder (new or one to resume).")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a folder (new or one to resume).")
     parent = next((p for p in [out, *out.parents] if p.exists()), None)
-    if parent is not None and not parent.is_dir(): raise ValueError(f"--out {out}: {parent} is a file, so no folder can be made there.")
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"--out {out}: {parent} is a file, so no folder can be made there.")
     if parent is None: return
     if parent == out:
-        if not os.access(out, os.W_OK | os.X_OK): raise ValueError(f"--out {out}: this folder can't be written to: choose one you can write to.")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ValueError(f"--out {out}: this folder can't be written to: choose one you can write to.")
         return
-    try: tempfile.TemporaryDirectory(dir=parent).cleanup()  # the one sure test: make a folder there, and remove it at once
-    except OSError as e: raise ValueError(f"--out {out}: no folder can be made in {parent} ({e.strerror or e}): choose a place you can write to.") from None
+    try: tempfile.TemporaryDirectory(dir=parent).cleanup()  # the one sure test: make a folder there, and remove it
+    except OSError as e: raise ValueError(f"--out {out}: no folder can be made in {parent} ({e.strerror or e}): "
+                                          "choose a place you can write to.") from None
 
 # %% ../../../nbs/app/plan/02_validate.ipynb #a6ba6cbc
 def check_batch(bs:int, # the batch size
@@ -74,22 +83,24 @@ def check_batch(bs:int, # the batch size
                 n_valid:int, # images in the validation split
                 folds:int=0, # the number of folds k (0: the data's own split)
                ):
-    "Raise unless the training split (each fold's, with `folds`) holds at least one batch of `bs`, which the training loader needs"
+    "Raise unless the training split (each fold's, with `folds`) holds a batch of `bs`, as the training loader needs"
     n_train = int(np.sum(rec.counts))
-    if folds: n_train = n_train + n_valid - -(-(n_train + n_valid) // folds)  # the smallest training part of the k folds
+    if folds: n_train = n_train + n_valid - -(-(n_train + n_valid) // folds)  # the smallest training part of k folds
     if bs > n_train:
-        raise ValueError(f"--bs {bs} is more than the {n_train} training images{' of a fold' if folds else ''}: the training loader drops "
-                         f"an incomplete last batch, so it would yield none. Use --bs {2**int(np.log2(n_train))} or less.")
+        raise ValueError(f"--bs {bs} is more than the {n_train} training images{' of a fold' if folds else ''}: the "
+                         "training loader drops an incomplete last batch, so it would yield none. "
+                         f"Use --bs {2**int(np.log2(n_train))} or less.")
 
 # %% ../../../nbs/app/plan/02_validate.ipynb #fb712953
 def check_frontier_x(frontier_x:str, # the frontier's x axis
                     ) -> str:
     "`frontier_x`, or a clear error unless it is 'balanced_accuracy' or 'macro_f1'"
-    if frontier_x not in ('balanced_accuracy', 'macro_f1'): raise ValueError(f"frontier_x={frontier_x!r}: use balanced_accuracy or macro_f1.")
+    if frontier_x not in ('balanced_accuracy', 'macro_f1'):
+        raise ValueError(f"frontier_x={frontier_x!r}: use balanced_accuracy or macro_f1.")
     return frontier_x
 
 # %% ../../../nbs/app/plan/02_validate.ipynb #de8d6101
-_OPTIONS = ('epochs', 'lr', 'bs', 'size', 'seeds', 'folds', 'split_seed', 'freeze_epochs')  # the arguments of `plan_compare` that `check_options` checks
+_OPTIONS = ('epochs', 'lr', 'bs', 'size', 'seeds', 'folds', 'split_seed', 'freeze_epochs')  # checked by `check_options`
 
 def check_command(out:str|Path='bmx_compare', # the output folder
                   methods=None, # run names or families; None: the default set
@@ -100,9 +111,9 @@ def check_command(out:str|Path='bmx_compare', # the output folder
                   precision:str='fp32', # 'fp32', 'bf16' or 'fp16'
                   frontier:bool=False, # also sweep each family's knob
                   frontier_x:str='balanced_accuracy', # the frontier's x axis
-                  **kwargs, # the other arguments of `plan_compare`: those of `check_options` are checked, the rest left to it
+                  **kwargs, # `plan_compare`'s other arguments: those of `check_options` checked, the rest left to it
                  ):
-    "Raise what `plan_compare` would raise first, of its checks that need neither torch nor the data; return at the first that needs more"
+    "Raise what `plan_compare` would raise first of its checks that need no torch nor data; stop at one that does"
     check_options(**{k: v for k, v in kwargs.items() if k in _OPTIONS})
     check_frontier_x(frontier_x)
     if frontier: return  # the frontier's families are checked by `plan_compare`
@@ -128,30 +139,38 @@ def check_executor(executor:str='serial', # 'serial' (one run after the other, h
     "Raise a clear error unless the executor's options are in range and, for 'ray', Ray is installed"
     if executor not in ('serial', 'ray'): raise ValueError(f"--executor {executor!r}: use serial or ray.")
     if executor == 'serial':
-        given = [f"--{k.replace('_', '-')}" for k, v in dict(address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run).items() if v is not None]
+        ray_only = dict(address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run)
+        given = [f"--{k.replace('_', '-')}" for k, v in ray_only.items() if v is not None]
         if given: raise ValueError(f"{' '.join(given)}: only with --executor ray.")
         return
     for flag, v in (('--gpus-per-run', gpus_per_run), ('--cpus-per-run', cpus_per_run)):
-        if v is not None and not (_finite_real(v) and v >= 0): raise ValueError(f"{flag} {v!r}: give a number >= 0, e.g. 1.")
-    if cpus_per_run == 0: raise ValueError("--cpus-per-run 0: a run needs a CPU for its torch threads: give at least 1.")
-    _check_int('--max-retries', max_retries, 0, 'how often a run whose worker died is tried again: an integer >= 0, e.g. 2')
+        if v is not None and not (is_finite_real(v) and v >= 0):
+            raise ValueError(f"{flag} {v!r}: give a number >= 0, e.g. 1.")
+    if cpus_per_run == 0:
+        raise ValueError("--cpus-per-run 0: a run needs a CPU for its torch threads: give at least 1.")
+    _check_int('--max-retries', max_retries, 0,
+               'how often a run whose worker died is tried again: an integer >= 0, e.g. 2')
     need_ray()
 
 # %% ../../../nbs/app/plan/02_validate.ipynb #3a149a82
-def check_images(data, # a `Source`, or the path of one: a folder or a CSV ('digits' and `.npz` files hold arrays: nothing to check)
-                 workers:int|None=None, # threads for `image_problems`
-                ):
-    "Raise a `ValueError` naming the bad files unless every image file of `data` exists and decodes"
-    from fastai_bmx.files import image_problems
+def check_images(data, # a `Source`, or its path: a folder or a CSV ('digits' and `.npz` hold arrays: nothing to do)
+                 workers:int|None=None, # processes that decode; default one per CPU core
+                 size:int|None=None, # the side the loaders resize images to; None: the source's (`Source.image_size`)
+                 in_memory:bool|None=False, # keep the pixels for the loaders; None: if they fit; False: check only
+                ) -> bool:
+    "Raise a `ValueError` naming the bad files unless every image file of `data` decodes; return if kept in memory"
+    from fastai_bmx.files import decode_once
     from fastai_bmx.app.plan.sources import Source, read_source
     src = data if isinstance(data, Source) else read_source(data)
-    if src.kind not in ('folder', 'csv'): return
+    if not src.is_files: return False
     files = src.files
-    bad = image_problems(files, workers)
+    in_memory, bad = decode_once(files, src.image_size(size), src.window, in_memory, workers)  # each file decoded once
     if bad:
-        shown = '; '.join(f'{p} ({r})' for p, r in list(bad.items())[:3]) + (f'; and {len(bad) - 3} more' if len(bad) > 3 else '')
+        more = f'; and {len(bad) - 3} more' if len(bad) > 3 else ''
+        shown = '; '.join(f'{p} ({r})' for p, r in list(bad.items())[:3]) + more
         where = 'remove their rows from the CSV' if src.kind == 'csv' else 'remove them from the folder'
         raise ValueError(f"{len(bad)} of {len(files)} image files can't be used: {shown}. Fix them, or {where}.")
+    return in_memory
 
 # %% ../../../nbs/app/plan/02_validate.ipynb #342d2eb3
 def count_files(data:str) -> int:
@@ -163,9 +182,10 @@ def count_files(data:str) -> int:
 def split_counts(dls, # the `DataLoaders` of a source: train, valid and test
                  rec, # its `RunRecord`, which holds the training counts
                 ) -> dict:
-    "Images per class of the valid and test splits, `{'valid': counts, 'test': counts}`: their labels read once, for every check"
+    "Images per class of the valid and test splits, `{'valid': counts, 'test': counts}`: their labels read once for all"
     from fastai_bmx.sampling import get_labels
-    return {name: np.bincount(get_labels(dl), minlength=len(rec.classes)) for name, dl in zip(('valid', 'test'), dls.loaders[1:])}
+    n = len(rec.classes)
+    return {name: np.bincount(get_labels(dl), minlength=n) for name, dl in zip(('valid', 'test'), dls.loaders[1:])}
 
 # %% ../../../nbs/app/plan/02_validate.ipynb #ee289b00
 def check_classes(rec, # the `RunRecord` of a source: its training counts
@@ -174,11 +194,13 @@ def check_classes(rec, # the `RunRecord` of a source: its training counts
     "Raise unless training has two classes or more and every class in valid and test has training images"
     trained = set(np.flatnonzero(np.asarray(rec.counts) > 0).tolist())
     if len(trained) < 2:
-        raise ValueError(f"Training has images of {len(trained)} class only ({[rec.classes[i] for i in trained]}): a classifier needs two or more.")
+        raise ValueError(f"Training has images of {len(trained)} class only ({[rec.classes[i] for i in trained]}): "
+                         "a classifier needs two or more.")
     for name, n in counts.items():
         unseen = sorted(set(np.flatnonzero(n).tolist()) - trained)
         if unseen:
-            raise ValueError(f"The {name} split has images of class {', '.join(rec.classes[i] for i in unseen)}, which training never sees: "
+            names = ', '.join(rec.classes[i] for i in unseen)
+            raise ValueError(f"The {name} split has images of class {names}, which training never sees: "
                              f"move some of them into training, or leave that class out of {name}.")
 
 def check_folds(rec, # the `RunRecord` of the data's own split: its training counts
@@ -191,6 +213,8 @@ def check_folds(rec, # the `RunRecord` of the data's own split: its training cou
     few = {c: int(n) for c, n in zip(rec.classes, pool) if 0 < n < folds}
     if few:
         least = min(few.values())
-        fix = f"use --folds {least} or fewer, or add images" if least >= 2 else "use --folds 0 (the data's own split), or add images"
-        raise ValueError(f"--folds {folds} needs at least {folds} images of each class in train and valid together, but "
-                         f"{', '.join(f'{c} has {n}' for c, n in few.items())}: {fix}.")
+        fix = f"use --folds {least} or fewer" if least >= 2 else "use --folds 0 (the data's own split)"
+        fix += ", or add images"
+        have = ', '.join(f'{c} has {n}' for c, n in few.items())
+        raise ValueError(f"--folds {folds} needs at least {folds} images of each class in train and valid together, "
+                         f"but {have}: {fix}.")

@@ -1,4 +1,4 @@
-"""Frontier: the trade-off between the main metric and the minority classes, swept over each family's knob, with Pareto fronts and paired verdicts
+"""Frontier: the main metric against the rare classes over each family's knob, with Pareto fronts and paired verdicts
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/app/report/frontier.html.md"""
 
@@ -14,7 +14,7 @@ from ...adjust import posthoc_adjust
 from ..plan.methods import get_method, FRONTIER_GRIDS
 from ..decide.paired import paired_differences, paired_interval, verdict
 from ..run.store import RunFolder
-from .results import _figure
+from .plots import figure
 from .tables import to_markdown
 
 # %% auto #0
@@ -22,13 +22,13 @@ __all__ = ['COLORS', 'frontier_families', 'pareto_mask', 'front_relation', 'fron
            'knob_label', 'plot_frontier', 'write_frontier']
 
 # %% ../../../nbs/app/report/03_frontier.ipynb #ea1f086b
-_SAME_RUN = {1.: 'instance', 0.5: 'sqrt', 0.: 'class'}  # settings of the resampling family that other methods already run
+_SAME_RUN = {1.: 'instance', 0.5: 'sqrt', 0.: 'class'}  # resampling settings that other methods already run
 
 def frontier_families(alphas=None, # α values of Balanced-MixUp; None: `FRONTIER_GRIDS['alpha']`
                       qs=None, # resampling exponents q; None: `FRONTIER_GRIDS['q']`
                       taus=None, # τ values of logit adjustment; None: `FRONTIER_GRIDS['tau']`
                      ) -> dict:
-    "Run names of each family of the frontier, in knob order: resampling over q, Balanced-MixUp over α, logit adjustment over τ"
+    "Run names per frontier family in knob order: resampling over q, Balanced-MixUp over α, logit adjustment over τ"
     grid = lambda v, k: [float(x) for x in L(FRONTIER_GRIDS[k] if v is None else v)]
     return {'resampling': [_SAME_RUN.get(q) or get_method(f'sample-{q:g}').run_name for q in grid(qs, 'q')],
             'bmx': [get_method(f'bmx-{a:g}').run_name for a in grid(alphas, 'alpha')],
@@ -44,17 +44,17 @@ def pareto_mask(xs, ys) -> np.ndarray:
 def front_relation(a, # points (x, y) of family A's front
                    b, # those of family B's front
                   ) -> str:
-    "'dominates', 'lies inside', 'crosses' or 'matches': how A's front lies against B's, from the front of both together"
-    a, b = np.asarray(a, float).reshape(-1, 2),np.asarray(b, float).reshape(-1, 2)
+    "'dominates', 'lies inside', 'crosses' or 'matches': how A's front lies against B's, by their joint front"
+    a, b = np.asarray(a, float).reshape(-1, 2), np.asarray(b, float).reshape(-1, 2)
     if {tuple(p) for p in a} == {tuple(p) for p in b}: return 'matches'
     on = pareto_mask(*np.r_[a, b].T)
-    from_a, from_b = on[:len(a)].any(),on[len(a):].any()
+    from_a, from_b = on[:len(a)].any(), on[len(a):].any()
     return 'crosses' if from_a and from_b else 'dominates' if from_a else 'lies inside'
 
 # %% ../../../nbs/app/report/03_frontier.ipynb #8fd1f3c0
 def _setting_preds(folder:RunFolder, families:dict, taus) -> tuple:
     "{(family, setting): {(seed, fold): test probs}}, and the test targets, for every recorded run of the families"
-    res, out, targs = folder.results(),{},None
+    res, out, targs = folder.results(), {}, None
     for family, names in {**families, 'post hoc': ['instance']}.items():
         for name in names:
             for r in res[res['method'] == name].itertuples():
@@ -62,8 +62,10 @@ def _setting_preds(folder:RunFolder, families:dict, taus) -> tuple:
                 key = (r.seed, -1 if pd.isna(r.fold) else r.fold)
                 if family != 'post hoc': out.setdefault((family, name), {})[key] = probs
                 else:
-                    for t in taus: out.setdefault((family, f'instance, post hoc τ={t:g}'), {})[key] = posthoc_adjust(probs, folder.record.counts, t)
-    return out,targs
+                    for t in taus:
+                        adjusted = posthoc_adjust(probs, folder.record.counts, t)
+                        out.setdefault((family, f'instance, post hoc τ={t:g}'), {})[key] = adjusted
+    return out, targs
 
 def frontier_points(folder:RunFolder, # an output folder
                     families:dict, # run names per family, from `frontier_families`
@@ -71,12 +73,14 @@ def frontier_points(folder:RunFolder, # an output folder
                     x:str='balanced_accuracy', # the minority-minded metric (x axis): 'balanced_accuracy' or 'macro_f1'
                     taus=None, # post-hoc τ values on the instance runs; None: `FRONTIER_GRIDS['tau']`
                    ) -> pd.DataFrame:
-    "One row per setting with runs: family, setting, runs, mean and std of `x` and `main` over seeds, and whether it is on its family's front"
-    preds, targs = _setting_preds(folder, families, [float(t) for t in L(taus if taus is not None else FRONTIER_GRIDS['tau'])])
+    "A row per setting with runs: family, runs, mean and std of `x` and `main` over seeds, and if it is on its front"
+    taus = [float(t) for t in L(taus if taus is not None else FRONTIER_GRIDS['tau'])]
+    preds, targs = _setting_preds(folder, families, taus)
     rows = []
     for (family, setting), runs in preds.items():
         s = pd.DataFrame([paper_scores(p, targs) for p in runs.values()])
-        rows.append(dict(family=family, setting=setting, runs=len(s), x=s[x].mean(), x_std=s[x].std(ddof=1), y=s[main].mean(), y_std=s[main].std(ddof=1)))
+        rows.append(dict(family=family, setting=setting, runs=len(s), x=s[x].mean(), x_std=s[x].std(ddof=1),
+                         y=s[main].mean(), y_std=s[main].std(ddof=1)))
     pts = pd.DataFrame(rows, columns=['family', 'setting', 'runs', 'x', 'x_std', 'y', 'y_std'])
     pts['front'] = False
     for _, g in pts.groupby('family'): pts.loc[g.index, 'front'] = pareto_mask(g.x, g.y)
@@ -89,19 +93,20 @@ def front_table(pts:pd.DataFrame, # from `frontier_points`
     "Family × family: how the row family's front lies against the column family's"
     fams = list(dict.fromkeys(pts.family))
     front = {f: pts[(pts.family == f) & pts.front][['x', 'y']].values for f in fams}
-    return pd.DataFrame({b: ['—' if a == b else front_relation(front[a], front[b]) for a in fams] for b in fams}, index=pd.Index(fams, name='family'))
+    relation = lambda a, b: '—' if a == b else front_relation(front[a], front[b])
+    return pd.DataFrame({b: [relation(a, b) for a in fams] for b in fams}, index=pd.Index(fams, name='family'))
 
 # %% ../../../nbs/app/report/03_frontier.ipynb #c08ba2f0
 def matched_pairs(pts:pd.DataFrame, # from `frontier_points`
                   reference:str='resampling', # the family each front setting is matched in
                   n:int=1000, # paired bootstrap resamples of the test items
                  ) -> pd.DataFrame:
-    "For each setting on another family's front, the reference setting closest in x, and the paired differences on x and the main metric"
+    "Each front setting of another family: the closest reference setting in x, and the paired differences on x and main"
     preds, targs, main, x = (pts.attrs[k] for k in ('preds', 'targs', 'main', 'x'))
-    ref, rows = pts[pts.family == reference],[]
+    ref, rows = pts[pts.family == reference], []
     for r in pts[(pts.family != reference) & pts.front].itertuples() if len(ref) else []:
         m = ref.iloc[int((ref.x - r.x).abs().argmin())]
-        a, b = preds[(r.family, r.setting)],preds[(reference, m.setting)]
+        a, b = preds[(r.family, r.setting)], preds[(reference, m.setting)]
         keys = sorted(set(a) & set(b))
         if not keys: continue
         row = dict(family=r.family, setting=r.setting, matched=m.setting, pairs=len(keys))
@@ -116,7 +121,7 @@ def matched_pairs(pts:pd.DataFrame, # from `frontier_points`
 COLORS = {'resampling': 'tab:blue', 'bmx': 'tab:orange', 'la': 'tab:green', 'post hoc': 'tab:purple'}
 
 def knob_label(setting:str) -> str:
-    "The knob value of a frontier setting, for the plot: 'q=0.5' for sqrt, 'α=0.2' for bmx-0.2, 'τ=1' for la-1 or post hoc"
+    "A frontier setting's knob value, for the plot: 'q=0.5' for sqrt, 'α=0.2' for bmx-0.2, 'τ=1' for la-1 or post hoc"
     if ' τ=' in setting: return 'τ=' + setting.rsplit('=', 1)[1]
     q = {v: k for k, v in _SAME_RUN.items()}.get(setting)
     if q is not None: return f'q={q:g}'
@@ -132,8 +137,8 @@ def _span(v) -> tuple:
 def plot_frontier(pts:pd.DataFrame, # from `frontier_points`
                   title:str='', # the figure's title
                  ):
-    "Main metric against x, one point per setting with seed error bars, and each family's front as a line; zoomed on the fronts"
-    fig = _figure(7.5, 5.2)
+    "Main metric against x: a point per setting with seed error bars, each family's front a line, zoomed on the fronts"
+    fig = figure(7.5, 5.2)
     ax = fig.add_subplot()
     for fam, g in pts.groupby('family', sort=False):
         c = COLORS.get(fam)
@@ -141,13 +146,18 @@ def plot_frontier(pts:pd.DataFrame, # from `frontier_points`
                     label=fam, capsize=2, alpha=.85, lw=1)
         f = g[g.front].sort_values('x')
         ax.plot(100*f.x, 100*f.y, '-', color=c, lw=1.5)
-        for r in g.itertuples(): ax.annotate(knob_label(r.setting), (100*r.x, 100*r.y), fontsize=7, xytext=(4, 3), textcoords='offset points', color=c)
+        for r in g.itertuples():
+            ax.annotate(knob_label(r.setting), (100*r.x, 100*r.y), xytext=(4, 3), textcoords='offset points',
+                        fontsize=7, color=c)
     (x0, x1), (y0, y1) = (_span(100*pts[pts.front][k]) for k in ('x', 'y'))  # zoomed on the fronts
-    ax.set_xlim(min(x0, *(100*pts.x[pts.x*100 >= x0 - 5] - 1)), x1); ax.set_ylim(min(y0, *(100*pts.y[pts.y*100 >= y0 - 5] - 1)), y1)
+    ax.set_xlim(min(x0, *(100*pts.x[pts.x*100 >= x0 - 5] - 1)), x1)
+    ax.set_ylim(min(y0, *(100*pts.y[pts.y*100 >= y0 - 5] - 1)), y1)
     (lo_x, hi_x), (lo_y, hi_y) = ax.get_xlim(), ax.get_ylim()
     out = pts[~((100*pts.x).between(lo_x, hi_x) & (100*pts.y).between(lo_y, hi_y))]
-    if len(out): title += '\noff the plot: ' + '; '.join(f'{r.family} {knob_label(r.setting)} ({100*r.x:.1f}, {100*r.y:.1f})' for r in out.itertuples())
-    ax.set_xlabel(f"test {pts.attrs['x'].replace('_', ' ')} (%)"); ax.set_ylabel(f"test {pts.attrs['main'].replace('_', ' ')} (%)")
+    where = lambda r: f'{r.family} {knob_label(r.setting)} ({100*r.x:.1f}, {100*r.y:.1f})'
+    if len(out): title += '\noff the plot: ' + '; '.join(map(where, out.itertuples()))
+    ax.set_xlabel(f"test {pts.attrs['x'].replace('_', ' ')} (%)")
+    ax.set_ylabel(f"test {pts.attrs['main'].replace('_', ' ')} (%)")
     ax.grid(alpha=.3); ax.legend(fontsize=8); ax.set_title(title, fontsize=10)
     return fig
 
@@ -163,23 +173,27 @@ def write_frontier(out:str|Path, # a `compare` output folder
     main = settings['monitor']
     pts = frontier_points(folder, families, main, x, taus)
     name = Path(settings['data']).name
-    plot_frontier(pts, f"{name}: {settings['arch']}, {settings['epochs']} epochs, mean ± std over seeds").savefig(folder.path/'frontier.png', dpi=110)
-    tbl = pts.assign(**{x: [f'{100*a:.2f} ± {100*b:.2f}' for a, b in zip(pts.x, pts.x_std.fillna(0))],
-                        main: [f'{100*a:.2f} ± {100*b:.2f}' for a, b in zip(pts.y, pts.y_std.fillna(0))],
-                        'front': pts.front.map({True: 'yes', False: ''})})[['family', 'setting', 'runs', x, main, 'front']]
+    title = f"{name}: {settings['arch']}, {settings['epochs']} epochs, mean ± std over seeds"
+    plot_frontier(pts, title).savefig(folder.path/'frontier.png', dpi=110)
+    pm = lambda m, s: [f'{100*a:.2f} ± {100*b:.2f}' for a, b in zip(m, s.fillna(0))]
+    front, cols = pts.front.map({True: 'yes', False: ''}), ['family', 'setting', 'runs', x, main, 'front']
+    tbl = pts.assign(**{x: pm(pts.x, pts.x_std), main: pm(pts.y, pts.y_std), 'front': front})[cols]
     mp = matched_pairs(pts)
     lines = [f'# Trade-off frontier: {name}', '',
-             f"Test {main} against test {x}, in %, mean ± std over seeds. A setting is on its family's front when no other "
-             "setting of the family beats it on both. The post-hoc family is the instance runs with their test probabilities "
-             "adjusted by τ·log π, with no training.", '', '![frontier](frontier.png)', '', to_markdown(tbl.set_index('family')), '',
+             f"Test {main} against test {x}, in %, mean ± std over seeds. A setting is on its family's front when "
+             "no other setting of the family beats it on both. The post-hoc family is the instance runs with their "
+             "test probabilities adjusted by τ·log π, with no training.", '', '![frontier](frontier.png)', '',
+             to_markdown(tbl.set_index('family')), '',
              '## How the fronts lie', '',
-             "Each row family against each column family, from the front of both together: **dominates** (only the row's "
-             "points are on it), **lies inside** (only the column's), **crosses** (both), **matches** (the same points). From the means: the next table says "
-             "which differences are beyond the noise.", '', to_markdown(front_table(pts)), '']
+             "Each row family against each column family, from the front of both together: **dominates** (only "
+             "the row's points are on it), **lies inside** (only the column's), **crosses** (both), **matches** "
+             "(the same points). From the means: the next table says which differences are beyond the noise.", '',
+             to_markdown(front_table(pts)), '']
     if len(mp): lines += [f'## At matched {x}', '',
-             f"Each setting on a family's front against the resampling setting with the closest {x}: the paired differences "
-             "(same seeds, same test items; 95% interval of seed spread and paired bootstrap, see `fastai_bmx.app.decide.paired`). "
-             f"Where {x} is matched (its interval holds 0), the {main} difference says which family is better there.", '',
+             f"Each setting on a family's front against the resampling setting with the closest {x}: the paired "
+             "differences (same seeds, same test items; 95% interval of seed spread and paired bootstrap, see "
+             f"`fastai_bmx.app.decide.paired`). Where {x} is matched (its interval holds 0), the {main} difference "
+             "says which family is better there.", '',
              to_markdown(mp.set_index('family')), '']
     folder.write('frontier.md', '\n'.join(lines))
     return pts

@@ -1,4 +1,4 @@
-"""Post-hoc report: the sections of `results.md` on what saved predictions become without retraining (calibration before and after temperature scaling, the two-class threshold) and the recommendation
+"""Post-hoc report: the sections of `results.md` on the recommendation, calibration and threshold, with no retraining
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/app/report/posthoc_report.html.md"""
 
@@ -22,7 +22,7 @@ __all__ = ['fill_run_scores', 'calibration_results', 'calibration_table', 'thres
 # %% ../../../nbs/app/report/02_posthoc_report.ipynb #7c6fd9d5
 def fill_run_scores(folder:RunFolder, # an output folder (hold its lock: the file is rewritten)
                    ) -> pd.DataFrame:
-    "The folder's runs with every column of `run_scores` filled from their saved test predictions; `results.csv` rewritten if any was missing"
+    "The folder's runs, every `run_scores` column filled from their test predictions (rewriting `results.csv` if any)"
     res, counts = folder.results(), folder.record.counts
     if not len(res): return res
     cols = list(run_scores(*folder.preds(res.run.iloc[0]), counts))
@@ -36,19 +36,20 @@ def fill_run_scores(folder:RunFolder, # an output folder (hold its lock: the fil
 def calibration_results(folder:RunFolder, # an output folder
                         fits:dict, # `{run: PosthocFit}`, from `fit_folder`
                        ) -> pd.DataFrame:
-    "Per run: the calibration measures of its test probabilities as they are, and after temperature scaling (T fitted on validation)"
+    "Per run: calibration of its test probabilities as they are and after temperature scaling (T fitted on validation)"
     rows, counts = [], folder.record.counts
     for r in folder.results().itertuples():
         if r.run not in fits: continue
         p, t = folder.preds(r.run)
         scaled, _ = posthoc_predictions(p, counts, fits[r.run], 'plain')
         before, after = calibration_scores(p, t), calibration_scores(scaled, t)
-        rows.append(dict(run=r.run, method=r.method, temperature=fits[r.run].temperature, **before, **{f'{k}_T': v for k, v in after.items()}))
+        scaled = {f'{k}_T': v for k, v in after.items()}
+        rows.append(dict(run=r.run, method=r.method, temperature=fits[r.run].temperature, **before, **scaled))
     return pd.DataFrame(rows)
 
 def calibration_table(cal:pd.DataFrame, # from `calibration_results`
                      ) -> pd.DataFrame:
-    "Methods × calibration measures, mean ± std over runs, before → after temperature scaling (ECEs and Brier in %, NLL in nats)"
+    "Methods × calibration measures, mean over runs, before → after scaling by T (ECEs and Brier in %, NLL in nats)"
     g, out = cal.groupby('method', sort=False), {}
     fmt = lambda k, v: f'{v:.3f}' if k == 'nll' else f'{100*v:.2f}'
     for k in CALIBRATION_METRICS:
@@ -66,7 +67,7 @@ def threshold_results(folder:RunFolder, # a two-class output folder
                       fits:dict, # `{run: PosthocFit}`, from `fit_folder`
                       main:str, # the main metric, which the thresholds were tuned for
                      ) -> pd.DataFrame|None:
-    "Per run: the threshold tuned on validation, and the test main metric, balanced accuracy, sensitivity and specificity at 0.5 and at it (None unless two classes)"
+    "Per run (two classes): the tuned threshold; test `main`, balanced accuracy, sensitivity, specificity at 0.5, at it"
     funcs, counts, rows = {m.name: m.func for m in PAPER_METRICS}, folder.record.counts, []
     if len(counts) != 2: return None
     for r in folder.results().itertuples():
@@ -74,8 +75,10 @@ def threshold_results(folder:RunFolder, # a two-class output folder
         if fit is None or fit.threshold is None: continue
         p, t = folder.preds(r.run)
         row = dict(run=r.run, method=r.method, threshold=fit.threshold)
-        for tag, preds in (('0.5', p.argmax(1)), ('tuned', posthoc_predictions(p, counts, fit, 'threshold', calibrated=False)[1])):
-            scores = {main: funcs[main](preds, t), 'balanced_accuracy': funcs['balanced_accuracy'](preds, t), **rare_class_rates(preds, t, fit.positive)}
+        tuned = posthoc_predictions(p, counts, fit, 'threshold', calibrated=False)[1]
+        for tag, preds in (('0.5', p.argmax(1)), ('tuned', tuned)):
+            scores = {main: funcs[main](preds, t), 'balanced_accuracy': funcs['balanced_accuracy'](preds, t),
+                      **rare_class_rates(preds, t, fit.positive)}
             row.update({f'{k} @{tag}': v for k, v in scores.items()})
         rows.append(row)
     return pd.DataFrame(rows) if rows else None
@@ -85,8 +88,8 @@ def threshold_table(thr:pd.DataFrame, # from `threshold_results`
     "Methods × (metric at 0.5 → at the tuned threshold), mean over runs in %, with the mean threshold"
     g = thr.groupby('method', sort=False)
     metrics = [c.rsplit(' @', 1)[0] for c in thr.columns if c.endswith(' @0.5')]
-    df = pd.DataFrame({m: [f'{100*a:.2f} → {100*b:.2f}' for a, b in zip(g[f'{m} @0.5'].mean(), g[f'{m} @tuned'].mean())] for m in metrics},
-                      index=g.size().index)
+    arrow = lambda m: [f'{100*a:.2f} → {100*b:.2f}' for a, b in zip(g[f'{m} @0.5'].mean(), g[f'{m} @tuned'].mean())]
+    df = pd.DataFrame({m: arrow(m) for m in metrics}, index=g.size().index)
     df.insert(0, 'mean threshold', g['threshold'].mean().round(2).values)
     df.insert(0, 'runs', g.size().values)
     df = df.loc[sorted(df.index, key=method_order)]
@@ -98,17 +101,22 @@ def recommended_reliability(folder:RunFolder, # an output folder
                             fits:dict, # `{run: PosthocFit}`
                             r:Recommendation, # from `recommend`
                            ):
-    "Reliability of the recommended setting's test probabilities (all its runs), before and after temperature scaling, and of the reference"
+    "Reliability of the recommended setting's pooled test probabilities, before and after scaling, and of the reference"
     res, counts = folder.results(), folder.record.counts
     def pooled(method, variant, calibrated):
         ps, ts = [], []
         for run in res[res.method == method].run:
             p, t = folder.preds(run)
-            ps.append(posthoc_predictions(p, counts, fits[run], variant, calibrated)[0] if run in fits else p); ts.append(t)
+            ps.append(posthoc_predictions(p, counts, fits[run], variant, calibrated)[0] if run in fits else p)
+            ts.append(t)
         return np.concatenate(ps), np.concatenate(ts)
-    curves = {f'{r.setting}': pooled(r.method, r.variant, False), f'{r.setting}, temperature scaled': pooled(r.method, r.variant, True)}
+    curves = {f'{r.setting}': pooled(r.method, r.variant, False),
+              f'{r.setting}, temperature scaled': pooled(r.method, r.variant, True)}
     if r.reference != r.method: curves[r.reference] = pooled(r.reference, 'plain', False)
-    return plot_reliability(curves, title=f'Reliability of the recommended setting\n(test, {(res.method == r.method).sum()} runs pooled)')  # two lines: one is wider than the figure
+    runs = (res.method == r.method).sum()
+    # the title on two lines: one would be wider than the figure
+    title = f'Reliability of the recommended setting\n(test, {runs} runs pooled)'
+    return plot_reliability(curves, title=title)
 
 # %% ../../../nbs/app/report/02_posthoc_report.ipynb #f6aea034
 def posthoc_sections(folder:RunFolder, # an output folder
@@ -116,25 +124,29 @@ def posthoc_sections(folder:RunFolder, # an output folder
                      fits:dict, # `{run: PosthocFit}`
                      r:Recommendation|None, # the recommendation, or None (no validation predictions saved)
                     ) -> tuple:
-    "`(lines, figures)` of results.md: the recommendation, the calibration table, the threshold table (two classes) and the reliability diagram"
+    "`(lines, figures)` of results.md: the recommendation, calibration, (two classes) threshold and reliability diagram"
     lines, figs = [], {}
     if r is not None:
+        threshold = ', and with a tuned decision threshold' if len(folder.record.counts) == 2 else ''
         lines += ['## Recommendation', '', *recommendation_lines(r), '',
-                  f"Candidates: every method as it trained, with post-hoc logit adjustment{', and with a tuned decision threshold' if len(folder.record.counts) == 2 else ''}; "
-                  f"each scored by its mean validation {r.metric} over runs (a tuned one out of fold: each validation item decided by τ "
-                  "or the threshold tuned on the other nine tenths, so tuning doesn't flatter it). The test set played no part in the choice.", '']
+                  f"Candidates: every method as it trained, with post-hoc logit adjustment{threshold}; "
+                  f"each scored by its mean validation {r.metric} over runs (a tuned one out of fold: "
+                  "each validation item decided by τ or the threshold tuned on the other nine tenths, "
+                  "so tuning doesn't flatter it). The test set played no part in the choice.", '']
         figs['reliability.png'] = recommended_reliability(folder, fits, r)
     cal = calibration_results(folder, fits)
     if len(cal):
         lines += ['## Calibration', '',
-                  "Test calibration of each method's probabilities, before → after temperature scaling (T fitted per run by "
-                  "log-likelihood on its validation predictions; it changes no decision, so every table above stays as it is). "
-                  "ECE: top label, 15 equal-width bins; classwise ECE: mean over classes; ECE, classwise ECE and Brier in %, "
+                  "Test calibration of each method's probabilities, before → after temperature scaling "
+                  "(T fitted per run by log-likelihood on its validation predictions; it changes no decision, "
+                  "so every table above stays as it is). ECE: top label, 15 equal-width bins; "
+                  "classwise ECE: mean over classes; ECE, classwise ECE and Brier in %, "
                   "NLL in nats per image; lower is better.", '', to_markdown(calibration_table(cal)), '']
         if r is not None: lines += ['![reliability of the recommended setting](reliability.png)', '']
     thr = threshold_results(folder, fits, main)
     if thr is not None:
         lines += ['## Decision threshold', '',
-                  f"Two classes: the rare class called when its probability reaches a threshold tuned per run on validation for {main}, "
-                  "instead of 0.5. Test metrics at 0.5 → at the tuned threshold (mean over runs, %):", '', to_markdown(threshold_table(thr)), '']
+                  "Two classes: the rare class called when its probability reaches a threshold tuned per run "
+                  f"on validation for {main}, instead of 0.5. Test metrics at 0.5 → at the tuned threshold "
+                  "(mean over runs, %):", '', to_markdown(threshold_table(thr)), '']
     return lines, figs

@@ -1,4 +1,4 @@
-"""Report: the paper-style table, the plots and `results.md` of a comparison's output folder
+"""Report: the paper-style table and `results.md` of a comparison's output folder, with the figures of `plots` beside it
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/app/report/results.html.md"""
 
@@ -6,27 +6,26 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/app/report/results.html.md"""
 
 # %% ../../../nbs/app/report/04_results.ipynb #d0fa43b6
 from __future__ import annotations
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from ...metrics import PAPER_METRICS, paper_scores
 from ...adjust import posthoc_adjust, tune_tau
-from ...bootstrap import _closed_form
+from ...bootstrap import closed_form_metric
 from ...evaluation import per_class_report, confusion_matrix
-from ..plan.methods import METHODS, get_method, describe_methods, method_order
+from ..plan.methods import get_method, describe_methods, method_order
 from ..run.guard import failures_markdown
 from ..run.store import RunFolder
 from .tables import to_markdown
+from .plots import plot_class_counts, plot_beta_densities, plot_recall, plot_confusion
 from ..decide.paired import paired_differences, paired_interval, verdict, PAIRABLE
-from fastcore.script import call_parse
+from ..decide.posthoc import POSTHOC_TAUS
 from ..decide.recommend import fit_folder, recommend, recommendation_lines
 from .posthoc_report import fill_run_scores, posthoc_sections
 
 # %% auto #0
-__all__ = ['POSTHOC_TAUS', 'fold_summary', 'results_table', 'plot_class_counts', 'plot_beta_densities', 'plot_recall',
-           'plot_confusion', 'posthoc_results', 'pick_reference', 'paired_results', 'paired_markdown',
-           'report_recommendation', 'write_report', 'bmx_report']
+__all__ = ['fold_summary', 'results_table', 'posthoc_results', 'pick_reference', 'paired_results', 'paired_markdown',
+           'report_recommendation', 'write_report']
 
 # %% ../../../nbs/app/report/04_results.ipynb #5ab5dcaf
 def fold_summary(results:pd.DataFrame, # one row per (method, fold), one column per metric
@@ -37,19 +36,21 @@ def fold_summary(results:pd.DataFrame, # one row per (method, fold), one column 
                  fmt:bool=True, # strings 'min ← median → max'; False: numeric min/median/max columns
                 ) -> pd.DataFrame:
     "min, median and max of each metric over the folds, per method, as in the paper's cross-validation tables"
-    if by not in results.columns: raise ValueError(f"results has no column {by!r}: pass `by=` naming the method column.")
+    if by not in results.columns:
+        raise ValueError(f"results has no column {by!r}: pass `by=` naming the method column.")
     if metrics is None: metrics = [c for c in results.select_dtypes('number').columns if c not in (by, 'fold')]
     stats = results.groupby(by, sort=False)[list(metrics)].agg(['min', 'median', 'max']) * scale
     if not fmt: return stats
     f = lambda v: f'{v:.{digits}f}'
-    return pd.DataFrame({m: [f'{f(a)} ← {f(b)} → {f(c)}' for a, b, c in stats[m].values] for m in metrics}, index=stats.index)
+    span = lambda m: [f'{f(a)} ← {f(b)} → {f(c)}' for a, b, c in stats[m].values]
+    return pd.DataFrame({m: span(m) for m in metrics}, index=stats.index)
 
 # %% ../../../nbs/app/report/04_results.ipynb #a30100c4
 def results_table(results:pd.DataFrame, # one row per run: 'method', 'fold' (or NaN) and the metric columns
                   metrics=None, # metric columns, in the order shown; None: those of `PAPER_METRICS`
                   digits:int=2, # decimals shown
                  ) -> pd.DataFrame:
-    "Methods × metrics, in percent: 'mean ± std' (over seeds) or 'min ← median → max' (over folds); best in **bold**"
+    "Methods × metrics in %: 'mean ± std' (over seeds) or 'min ← median → max' (over folds); best in **bold**"
     metrics = [m for m in (metrics or [m.name for m in PAPER_METRICS]) if m in results.columns]
     by_fold = 'fold' in results.columns and results['fold'].notna().any()
     order = list(dict.fromkeys(results['method']))
@@ -58,8 +59,8 @@ def results_table(results:pd.DataFrame, # one row per run: 'method', 'fold' (or 
     if by_fold: cells = fold_summary(results, metrics=metrics, digits=digits).loc[order]
     else:
         mean, std = centre, g.std(ddof=1).loc[order] * 100  # NaN for a single run: no spread to show
-        cells = pd.DataFrame({m: [f'{a:.{digits}f}' + ('' if np.isnan(b) else f' ± {b:.{digits}f}') for a, b in zip(mean[m], std[m])]
-                              for m in metrics}, index=order)
+        pm = lambda a, b: f'{a:.{digits}f}' + ('' if np.isnan(b) else f' ± {b:.{digits}f}')
+        cells = pd.DataFrame({m: [pm(a, b) for a, b in zip(mean[m], std[m])] for m in metrics}, index=order)
     for m in metrics:
         best = centre[m].round(digits) == centre[m].round(digits).max()
         cells.loc[best, m] = '**' + cells.loc[best, m] + '**'
@@ -67,95 +68,31 @@ def results_table(results:pd.DataFrame, # one row per run: 'method', 'fold' (or 
     cells.index.name = 'method'
     return cells
 
-# %% ../../../nbs/app/report/04_results.ipynb #4f703522
-def _figure(w:float, h:float):
-    from matplotlib.figure import Figure
-    return Figure(figsize=(w, h), layout='constrained')
-
-def plot_class_counts(counts, # training items per class
-                      names, # class names
-                      title:str='Training class counts', # the figure's title
-                     ):
-    "Bar chart of the training items per class, with the counts written in (Fig. 1)"
-    counts = np.asarray(counts)
-    fig = _figure(max(4, 0.6 * len(counts) + 2), 3)
-    ax = fig.subplots()
-    ax.bar(range(len(counts)), counts, color='tab:blue')
-    ax.set_xticks(range(len(counts)), [str(n) for n in names], rotation=45 if len(counts) > 6 else 0)
-    ax.set_ylabel('training items')
-    ax.set_title(f'{title} (imbalance ratio {counts.max() / max(counts.min(), 1):.0f})')
-    for i, c in enumerate(counts): ax.annotate(f'{c}', (i, c), ha='center', va='bottom', fontsize=8)
-    return fig
-
-# %% ../../../nbs/app/report/04_results.ipynb #940b4188
-def plot_beta_densities(alphas=None, # α values; None: the default grid of Balanced-MixUp
-                       ):
-    "Densities of λ ~ Beta(α, 1), the weight of the class-balanced batch, with their means α/(1+α) (Fig. 3)"
-    fig = _figure(5, 3)
-    ax = fig.subplots()
-    lam = torch.linspace(1e-3, 1, 500)
-    for a in (alphas or METHODS['bmx'].grid):
-        d = torch.distributions.Beta(torch.tensor(float(a)), torch.tensor(1.))
-        ax.plot(lam, d.log_prob(lam).exp(), label=f'α={a:g}, mean λ={a/(1+a):.3f}')
-    ax.set(xlabel='λ (weight of the class-balanced batch)', ylabel='density', ylim=(0, 5), title='λ ~ Beta(α, 1)')
-    ax.legend()
-    return fig
-
-# %% ../../../nbs/app/report/04_results.ipynb #c27088c0
-def plot_recall(recall:pd.DataFrame, # methods × classes, mean test recall
-               ):
-    "Grouped bars of per-class test recall by method"
-    fig = _figure(max(6, 0.25 * recall.size + 2), 3.5)
-    ax = fig.subplots()
-    w = 0.8 / len(recall)
-    for i, (m, r) in enumerate(recall.iterrows()):
-        ax.bar(np.arange(recall.shape[1]) + (i - (len(recall) - 1) / 2) * w, r.values, w, label=m)
-    ax.set_xticks(range(recall.shape[1]), [str(c) for c in recall.columns])
-    ax.set(ylabel='test recall', ylim=(0, 1), title='Per-class test recall (mean over runs)')
-    ax.legend(ncol=min(4, len(recall)), fontsize=8)
-    return fig
-
-# %% ../../../nbs/app/report/04_results.ipynb #28bcb90c
-def plot_confusion(cm:np.ndarray, # confusion matrix, rows true, columns predicted
-                   names, # class names
-                   title:str='Confusion matrix', # the figure's title
-                  ):
-    "Row-normalised confusion matrix with the counts written in"
-    cm = np.asarray(cm)
-    fig = _figure(0.6 * len(names) + 2.5, 0.6 * len(names) + 2)
-    ax = fig.subplots()
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    ax.imshow(norm, cmap='Blues', vmin=0, vmax=1)
-    for i in range(len(cm)):
-        for j in range(len(cm)): ax.text(j, i, cm[i, j], ha='center', va='center', fontsize=8, color='white' if norm[i, j] > .5 else 'black')
-    ax.set_xticks(range(len(names)), names); ax.set_yticks(range(len(names)), names)
-    ax.set(xlabel='predicted', ylabel='true', title=title)
-    return fig
-
 # %% ../../../nbs/app/report/04_results.ipynb #7e635100
 def _recall(folder:RunFolder, runs:pd.DataFrame, names:list) -> pd.DataFrame:
     "Methods × classes: test recall, averaged over each method's runs"
-    rec = {m: np.nanmean([per_class_report(*folder.preds(r), vocab=names, zero_division=np.nan)['recall'].values.astype(float)
-                          for r in grp['run']], 0) for m, grp in runs.groupby('method', sort=False)}
+    def recall(run):
+        report = per_class_report(*folder.preds(run), vocab=names, zero_division=np.nan)
+        return report['recall'].values.astype(float)
+    rec = {m: np.nanmean([recall(r) for r in grp['run']], 0) for m, grp in runs.groupby('method', sort=False)}
     return pd.DataFrame(rec, index=names).T
 
 # %% ../../../nbs/app/report/04_results.ipynb #3c3445ed
-POSTHOC_TAUS = (0., 0.25, 0.5, 0.75, 1., 1.5, 2.) # the τ values `write_report` tries for post-hoc logit adjustment
-
 def posthoc_results(folder:RunFolder, # an output folder
                     main:str, # the metric τ is tuned for, on each run's validation predictions
                     taus=POSTHOC_TAUS, # the τ values tried
-                    fits:dict|None=None, # `{run: PosthocFit}` fitted for `main` with `taus` (`report_recommendation`): their τ, not tuned again
+                    fits:dict|None=None, # `{run: PosthocFit}` for `main` and `taus`: their τ, not tuned again
                    ) -> pd.DataFrame|None:
-    "Every run's test scores after post-hoc logit adjustment, τ tuned per run on its validation predictions (None if none were saved)"
-    counts, func, rows = folder.record.counts, _closed_form(main), []
+    "Every run's test scores after post-hoc logit adjustment with τ tuned on its validation predictions; None if none"
+    counts, func, rows = folder.record.counts, closed_form_metric(main), []
     if min(counts) == 0: return None  # a class without training items has no log prior
     for r in folder.results().itertuples():
         valid = folder.preds(r.run, 'valid')
         if valid is None: continue  # recorded before validation predictions were saved
         tau = fits[r.run].tau if fits and r.run in fits else tune_tau(*valid, counts, func, taus)[0]
         probs, targs = folder.preds(r.run)
-        rows.append(dict(run=r.run, method=r.method, fold=r.fold, tau=tau, **paper_scores(posthoc_adjust(probs, counts, tau), targs)))
+        scores = paper_scores(posthoc_adjust(probs, counts, tau), targs)
+        rows.append(dict(run=r.run, method=r.method, fold=r.fold, tau=tau, **scores))
     return pd.DataFrame(rows) if rows else None
 
 # %% ../../../nbs/app/report/04_results.ipynb #c8cc673a
@@ -165,7 +102,8 @@ def pick_reference(methods:list, # run names of the methods in a folder
     "The run name every method is compared with, or a clear error if it isn't among `methods`"
     if reference is None: return 'instance' if 'instance' in methods else methods[0]
     ref = get_method(reference).run_name
-    if ref not in methods: raise ValueError(f"reference {reference!r} is not among the methods compared ({', '.join(methods)}): name one of them.")
+    if ref not in methods: raise ValueError(f"reference {reference!r} is not among the methods compared "
+                                            f"({', '.join(methods)}): name one of them.")
     return ref
 
 # %% ../../../nbs/app/report/04_results.ipynb #25ca1e49
@@ -174,16 +112,18 @@ def paired_results(folder:RunFolder, # an output folder
                    reference:str|None=None, # the method compared with; None: 'instance' if it ran, else the first
                    n:int=1000, # paired bootstrap resamples of the test items
                   ) -> pd.DataFrame:
-    "Each method against `reference`, paired by seed and fold: mean difference, 95% interval and verdict on `main` and balanced accuracy"
+    "Each method against `reference` paired by seed and fold: Δ, 95% interval, verdict on `main` and balanced accuracy"
     res = folder.results()
     methods = sorted(res['method'].unique(), key=method_order)
-    ref, rows = pick_reference(methods, reference),[]
-    runs = {m: {(r.seed, -1 if pd.isna(r.fold) else r.fold): r.run for r in g.itertuples()} for m, g in res.groupby('method')}
+    ref, rows = pick_reference(methods, reference), []
+    key = lambda r: (r.seed, -1 if pd.isna(r.fold) else r.fold)
+    runs = {m: {key(r): r.run for r in g.itertuples()} for m, g in res.groupby('method')}
     for m in methods:
         keys = sorted(set(runs[m]) & set(runs[ref]))
         if m == ref or not keys: continue
         a, r = [[folder.preds(runs[x][k]) for k in keys] for x in (m, ref)]
-        if any(not np.array_equal(p[1], a[0][1]) for p in a + r): raise ValueError(f"{m} and {ref}: the runs were tested on different items.")
+        if any(not np.array_equal(p[1], a[0][1]) for p in a + r):
+            raise ValueError(f"{m} and {ref}: the runs were tested on different items.")
         row = dict(method=m, reference=ref, pairs=len(keys))
         for metric in dict.fromkeys(x for x in (main, 'balanced_accuracy') if x in PAIRABLE):
             ci = paired_interval(*paired_differences([p for p, _ in a], [p for p, _ in r], a[0][1], metric, n=n))
@@ -207,21 +147,24 @@ def _paired_section(folder:RunFolder, main:str, reference:str|None) -> list:
     pr = paired_results(folder, main, reference)
     if not len(pr): return []
     return [f"## Paired against {pr['reference'].iloc[0]}", '',
-            f"Test metric of each method minus that of {pr['reference'].iloc[0]}, in points, on the same seeds (and folds) and the same "
-            "test items. The 95% interval counts the seed-to-seed spread and a paired stratified bootstrap of the test items "
-            "(1000 resamples), with Student's t (see `fastai_bmx.app.decide.paired`). Verdict: better or worse when the interval excludes 0.", '',
+            f"Test metric of each method minus that of {pr['reference'].iloc[0]}, in points, on the same seeds "
+            "(and folds) and the same test items. The 95% interval counts the seed-to-seed spread and a paired "
+            "stratified bootstrap of the test items (1000 resamples), with Student's t "
+            "(see `fastai_bmx.app.decide.paired`). Verdict: better or worse when the interval excludes 0.", '',
             paired_markdown(pr), '']
 
 def _schedule(settings:dict) -> str:
     "How the runs trained, in words: from scratch with one-cycle, or fine-tuned from pretrained weights in two stages"
-    if not settings.get('pretrained'): return f"{settings['epochs']} epochs of one-cycle, lr {settings['lr']}, pretrained False"
-    return (f"fine-tuned from the weights of {settings.get('weights', 'timm')} as fastai's fine_tune: {settings.get('freeze_epochs', 1)} "
-            f"epoch(s) of the new head, body frozen, then {settings['epochs']} of every layer at discriminative rates, base lr {settings['lr']}")
+    epochs, lr = settings['epochs'], settings['lr']
+    if not settings.get('pretrained'): return f"{epochs} epochs of one-cycle, lr {lr}, pretrained False"
+    return (f"fine-tuned from the weights of {settings.get('weights', 'timm')} as fastai's fine_tune: "
+            f"{settings.get('freeze_epochs', 1)} epoch(s) of the new head, body frozen, then {epochs} of every layer "
+            f"at discriminative rates, base lr {lr}")
 
 # %% ../../../nbs/app/report/04_results.ipynb #95e712cb
 @contextmanager
 def _one_thread():
-    "torch on one thread: the report's tensors are small (N × C), and threads only slow them down, the more on a busy machine"
+    "torch on one thread: the report's tensors are small (N × C); threads slow them down, the more on a busy machine"
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try: yield
@@ -230,47 +173,50 @@ def _one_thread():
 @_one_thread()
 def report_recommendation(folder:RunFolder, # an output folder
                           main:str, # the main metric
-                          reference:str|None=None, # the method paired against; None: 'instance' if it ran, else the first
+                          reference:str|None=None, # paired against; None: 'instance' if it ran, else the first method
                           select:str|None=None, # the metric to choose on; None: `main`
                           rule:str='best', # how the choice may leave the reference, one of `RULES` (`recommend`)
                          ) -> tuple:
-    "`(recommendation, fits)`: the setting chosen on validation (None if no run saved validation predictions), and the runs' post-hoc fits"
+    "`(recommendation, fits)`: the setting chosen on validation (None without validation predictions), and the fits"
     fits = fit_folder(folder, metric := select or main)
     if not fits: return None, fits
-    return recommend(folder, metric, pick_reference(sorted(folder.results()['method'].unique(), key=method_order), reference), fits, rule), fits
+    methods = sorted(folder.results()['method'].unique(), key=method_order)
+    return recommend(folder, metric, pick_reference(methods, reference), fits, rule), fits
 
 # %% ../../../nbs/app/report/04_results.ipynb #f7e496a0
 @_one_thread()
 def write_report(out:str|Path, # a `compare` output folder
-                 reference:str|None=None, # the method of the paired comparison; None: 'instance' if it ran, else the first
+                 reference:str|None=None, # the paired comparison's method; None: 'instance' if it ran, else the first
                  select:str|None=None, # the metric the recommendation is chosen on (validation); None: the main one
                  rule:str='best', # how the recommendation may leave the reference, one of `RULES` (`recommend`)
                 ) -> pd.DataFrame:
-    "Write `results.md` and the plots from the folder's recorded runs (filling their missing scores first); return the table"
+    "Write `results.md` and the plots from the folder's recorded runs (filling missing scores first); return the table"
     folder = RunFolder(out, keep_preds=True)  # each run's predictions read once, for every table
     res, settings, rec = fill_run_scores(folder), folder.read_json('settings.json'), folder.record
-    res = res.iloc[sorted(range(len(res)), key=lambda i: method_order(res['method'].iloc[i]))]  # one order, however runs finished
+    res = res.iloc[sorted(range(len(res)), key=lambda i: method_order(res['method'].iloc[i]))]  # however runs finished
     main, names = settings['monitor'], list(rec.classes)
     tbl = results_table(res, [main] + [m for m in rec.metrics if m != main] + ['auroc'])
     recall, best = _recall(folder, res, names), res.loc[res[main].idxmax()]
     cm = confusion_matrix(*folder.preds(best['run']), n_classes=len(names))
     methods = list(dict.fromkeys(res['method']))
     alphas = [m.value for m in map(get_method, methods) if m.knob == 'alpha']
+    best_title = f"Best run: {best['run']} (test {main} {100*best[main]:.1f})"
     figs = {'class_counts.png': plot_class_counts(rec.counts, names),
             'beta_densities.png': plot_beta_densities(alphas or None),
             'per_class_recall.png': plot_recall(recall),
-            'confusion_matrix.png': plot_confusion(cm, names, f"Best run: {best['run']} (test {main} {100*best[main]:.1f})")}
+            'confusion_matrix.png': plot_confusion(cm, names, best_title)}
     recommendation, fits = report_recommendation(folder, main, reference, select, rule)
     ph_lines, ph_figs = posthoc_sections(folder, main, fits, recommendation)
     for fn, fig in {**figs, **ph_figs}.items(): fig.savefig(folder.path/fn, dpi=110)
-    by_fold = res['fold'].notna().any()
+    flip = 'with' if rec.flip else 'without'
+    spread = 'min ← median → max over folds' if res['fold'].notna().any() else 'mean ± std over seeds'
+    runs_on = (f"{settings['folds']} folds (split seed {settings.get('split_seed', 0)})." if settings['folds'] else
+               'seeds ' + ', '.join(map(str, sorted(res.seed.unique()))) + '.')
     lines = [f"# bmx-compare: {Path(settings['data']).name}", '',
-             f"Test metrics (%) of the checkpoint with the best validation {main}, {'with' if rec.flip else 'without'} flip TTA; "
-             f"{'min ← median → max over folds' if by_fold else 'mean ± std over seeds'}. Best in bold.", '',
-             to_markdown(tbl), '',
-             f"Settings: arch {settings['arch']}, {_schedule(settings)}, bs {settings['bs']}, size {settings['size'] or 'native'}, "
-             + (f"{settings['folds']} folds (split seed {settings.get('split_seed', 0)})." if settings['folds'] else
-                'seeds ' + ', '.join(map(str, sorted(res.seed.unique()))) + '.'),
+             f"Test metrics (%) of the checkpoint with the best validation {main}, {flip} flip TTA; {spread}. "
+             "Best in bold.", '', to_markdown(tbl), '',
+             f"Settings: arch {settings['arch']}, {_schedule(settings)}, bs {settings['bs']}, "
+             f"size {settings['size'] or 'native'}, {runs_on}",
              f"Training class counts: {dict(zip(names, rec.counts))}.",
              f"Wall time of the training: {res.train_s.sum()/60:.1f} min in all.", '',
              *_paired_section(folder, main, reference),
@@ -280,20 +226,17 @@ def write_report(out:str|Path, # a `compare` output folder
              '## Per-class test recall (mean over runs)', '', to_markdown((recall * 100).round(1)), '',
              '![class counts](class_counts.png) ![beta densities](beta_densities.png)', '',
              '![per-class recall](per_class_recall.png) ![confusion matrix](confusion_matrix.png)', '']
-    ph = posthoc_results(folder, main, fits=fits if (select or main) == main else None)  # their τ: tuned once, for main
+    ph = posthoc_results(folder, main, fits=fits if (select or main) == main else None)  # τ tuned once, for main
     if ph is not None:
         ph = ph.iloc[sorted(range(len(ph)), key=lambda i: method_order(ph['method'].iloc[i]))]
         ph_tbl = results_table(ph, [main] + [m for m in rec.metrics if m != main])
         ph_tbl.insert(1, 'mean τ', ph.groupby('method', sort=False)['tau'].mean().loc[ph_tbl.index].round(2).values)
         lines[lines.index('## Methods'):lines.index('## Methods')] = [
             '## Post-hoc logit adjustment', '',
-            f"The same runs, no retraining: each run's test probabilities adjusted for the training prior, softmax(log p − τ·log π), "
-            f"with τ in {list(POSTHOC_TAUS)} tuned per run for validation {main} (`tune_tau`). τ = 0 leaves a run as it was.", '',
+            "The same runs, no retraining: each run's test probabilities adjusted for the training prior, "
+            f"softmax(log p − τ·log π), with τ in {list(POSTHOC_TAUS)} tuned per run for validation {main} "
+            "(`tune_tau`). τ = 0 leaves a run as it was.", '',
             to_markdown(ph_tbl), '']
     folder.write('results.md', '\n'.join(lines))
     tbl.attrs['recommendation'] = recommendation  # so that `bmx-report` needn't choose it again
     return tbl
-
-# %% ../../../nbs/app/report/04_results.ipynb #5d7f0c68
-from ..cli import bmx_report  # the console script: it reads its arguments before the report's code, and torch, load
-_all_ = ['bmx_report']

@@ -16,4 +16,5 @@ def to_markdown(df:pd.DataFrame) -> str:
     "A DataFrame as a GitHub markdown table, index first (no `tabulate` needed)"
     cols = [df.index.name or ''] + [str(c) for c in df.columns]
     rows = [[str(i)] + [str(v) for v in r] for i, r in zip(df.index, df.values)]
-    return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)] + ['| ' + ' | '.join(r) + ' |' for r in rows])
+    line = lambda cells: '| ' + ' | '.join(cells) + ' |'
+    return '\n'.join([line(cols), '|' + '---|' * len(cols)] + [line(r) for r in rows])

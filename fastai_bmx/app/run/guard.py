@@ -1,4 +1,4 @@
-"""Guard: a run that diverges or fails is stopped, recorded as such and left out, so one bad run neither spoils a comparison nor ends it
+"""Guard: a run that diverges or fails is stopped, recorded and left out, so one bad run can't spoil or end a comparison
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/app/run/guard.html.md"""
 
@@ -22,21 +22,23 @@ def loss_diverged(loss:float, # a training batch's loss
                   start:float, # the run's first training loss
                   factor:float=DIVERGENCE_FACTOR, # how many times `max(start, 1)` the loss may reach
                  ) -> bool:
-    "Whether a training loss says its run has diverged: it isn't finite, or it passed `factor` times its start (at least 1)"
+    "Whether a training loss says its run diverged: it isn't finite, or it passed `factor` times its start (at least 1)"
     return not math.isfinite(loss) or loss > factor * max(start, 1.)
 
 # %% ../../../nbs/app/run/00_guard.ipynb #880016dd
 class DivergenceGuard(Callback):
-    "Stop the fit once the training loss isn't finite or passes `factor` times its start; `diverged` is then `(epoch, loss)`"
+    "Stop training once its loss isn't finite or passes `factor` times its start; `diverged` is then `(epoch, loss)`"
     order = -5 # before the callbacks that save checkpoints, so a diverged batch saves nothing
-    def __init__(self, factor:float=DIVERGENCE_FACTOR): # how many times its start (at least 1) the training loss may reach
+    def __init__(self, factor:float=DIVERGENCE_FACTOR): # how many times its start (at least 1) the loss may reach
         if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 1):
-            raise ValueError(f"factor={factor!r}: give a number > 1, the multiple of its first value that the training loss may reach.")
+            raise ValueError(f"factor={factor!r}: give a number > 1, "
+                             "the multiple of its first value that the training loss may reach.")
         self.factor,self.start,self.epochs_begun,self.diverged = float(factor),None,0,None
 
     def before_fit(self):
         if self.diverged is not None: raise CancelFitException()  # a diverged run stays stopped, in a later stage too
-    def before_epoch(self): self.epochs_begun += 1 # counted over every fit, so the epoch of a two-stage fine-tune is its place in the whole
+    # counted over every fit, so the epoch of a two-stage fine-tune is its place in the whole
+    def before_epoch(self): self.epochs_begun += 1
 
     def after_loss(self):
         if not self.training: return
@@ -72,7 +74,8 @@ class RunFailure:
         "The record of the run that raised `e`: a `RunDiverged` makes a diverged run, anything else a failed one"
         msg = ' '.join(str(e).split())[:500] or type(e).__name__
         trace = ''.join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])[-3000:]
-        return cls(run, method, int(seed), None if fold is None else int(fold), 'diverged' if isinstance(e, RunDiverged) else 'failed',
+        status = 'diverged' if isinstance(e, RunDiverged) else 'failed'
+        return cls(run, method, int(seed), None if fold is None else int(fold), status,
                    type(e).__name__, msg, getattr(e, 'epoch', None), trace)
 
     def line(self, lr:float|None=None) -> str:
@@ -90,11 +93,14 @@ def failures_markdown(failures:list, # `RunFailure`s
                      ) -> list:
     "The lines of results.md that list the runs without a result (none if every run gave one)"
     if not failures: return []
-    rows = '\n'.join(f"| {f.run} | {f.status} | {'' if f.epoch is None else f.epoch} | {f.error}: {f.message.replace('|', '/')} |" for f in failures)
+    rows = '\n'.join(f"| {f.run} | {f.status} | {'' if f.epoch is None else f.epoch} | "
+                     f"{f.error}: {f.message.replace('|', '/')} |" for f in failures)
+    fix = (f" A diverged run usually needs a lower learning rate (e.g. --lr {lr/10:g})."
+           if lr and any(f.status == 'diverged' for f in failures) else '')
     return ['## Runs without a result', '',
-            f"{len(failures)} run(s) diverged or failed. They are left out of every table, the paired comparison, the frontier "
-            "and the recommendation; running the same command again retries them (--no-retry skips them)."
-            + (f" A diverged run usually needs a lower learning rate (e.g. --lr {lr/10:g})." if lr and any(f.status == 'diverged' for f in failures) else ''), '',
+            f"{len(failures)} run(s) diverged or failed. They are left out of every table, the paired comparison, "
+            "the frontier and the recommendation; running the same command again retries them "
+            "(--no-retry skips them)." + fix, '',
             '| run | status | epoch | error |', '|---|---|---|---|', rows, '']
 
 # %% ../../../nbs/app/run/00_guard.ipynb #3f6deac9

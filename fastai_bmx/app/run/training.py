@@ -7,6 +7,7 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/app/run/training.html.md"""
 # %% ../../../nbs/app/run/01_training.ipynb #2db3d33f
 from __future__ import annotations
 import time
+from dataclasses import dataclass, fields
 from contextlib import nullcontext
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -26,17 +27,17 @@ from ...weights import Weights, normalize_with, pretrained_learner
 from .guard import DivergenceGuard, RunDiverged, DIVERGENCE_FACTOR
 
 # %% auto #0
-__all__ = ['PAPER_RECIPE', 'get_arch', 'check_monitor', 'train_eval', 'fit_paper_recipe']
+__all__ = ['PAPER_RECIPE', 'get_arch', 'check_monitor', 'TrainSettings', 'run_learner', 'train_eval', 'fit_paper_recipe']
 
 # %% ../../../nbs/app/run/01_training.ipynb #02ff2ca0
 def get_arch(name:str):
-    "A timm model name as a string (fastai builds it with timm), or a fastai/torchvision architecture such as 'xresnet18'"
+    "A timm model name as a string (fastai builds it with timm), or a fastai/torchvision architecture, e.g. 'xresnet18'"
     import timm, fastai.vision.models as fvm
     if name in timm.list_models(): return name
     for home in (fvm, fvm.xresnet):
         if callable(getattr(home, name, None)): return getattr(home, name)
-    raise ValueError(f"Unknown architecture {name!r}: use a timm model name (e.g. resnet18, resnet10t, efficientnet_b0) "
-                     "or a fastai one (e.g. xresnet18).")
+    raise ValueError(f"Unknown architecture {name!r}: use a timm model name "
+                     "(e.g. resnet18, resnet10t, efficientnet_b0) or a fastai one (e.g. xresnet18).")
 
 # %% ../../../nbs/app/run/01_training.ipynb #4782ad4a
 def check_monitor(monitor:str) -> str:
@@ -45,9 +46,35 @@ def check_monitor(monitor:str) -> str:
     if monitor not in names: raise ValueError(f"monitor={monitor!r}: use one of {names}.")
     return monitor
 
+# %% ../../../nbs/app/run/01_training.ipynb #8fda6358
+@dataclass(frozen=True)
+class TrainSettings:
+    "How every run of a comparison trains: the arguments of `train_eval` that a plan fixes once"
+    arch:str='resnet18' # timm or fastai architecture name
+    epochs:int=10 # epochs from scratch; with `weights`, epochs of every layer after the frozen ones
+    lr:float=2e-3 # maximum learning rate from scratch; with `weights`, `fine_tune`'s base learning rate
+    monitor:str|None=None # validation metric that picks the best epoch; None: the run record's main metric
+    weights:Weights|None=None # pretrained weights to fine-tune; None: from scratch
+    freeze_epochs:int=1 # with `weights`: epochs of the new head alone, body frozen, first
+    keep_model:bool=False # keep the tested weights in the run's checkpoint file
+    show_bar:bool=True # fastai's per-epoch progress bars
+    precision:str='fp32' # 'fp32', or mixed precision: 'bf16' or 'fp16'
+    channels_last:bool|None=None # channels-last memory; None: where it pays
+
+    def kwargs(self) -> dict:
+        "The settings as keyword arguments of `train_eval`"
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
 # %% ../../../nbs/app/run/01_training.ipynb #d297966a
-def _learner(dls, rec, m, arch:str, weights:Weights|None, cbs:list, path) -> Learner:
-    "The run's `vision_learner`: from scratch, or with `weights` (every loader normalised once with their statistics, body frozen)"
+def run_learner(dls, # the run's `DataLoaders`
+                rec, # its `RunRecord`
+                m, # its `Method`
+                arch:str, # timm or fastai architecture name
+                weights:Weights|None, # pretrained weights, or None: from scratch
+                cbs:list, # the run's callbacks
+                path, # the checkpoints go to `path/models`
+               ) -> Learner:
+    "The run's `vision_learner`: from scratch, or with `weights` (loaders normalised once to their stats, body frozen)"
     from fastai.vision.learner import vision_learner
     kw = dict(loss_func=m.loss_func(rec), metrics=[pm.learn_metric() for pm in paper_metrics(monitored=True)], cbs=cbs,
               path=path, model_dir='models')
@@ -55,29 +82,32 @@ def _learner(dls, rec, m, arch:str, weights:Weights|None, cbs:list, path) -> Lea
     normalize_with(dls, weights.mean, weights.std)  # the test loader too, before the method copies the training one
     return pretrained_learner(m.train_dls(dls, rec), weights.arch, weights=weights, **kw)
 
+# %% ../../../nbs/app/run/01_training.ipynb #ec82a16a
 def train_eval(dls, # the run's `DataLoaders` (train, valid, test), from `load_source`
                rec, # the run's `RunRecord`
                method:str, # a run name, from `expand_methods`
                arch:str='resnet18', # timm or fastai architecture name
-               epochs:int=10, # epochs of `fit_one_cycle` from scratch; with `weights`, epochs of every layer after the frozen ones
+               epochs:int=10, # `fit_one_cycle` epochs from scratch; with `weights`, of all layers after the frozen ones
                lr:float=2e-3, # maximum learning rate from scratch; with `weights`, `fine_tune`'s base learning rate
                monitor:str|None=None, # validation metric that picks the best epoch; None: `rec.monitor`
-               weights:Weights|None=None, # pretrained weights (`find_weights`) to fine-tune as fastai's `fine_tune`; None: from scratch
+               weights:Weights|None=None, # pretrained weights (`find_weights`) to `fine_tune`; None: from scratch
                freeze_epochs:int=1, # with `weights`: epochs of the new head alone, body frozen, first
                path:str|Path='.', # the checkpoint goes to `path/models/fname.pth`
                fname:str='model', # checkpoint name
                keep_model:bool=False, # keep the tested weights in the checkpoint file, after the method's last step
                show_bar:bool=True, # fastai's per-epoch progress bars
-               precision:str='fp32', # 'fp32', or mixed precision: 'bf16' (CPU or GPU) or 'fp16' (GPU), see `precision_cbs`
-               channels_last:bool|None=None, # train in channels-last memory; None: where it pays (`wants_channels_last`)
-               diverge:float|None=DIVERGENCE_FACTOR, # stop and raise `RunDiverged` once the training loss isn't finite or passes this many times its start; None: never
+               precision:str='fp32', # 'fp32', or mixed: 'bf16' (CPU or GPU) or 'fp16' (GPU), see `precision_cbs`
+               channels_last:bool|None=None, # channels-last memory; None: where it pays (`wants_channels_last`)
+               diverge:float|None=DIVERGENCE_FACTOR, # `DivergenceGuard` factor: stop, raise `RunDiverged`; None: never
               ) -> tuple:
-    "Train `method` once, from scratch or fine-tuned, reload its best epoch on `monitor`, and return `(row, preds)`: test and validation predictions of that checkpoint"
+    "Train `method` once, reload its best epoch on `monitor`, return `(row, preds)`: scores, test and valid predictions"
     monitor = check_monitor(monitor or rec.monitor)
     m = get_method(method)
     guard = [DivergenceGuard(diverge)] if diverge is not None else []
-    learn = _learner(dls, rec, m, arch, weights, m.cbs(rec) + precision_cbs(precision, channels_last=False) + guard, path)
-    if wants_channels_last(learn.model, precision) if channels_last is None else channels_last: learn.add_cb(ChannelsLast())
+    cbs = m.cbs(rec) + precision_cbs(precision, channels_last=False) + guard
+    learn = run_learner(dls, rec, m, arch, weights, cbs, path)
+    if channels_last is None: channels_last = wants_channels_last(learn.model, precision)
+    if channels_last: learn.add_cb(ChannelsLast())
     save = dict(monitor=monitor, comp=np.greater, fname=fname, with_opt=False)
     t0 = time.time()
     try:
@@ -85,18 +115,23 @@ def train_eval(dls, # the run's `DataLoaders` (train, valid, test), from `load_s
             if weights is None:
                 learn.fit_one_cycle(epochs, lr, cbs=SaveModelCallback(**save))
                 vals = pd.DataFrame(learn.recorder.values, columns=learn.recorder.metric_names[1:-1])
-            else: vals = fine_tune_stages(learn, epochs, lr, freeze_epochs, cbs=SaveBestOfStages(**save))  # best of both stages
+            else:  # the best of both stages
+                vals = fine_tune_stages(learn, epochs, lr, freeze_epochs, cbs=SaveBestOfStages(**save))
             if guard and guard[0].diverged: raise RunDiverged(*guard[0].diverged)
             best = int(vals[monitor].values.argmax())
             m.after_fit(learn, rec, monitor, len(vals))
     except Exception as e:
         (Path(path)/'models'/f'{fname}.pth').unlink(missing_ok=True)  # no half-trained checkpoint is left behind
-        if guard and guard[0].diverged and not isinstance(e, RunDiverged): raise RunDiverged(*guard[0].diverged) from None  # the checkpoint callback can't load what a diverged run never saved
+        if guard and guard[0].diverged and not isinstance(e, RunDiverged):
+            raise RunDiverged(*guard[0].diverged) from None  # a diverged run saved no checkpoint to load
         raise
     train_s = time.time() - t0
     predict = (lambda dl: flip_tta(learn, dl=dl)) if rec.flip else (lambda dl: learn.get_preds(dl=dl))
-    with learn.no_bar(): (probs, targs), (valid_probs, valid_targs) = predict(dls.test), predict(dls.valid.new(shuffle=False, drop_last=False))
-    if keep_model: learn.save(fname)  # the weights tested: after the method's last step (cRT re-trains the head after the best epoch)
+    with learn.no_bar():
+        probs, targs = predict(dls.test)
+        valid_probs, valid_targs = predict(dls.valid.new(shuffle=False, drop_last=False))
+    # keep the weights tested: after the method's last step (cRT re-trains the head after the best epoch)
+    if keep_model: learn.save(fname)
     else: (Path(path)/'models'/f'{fname}.pth').unlink(missing_ok=True)
     row = dict(method=m.run_name, best_epoch=best + 1, **{f'valid_{monitor}': float(vals[monitor].iloc[best])},
                **run_scores(probs, targs, rec.counts), train_s=round(train_s, 1))
@@ -110,15 +145,16 @@ def fit_paper_recipe(learn:Learner, # a `Learner`, ideally created with `opt_fun
                      n_cycles:int=2, # number of cosine-annealing cycles (restarts between them)
                      cycle_len:int=1, # epochs in the first cycle
                      lr:float=0.01, # maximum learning rate of each cycle
-                     cycle_mult:int=1, # each cycle is `cycle_mult` times longer than the previous one (fastai's `fit_sgdr` uses 2)
-                     monitor:str='valid_loss', # recorder column that picks the best epoch, e.g. the name of a kappa or MCC metric
+                     cycle_mult:int=1, # each cycle is `cycle_mult` times as long as the one before (`fit_sgdr` uses 2)
+                     monitor:str='valid_loss', # recorder column that picks the best epoch, e.g. a kappa or MCC metric
                      comp=None, # np.greater or np.less; None: inferred from `monitor` (loss: lower is better)
                      fname:str='best_model', # checkpoint name under `learn.path/learn.model_dir`
                      cbs=None, # extra callbacks for this fit
                     ) -> Learner:
     "Train with cosine annealing and warm restarts, keeping (and finally reloading) the epoch with the best `monitor`"
     if n_cycles < 1 or cycle_len < 1 or cycle_mult < 1:
-        raise ValueError(f"n_cycles={n_cycles}, cycle_len={cycle_len}, cycle_mult={cycle_mult}: all must be integers >= 1.")
+        raise ValueError(f"n_cycles={n_cycles}, cycle_len={cycle_len}, cycle_mult={cycle_mult}: "
+                         "all must be integers >= 1.")
     save = SaveModelCallback(monitor=monitor, comp=comp, fname=fname)
     if cycle_mult > 1: learn.fit_sgdr(n_cycles, cycle_len, lr_max=lr, cycle_mult=cycle_mult, cbs=L(save) + L(cbs))
     else:
