@@ -26,7 +26,7 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.progress import *  # no_bar
 from fastai.callback.schedule import *  # fit_one_cycle
 from fastai.torch_core import set_seed
-from fastai_bmx.data import bmx_data
+from fastai_bmx.medmnist import bmx_data
 from fastai_bmx.files import csv_dls
 from fastai_bmx.weights import find_weights, pretrained_learner
 

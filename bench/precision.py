@@ -17,7 +17,7 @@ from fastai.torch_core import set_seed
 from fastai_bmx.app.plan.sources import load_source
 from fastai_bmx.app.run.training import train_eval
 from fastai_bmx.app.decide.paired import paired_differences, paired_interval, verdict
-from fastai_bmx.data import bmx_data
+from fastai_bmx.medmnist import bmx_data
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument('--data', default='retinamnist.npz', help="a MedMNIST .npz: a path, or a name under $BMX_DATA / shared/data")

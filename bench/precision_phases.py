@@ -19,7 +19,7 @@ from fastai_bmx.app.plan.sources import load_source
 from fastai_bmx.metrics import paper_metrics
 from fastai_bmx.precision import precision_cbs
 from fastai_bmx.app.run.training import get_arch
-from fastai_bmx.data import bmx_data
+from fastai_bmx.medmnist import bmx_data
 
 class PhaseTimer(Callback):
     "Seconds spent in each phase of the training batches, and in validation"

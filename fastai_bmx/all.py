@@ -1,4 +1,6 @@
-"Everything in the fastai_bmx library, the way `fastai.vision.all` gathers fastai: `from fastai_bmx.all import *` (the `bmx-compare` application lives in `fastai_bmx.app`)"
+"""Everything in the fastai_bmx library, the way `fastai.vision.all` gathers fastai: `from fastai_bmx.all import *`
+
+The `bmx-compare` application lives in `fastai_bmx.app`."""
 from .sampling import *
 from .schedule import *
 from .mixup import *
@@ -9,6 +11,7 @@ from .metrics import *
 from .evaluation import *
 from .bootstrap import *
 from .data import *
+from .medmnist import *
 from .files import *
 from .splits import *
 from .weights import *

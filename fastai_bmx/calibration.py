@@ -1,4 +1,4 @@
-"""Calibration: how far predicted probabilities are from the frequencies they claim (ECE, classwise ECE, NLL, Brier), and temperature scaling, which mends them without changing a single decision
+"""Calibration: ECE, classwise ECE, NLL, Brier; temperature scaling mends the probabilities without changing a decision
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/calibration.html.md"""
 

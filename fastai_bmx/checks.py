@@ -1,4 +1,4 @@
-"""Checks: the hyperparameter checks of the library in pure Python, in a module that loads no torch, so that a command line refuses bad input at once
+"""Checks: the library's hyperparameter checks in pure Python, no torch, so a command line refuses bad input at once
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/checks.html.md"""
 

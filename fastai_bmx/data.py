@@ -1,4 +1,4 @@
-"""fastai DataLoaders for MedMNIST `.npz` files, a built-in long-tailed digits set, and where the real data lives
+"""Data: fastai DataLoaders over in-memory uint8 image arrays (items are indices) and a built-in long-tailed digits set
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/data.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/data.html.md"""
 
 # %% ../nbs/06_data.ipynb #9c0a7c4a
 from __future__ import annotations
-import os, random
+import random
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from fastcore.basics import *
@@ -20,93 +20,38 @@ import fastai.vision.data  # registers `show_batch` for images
 from .sampling import check_labels, get_labels
 
 # %% auto #0
-__all__ = ['MEDMNIST_KEYS', 'DERMA_CLASSES', 'RETINA_CLASSES', 'bmx_data', 'load_medmnist', 'medmnist_classes', 'is_ordinal',
-           'mark_ordinal', 'IndexedImage', 'IndexedLabel', 'images_to_tensor', 'default_augs', 'arrays_dls',
-           'medmnist_dls', 'longtail_counts', 'digits_splits', 'digits_dls']
-
-# %% ../nbs/06_data.ipynb #eaaa79ac
-_DATA_HINT = "Set the environment variable BMX_DATA to the folder that holds the MedMNIST .npz files"
-
-def bmx_data(fname:str|None=None, # A file in the data folder; None returns the folder itself
-            ) -> Path:
-    "Folder of the real data (`$BMX_DATA`, else the first `shared/data` in the cwd or a parent of it), or `fname` in it"
-    env = os.environ.get('BMX_DATA')
-    if env:
-        d = Path(env).expanduser()
-        if not d.is_dir(): raise FileNotFoundError(f"BMX_DATA={env} is not a folder. {_DATA_HINT}.")
-    else:
-        cwd = Path.cwd()
-        d = next((p/'shared'/'data' for p in [cwd, *cwd.parents] if (p/'shared'/'data').is_dir()), None)
-        if d is None:
-            raise FileNotFoundError(f"No data folder: BMX_DATA is not set and there is no shared/data folder in {cwd} "
-                                    f"or any of its parents. {_DATA_HINT}.")
-    if fname is None: return d
-    if not (d/fname).exists(): raise FileNotFoundError(f"{fname} is not in the data folder {d}. {_DATA_HINT} (and put {fname} there).")
-    return d/fname
+__all__ = ['check_splits', 'is_ordinal', 'mark_ordinal', 'IndexedImage', 'IndexedLabel', 'images_to_tensor', 'default_augs',
+           'arrays_dls', 'longtail_counts', 'digits_splits', 'digits_dls']
 
 # %% ../nbs/06_data.ipynb #67d79ed9
-MEDMNIST_KEYS = tuple(f'{s}_{k}' for s in ('train', 'val', 'test') for k in ('images', 'labels'))
-_SPLITS = {'train': 'train', 'valid': 'val', 'test': 'test'}  # our split name -> MedMNIST's prefix
-
-def _read_npz(path:Path) -> dict:
-    "All arrays of the `.npz` at `path`, or a clear error"
-    if not path.exists(): raise FileNotFoundError(f"{path} does not exist. {_DATA_HINT}, and load it with e.g. "
-                                                  "`medmnist_dls(bmx_data('retinamnist.npz'))`.")
-    try: npz = np.load(path, allow_pickle=False)
-    except Exception as e: raise ValueError(f"{path} is not a readable .npz: {type(e).__name__}: {e}") from e
-    if not isinstance(npz, np.lib.npyio.NpzFile): raise ValueError(f"{path} is not a readable .npz: it holds a single "
-                                                                   "array (a .npy file), not MedMNIST's named arrays.")
-    with npz:
-        missing = [k for k in MEDMNIST_KEYS if k not in npz.files]
-        if missing:
-            raise ValueError(f"{path} lacks the key(s) {missing}. A MedMNIST v2 file holds {list(MEDMNIST_KEYS)}; "
-                             f"this one holds {sorted(npz.files)}.")
-        try: return {k: npz[k] for k in MEDMNIST_KEYS}
-        except Exception as e: raise ValueError(f"{path} is not a readable .npz: {type(e).__name__}: {e}") from e
-
 def _check_split(x:np.ndarray, y:np.ndarray, name:str, src:str) -> tuple:
     "Check one split's images and labels; return them with labels as a 1-D int64 array"
-    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)):
-        raise ValueError(f"{name} images{src} have shape {getattr(x, 'shape', None)} and dtype {getattr(x, 'dtype', type(x).__name__)}: "
-                         "expected uint8 images of shape (N, H, W) (grayscale) or (N, H, W, 3) (RGB), as MedMNIST v2 stores them.")
+    if (not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim not in (3, 4)
+            or (x.ndim == 4 and x.shape[-1] not in (1, 3))):
+        raise ValueError(f"{name} images{src} have shape {getattr(x, 'shape', None)} and dtype "
+                         f"{getattr(x, 'dtype', type(x).__name__)}: expected uint8 images of shape (N, H, W) "
+                         "(grayscale) or (N, H, W, 3) (RGB), as MedMNIST v2 stores them.")
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] > 1:
-        raise ValueError(f"{name} labels{src} have shape {y.shape}: {y.shape[1]} labels per image. This is a multi-label task (like ChestMNIST) "
-                         "or one-hot labels; only single-label classification, with labels of shape (N,) or (N, 1), is supported.")
+        raise ValueError(f"{name} labels{src} have shape {y.shape}: {y.shape[1]} labels per image. This is a "
+                         "multi-label task (like ChestMNIST) or one-hot labels; only single-label classification, "
+                         "with labels of shape (N,) or (N, 1), is supported.")
     y = check_labels(y, what=f"{name} labels{src}")
     if len(x) != len(y): raise ValueError(f"{name} has {len(x)} images but {len(y)} labels{src}: there must be one "
                                           "label per image, in the same order.")
     return x, y
 
-def _check_splits(splits:dict, src:str='') -> dict:
-    "Check each split and that all splits share one image shape"
+def check_splits(splits:dict, # `{'train': (images, labels), ...}`: uint8 `(N,H,W[,3])` images, `(N,)` or `(N,1)` labels
+                 src:str='', # Where the arrays come from, for the messages (e.g. `' in retinamnist.npz'`)
+                ) -> dict:
+    "Checked splits, labels as 1-D int64 arrays; a clear error if a split's arrays are wrong or the image shapes differ"
     res = {k: _check_split(*v, k, src) for k, v in splits.items()}
     shapes = {k: (x.shape[1:3], x.shape[3] if x.ndim == 4 else 1) for k, (x, _) in res.items()}
     if len(set(shapes.values())) > 1: raise ValueError(f"The splits{src} have different image shapes ((H, W), "
                                                        f"channels): {shapes}. All splits must share one.")
     return res
 
-# %% ../nbs/06_data.ipynb #21f8390e
-def load_medmnist(path:str|Path, # A MedMNIST v2 `.npz` file
-                 ) -> dict:
-    "Checked splits of a MedMNIST file: `{'train': (images, labels), 'valid': ..., 'test': ...}`, labels 1-D int64"
-    path = Path(path)
-    a = _read_npz(path)
-    return _check_splits({s: (a[f'{p}_images'], a[f'{p}_labels']) for s, p in _SPLITS.items()}, f" in {path.name}")
-
 # %% ../nbs/06_data.ipynb #01f1e341
-DERMA_CLASSES = ['akiec', 'bcc', 'bkl', 'df', 'mel', 'nv', 'vasc']
-RETINA_CLASSES = ['0', '1', '2', '3', '4']  # diabetic-retinopathy grade: 0 no DR ... 4 proliferative DR
-
-def medmnist_classes(path:str|Path, # A MedMNIST file name or path
-                     n_classes:int|None=None, # Number of classes, for the default names '0'..'k-1'
-                    ) -> list|None:
-    "Class names of a MedMNIST file, from its name (RetinaMNIST, DermaMNIST), else `'0'..'k-1'` if `n_classes`, or None"
-    stem = Path(path).stem.lower()
-    if 'retina' in stem: return list(RETINA_CLASSES)
-    if 'derma' in stem: return list(DERMA_CLASSES)
-    return None if n_classes is None else [str(i) for i in range(n_classes)]
-
 def _label_categorize(dls:DataLoaders) -> Categorize|None:
     "The `Categorize` transform of the labels of fastai `Datasets`-based `dls`, or None"
     tls = getattr(dls.train_ds, 'tls', None)
@@ -196,18 +141,20 @@ def arrays_dls(splits:dict, # `{'train': (images, labels), 'valid': ...[, 'test'
     if 'train' not in splits or 'valid' not in splits:
         raise ValueError(f"splits must have 'train' and 'valid' entries (and optionally 'test'); got {list(splits)}.")
     names = [k for k in ('train', 'valid', 'test') if k in splits]
-    splits = _check_splits({k: splits[k] for k in names})
+    splits = check_splits({k: splits[k] for k in names})
     n_cls = 1 + max(int(y.max()) for _, y in splits.values())
     class_names = [str(c) for c in (range(n_cls) if class_names is None else class_names)]
-    if len(class_names) < n_cls: raise ValueError(f"The labels go up to class index {n_cls-1}, but only {len(class_names)} "
-                                                  f"class_names were given: {class_names}. Pass one name per class.")
+    if len(class_names) < n_cls:
+        raise ValueError(f"The labels go up to class index {n_cls-1}, but only {len(class_names)} class_names were "
+                         f"given: {class_names}. Pass one name per class.")
     if len(set(class_names)) != len(class_names): raise ValueError(f"class_names must be distinct, got {class_names}.")
     xs = [images_to_tensor(splits[k][0], size) for k in names]
     n = np.cumsum([0] + [len(x) for x in xs])
     images, labels = torch.cat(xs), np.concatenate([splits[k][1] for k in names])
     mean, std = _channel_stats(xs[0]) if stats is None else tuple(torch.tensor(stats[i]).float() for i in (0, 1))
     if expand_gray and images.shape[1] == 1: mean, std = mean.expand(3), std.expand(3)
-    if (std == 0).any(): raise ValueError(f"A channel of the training images is constant (std {std.tolist()}): it can't be normalised.")
+    if (std == 0).any():
+        raise ValueError(f"A channel of the training images is constant (std {std.tolist()}): it can't be normalised.")
     dsets = Datasets(list(range(len(images))), [[IndexedImage(images, expand_gray)],
                      [IndexedLabel(labels, class_names), Categorize(class_names, sort=False)]],
                      splits=[list(range(n[i], n[i+1])) for i in range(len(names))])
@@ -230,26 +177,6 @@ def _dls_getattr(self:DataLoaders, k:str, _fastai=DataLoaders.__getattr__):
                                          "(dls[2]): give a 'test' split, or make a loader with dls.test_dl(items).")
     return _fastai(self, k)
 DataLoaders.__getattr__ = _dls_getattr
-
-# %% ../nbs/06_data.ipynb #356b1f07
-def medmnist_dls(path:str|Path, # A MedMNIST v2 `.npz` file (any of the 28/64/128/224 px variants)
-                 bs:int=64, # Batch size
-                 size:int|tuple|None=None, # Resize once to this size; None keeps the native size
-                 num_workers:int=0, # DataLoader worker processes (0 is fastest for in-memory data)
-                 seed:int|None=None, # Seeds the training loader's shuffling
-                 item_tfms:list|None=None, # Extra item transforms, applied to uint8 `TensorImage`s
-                 batch_tfms:list|None=None, # Augmentations; None is `default_augs()`, [] none
-                 device=None, # Device of the batches; default `default_device()`
-                 class_names:list|None=None, # Class names; default: `medmnist_classes(path)`, else '0'..'k-1'
-                 ordinal:bool|None=None, # Ordered classes? Default `is_ordinal(path)` (True for RetinaMNIST)
-                 **kwargs, # Passed on to `arrays_dls` (e.g. `expand_gray`, `val_bs`)
-                ) -> DataLoaders:
-    "`DataLoaders` (train, valid, test) of a MedMNIST `.npz` file: normalised float images, labels read without images"
-    path = Path(path)
-    if class_names is None: class_names = medmnist_classes(path)
-    return arrays_dls(load_medmnist(path), class_names=class_names, bs=bs, size=size, num_workers=num_workers,
-                      seed=seed, item_tfms=item_tfms, batch_tfms=batch_tfms, device=device,
-                      ordinal=is_ordinal(path) if ordinal is None else ordinal, path=path.parent, **kwargs)
 
 # %% ../nbs/06_data.ipynb #7c11fa9c
 def longtail_counts(n_max:int, # Items of the largest class (class 0)

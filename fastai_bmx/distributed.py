@@ -1,4 +1,4 @@
-"""Balanced-MixUp under fastai's distributed data parallel training, and a `DistributedDL` broadcast that works on CPU (gloo) too
+"""Distributed: Balanced-MixUp under fastai's distributed data parallel, with a `DistributedDL` that works on CPU (gloo)
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/distributed.html.md"""
 

@@ -1,4 +1,4 @@
-"""Imbalance-aware fastai metrics (quadratic kappa, MCC, Kendall's tau, balanced accuracy, macro-F1) that stay right when a class is missing
+"""Metrics: kappa, MCC, Kendall's tau, balanced accuracy, macro-F1 as fastai metrics, right even when a class is missing
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/metrics.html.md"""
 

@@ -1,4 +1,4 @@
-"""Precision: mixed-precision training on the device at hand, bf16 on CPUs and CUDA, fp16 on CUDA, through fastai's own callback
+"""Precision: mixed-precision training on the device at hand: bf16 on CPUs and CUDA, fp16 on CUDA, by fastai's callback
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/precision.html.md"""
 

@@ -100,6 +100,13 @@ def _n_classes(dl) -> int|None:
 from .checks import is_finite_real, check_q  # pure Python, in a module that loads no torch
 _all_ = ['check_q', 'is_finite_real']
 
+def _finite_nonneg(a:np.ndarray, numbers:str, bad) -> np.ndarray:
+    "`a` as float64, or a `TypeError` ('`numbers`, got dtype') or a `ValueError` (`bad(a)`) unless finite and ≥ 0"
+    if a.dtype.kind not in 'iuf': raise TypeError(f"{numbers}, got dtype {a.dtype}.")
+    a = a.astype(np.float64)
+    if not (np.isfinite(a).all() and (a >= 0).all()): raise ValueError(bad(a))
+    return a
+
 def check_counts(counts, # items (or proportions) per class
                  whole:bool=True, # must they be whole numbers of items? False: proportions, whose ratios alone matter
                 ) -> np.ndarray:
@@ -109,10 +116,8 @@ def check_counts(counts, # items (or proportions) per class
         raise ValueError(f"counts must hold one count per class, that is one item count per class in a 1-D array "
                          f"(not empty); got shape {c.shape}. "
                          "From class indices, use `np.bincount(labels)` (or `class_counts(dls.train)`).")
-    if c.dtype.kind not in 'iuf': raise TypeError(f"counts must be numbers of items, got dtype {c.dtype}.")
-    c = c.astype(np.float64)
-    if not (np.isfinite(c).all() and (c >= 0).all()):
-        raise ValueError(f"counts must be finite and ≥ 0 (they can't be negative), got {c.tolist()}.")
+    c = _finite_nonneg(c, 'counts must be numbers of items',
+                       lambda c: f"counts must be finite and ≥ 0 (they can't be negative), got {c.tolist()}.")
     if whole and (c != np.round(c)).any(): raise ValueError(f"counts must be whole numbers of items, got {c.tolist()}.")
     if not (c > 0).any():
         raise ValueError("Every count is 0: the training set has no items, so there is nothing to sample or weight.")
@@ -223,10 +228,8 @@ def _check_wgts(wgts, n:int) -> np.ndarray:
         raise ValueError(f"wgts must hold one sampling weight per item of the dataset, {n} in a 1-D array; "
                          f"got shape {w.shape}. "
                          "For class-balanced weights use `sampling_probs(labels, q)`, or `resampled_dl(dl, q)`.")
-    if w.dtype.kind not in 'iuf': raise TypeError(f"wgts must be numbers (sampling weights), got dtype {w.dtype}.")
-    w = w.astype(np.float64)
-    if not (np.isfinite(w).all() and (w >= 0).all()):
-        raise ValueError(f"wgts must be finite and ≥ 0, got values in [{w.min()}, {w.max()}].")
+    w = _finite_nonneg(w, 'wgts must be numbers (sampling weights)',
+                       lambda w: f"wgts must be finite and ≥ 0, got values in [{w.min()}, {w.max()}].")
     if not (w > 0).any(): raise ValueError("Every weight in wgts is 0: give at least one item a weight > 0.")
     return w
 

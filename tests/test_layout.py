@@ -77,7 +77,8 @@ def test_no_private_name_is_imported_across_modules():
 
 
 def test_the_phases_are_folders():
-    assert {p.name for p in (PKG/'app').iterdir() if p.is_dir() and not p.name.startswith('_')} >= {'plan', 'run', 'decide', 'report'}
+    phases = {p.name for p in (PKG/'app').iterdir() if p.is_dir() and not p.name.startswith('_')}
+    assert phases >= {'plan', 'run', 'decide', 'report'}, phases
     assert not [p.name for p in (PKG/'app').glob('*.py') if p.stem not in ('__init__', 'compare', 'cli')]
 
 
@@ -88,3 +89,20 @@ def test_a_name_that_never_existed_still_fails():
 def test_no_module_passes_300_lines():
     long = {p.relative_to(PKG).as_posix(): n for p in MODULES if (n := len(p.read_text().splitlines())) >= 300}
     assert not long, f"modules of 300 lines or more: {long}"
+
+
+def test_no_line_passes_120_characters():
+    "nbdev writes the `__all__` lines itself, so they are left out"
+    long = [(module_name(p), i) for p in MODULES for i, line in enumerate(p.read_text().splitlines(), 1)
+            if len(line) > 120 and not line.startswith('__all__')]
+    assert not long, f"lines over 120 characters (module, line): {long}"
+
+
+def test_no_exported_cell_passes_80_lines():
+    import json
+    nbs = Path(__file__).resolve().parents[1]/'nbs'
+    big = [(p.relative_to(nbs).as_posix(), c.get('id')) for p in sorted(nbs.rglob('*.ipynb'))
+           for c in json.loads(p.read_text())['cells']
+           if c['cell_type'] == 'code' and ''.join(c['source']).startswith('#| export')
+           and len(''.join(c['source']).splitlines()) > 80]
+    assert not big, f"exported cells over 80 lines (notebook, cell id): {big}"

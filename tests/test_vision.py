@@ -59,7 +59,7 @@ def test_vision_learner_end_to_end(image_folder, tmp_path):
 
 def test_readme_snippet_on_retinamnist(real_data):
     "The README's quick start, verbatim apart from the data: a timm resnet18 from scratch on real fundus images"
-    from fastai_bmx.data import medmnist_dls
+    from fastai_bmx.medmnist import medmnist_dls
     set_seed(0)
     dls = medmnist_dls(real_data('retinamnist.npz'), bs=64)
     learn = vision_learner(dls, 'resnet18', pretrained=False, metrics=[QuadraticKappa(), MCC()],
@@ -82,7 +82,7 @@ def test_readme_snippet_on_retinamnist(real_data):
 def test_readme_pretrained_snippet_on_retinamnist(real_data):
     "The README's pretrained quick start: offline ImageNet weights, the data normalised once with theirs, fastai's fine_tune"
     from fastai.data.transforms import Normalize
-    from fastai_bmx.data import medmnist_dls
+    from fastai_bmx.medmnist import medmnist_dls
     from fastai_bmx.weights import pretrained_learner, LITE_STATS
     set_seed(0)
     dls = medmnist_dls(real_data('retinamnist.npz'), bs=64, size=64)

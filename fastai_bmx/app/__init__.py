@@ -1,1 +1,3 @@
-"""The `bmx-compare` application: sources, methods, training runs, the output folder, reports, paired verdicts, the frontier, post-hoc fits, the recommendation, export and the command itself, built on the library one level up"""
+"""The `bmx-compare` application, built on the library one level up, in the phases a comparison goes through:
+`plan` (what runs, checked first), `run` (one run trained and recorded), `decide` (what the runs mean), `report`
+(what the command writes), then `compare` and `cli` on top"""

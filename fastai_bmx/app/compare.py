@@ -1,4 +1,4 @@
-"""Compare: `bmx-compare`, the paper's comparison as one command: does Balanced-MixUp help on *my* data, and with which α?
+"""Compare: the paper's comparison as one call: does Balanced-MixUp help on *my* data, and with which α?
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/app/compare.html.md"""
 
@@ -170,7 +170,7 @@ def run_plan(plan:Plan, # a checked comparison, from `plan_compare`
         with folder.lock():
             res = folder.results()
             if not len(res): return res  # no run gave a result: nothing to tabulate
-            if plan.reference not in set(res['method']): plan.reference = None  # its runs all failed: the first that ran
+            if plan.reference not in set(res['method']): plan.reference = None  # all its runs failed: the first
             if plan.frontier: plan.points = write_frontier(folder.path, **plan.frontier)
             tbl = write_report(folder.path, reference=plan.reference, select=plan.select, rule=plan.rule)
             plan.recommendation = tbl.attrs['recommendation']  # chosen on validation by `write_report`

@@ -1,1 +1,1 @@
-"Decide: what the recorded runs mean: paired verdicts, post-hoc fits, the recommendation chosen on validation, its export"
+"Decide: what the recorded runs mean: paired verdicts, post-hoc fits, the recommendation on validation, its export"

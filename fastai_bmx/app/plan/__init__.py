@@ -1,1 +1,1 @@
-"Plan: what a comparison runs, checked before the first run: the method registry, the data sources, the checks of the input"
+"Plan: what a comparison runs, checked before the first run: the method registry, the data's source, the checks"

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from ...sampling import get_labels
 from ...metrics import paper_metrics
-from ...data import load_medmnist, medmnist_classes, is_ordinal, digits_splits, arrays_dls, default_augs
+from ...data import is_ordinal, digits_splits, arrays_dls, default_augs
+from ...medmnist import load_medmnist, medmnist_classes
 from ...checks import check_window
 from ...files import frame_dls, folder_table, csv_table
 from ...splits import refold
