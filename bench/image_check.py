@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from fastai_bmx.files import folder_table, image_problems
 from fastai_bmx.app.plan.validate import check_images
+from fastai_bmx.app.plan.sources import read_source
 
 def make_folder(root:Path, n:int, classes:int=7) -> Path:
     g = np.random.default_rng(0)
@@ -42,12 +43,12 @@ if __name__ == '__main__':
             assert [f.name for f in bad] == ['0.png'], bad
             print(f'decoding every file, workers={w or "default"}: {t:.2f} s ({a.n / t:,.0f} files/s)')
         t0 = time.perf_counter()
-        try: check_images(str(root)); raise AssertionError('the corrupt file was not found')
+        try: check_images(read_source(str(root))); raise AssertionError('the corrupt file was not found')
         except ValueError as e: msg = str(e)
         print(f'check_images (list + decode + message), {os.cpu_count()} CPU cores: {time.perf_counter() - t0:.2f} s')
         print(msg[:160])
         Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(root/'train'/'class0'/'0.png')
-        t0 = time.perf_counter(); kept = check_images(str(root), size=28, in_memory=None); t = time.perf_counter() - t0
+        t0 = time.perf_counter(); kept = check_images(read_source(str(root)), size=28, in_memory=None); t = time.perf_counter() - t0
         assert kept, 'the images were not kept in memory'
         print(f'check_images as planning runs it (list + decode, pixels kept for the loaders): {t:.2f} s')
     finally: shutil.rmtree(root)

@@ -295,10 +295,11 @@ def test_planning_decodes_each_image_once(tmp_path, monkeypatch, from_disk):
 def test_a_bad_file_is_refused_by_the_one_decoding(tmp_path):
     "The refusal of the planning decode names the bad file, as the check alone did"
     from fastai_bmx.app.plan.validate import check_images
+    from fastai_bmx.app.plan.sources import read_source
     png_table(tmp_path, labels=('a', 'b')).to_csv(tmp_path/'labels.csv', index=False)
     (tmp_path/'train_3.png').write_bytes(b'broken')
     for in_memory in (None, False):
-        with pytest.raises(ValueError) as e: check_images(str(tmp_path/'labels.csv'), size=16, in_memory=in_memory)
+        with pytest.raises(ValueError) as e: check_images(read_source(str(tmp_path/'labels.csv')), size=16, in_memory=in_memory)
         assert str(e.value).startswith(f"1 of 24 image files can't be used: {tmp_path/'train_3.png'} (doesn't decode: "), e.value
         assert str(e.value).endswith('. Fix them, or remove their rows from the CSV.'), e.value
 

@@ -153,15 +153,13 @@ def check_executor(executor:str='serial', # 'serial' (one run after the other, h
     need_ray()
 
 # %% ../../../nbs/app/plan/02_validate.ipynb #3a149a82
-def check_images(data, # a `Source`, or its path: a folder or a CSV ('digits' and `.npz` hold arrays: nothing to do)
+def check_images(src, # the data's `Source` (`read_source`): a folder or a CSV; arrays have nothing to check
                  workers:int|None=None, # processes that decode; default one per CPU core
                  size:int|None=None, # the side the loaders resize images to; None: the source's (`Source.image_size`)
                  in_memory:bool|None=False, # keep the pixels for the loaders; None: if they fit; False: check only
                 ) -> bool:
-    "Raise a `ValueError` naming the bad files unless every image file of `data` decodes; return if kept in memory"
+    "Raise a `ValueError` naming the bad files unless every image file of `src` decodes; return if kept in memory"
     from fastai_bmx.files import decode_once
-    from fastai_bmx.app.plan.sources import Source, read_source
-    src = data if isinstance(data, Source) else read_source(data)
     if not src.is_files: return False
     files = src.files
     in_memory, bad = decode_once(files, src.image_size(size), src.window, in_memory, workers)  # each file decoded once
