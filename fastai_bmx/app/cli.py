@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated
 from fastcore.script import call_parse
 from .plan.methods import METHODS, FRONTIER_GRIDS
-from .plan.validate import check_options, check_command, check_executor
+from .plan.validate import check_options, check_command, check_executor, RULES
 from ..checks import check_window
 # torch deprecates `torch.jit.script`, which fastai.layers calls at import: keep that notice out of the commands' output
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
@@ -173,7 +173,7 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, an im
                 select:str=None, # the metric the recommendation is chosen on, on validation (default: the main metric)
                 # how the recommendation may leave the reference: best (the best validation mean), one-se or evidence
                 # (only a setting that validation shows better)
-                rule:Annotated[str, {'choices': ['best', 'one-se', 'evidence']}]='best',
+                rule:Annotated[str, {'choices': list(RULES)}]='best',
                 export:bool=False, # write OUT/recommended.pkl: the recommended setting as a fastai Learner.export
                 no_retry:bool=False, # leave runs that failed or diverged before as they are (default: train them again)
                 # serial: one run after the other, here; ray: as Ray tasks, over every GPU and machine
@@ -218,7 +218,7 @@ def bmx_report(out:str, # a bmx-compare output folder
                select:str=None, # the metric the recommendation is chosen on, on validation (default: the main one)
                # how the recommendation may leave the reference: best (the best validation mean), one-se or evidence
                # (only a setting that validation shows better)
-               rule:Annotated[str, {'choices': ['best', 'one-se', 'evidence']}]='best',
+               rule:Annotated[str, {'choices': list(RULES)}]='best',
               ):
     "Rebuild results.md and plots from a comparison's runs and saved predictions, adding missing scores; no training"
     from fastai_bmx.app.run.store import RunFolder  # the report's code, and torch, load once the arguments are read

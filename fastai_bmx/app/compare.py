@@ -20,13 +20,13 @@ from ..files import serving_line
 from .plan.methods import get_method, expand_methods, method_order, FRONTIER_GRIDS
 from .plan.sources import RunRecord, LoadSettings, read_source
 from .plan.validate import check_options, check_frontier_x, check_out, check_images, check_batch
-from .plan.validate import split_counts, check_classes, check_folds
+from .plan.validate import split_counts, check_classes, check_folds, check_rule
 from .run.training import TrainSettings, get_arch, check_monitor
 from .run.table import run_name
 from .run.store import RunFolder
 from .run.executors import Executor, get_executor
 from .decide.paired import PAIRABLE
-from .decide.recommend import Recommendation, RULES
+from .decide.recommend import Recommendation
 from .report.results import write_report, pick_reference
 from .report.frontier import frontier_families, write_frontier
 
@@ -114,7 +114,7 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
     check_classes(rec, counts)
     check_folds(rec, counts, folds)
     monitor = check_monitor(monitor or rec.monitor)
-    if rule not in RULES: raise ValueError(f"--rule {rule}: use one of {list(RULES)}.")
+    check_rule(rule)
     pairable = [m for m in rec.metrics if m in PAIRABLE]
     if select is not None and select not in pairable:
         raise ValueError(f"--select {select}: choose the recommendation on one of {pairable}.")

@@ -11,13 +11,14 @@ import numpy as np, pandas as pd
 from ...metrics import PAPER_METRICS
 from ...bootstrap import closed_form_metric
 from ..plan.methods import method_order
+from ..plan.validate import RULES, check_rule
 from .paired import paired_differences, paired_interval, verdict, PAIRABLE
 from .posthoc import VARIANTS, PosthocFit, fit_posthoc, posthoc_predictions, crossfit_predictions
 from ..run.store import RunFolder
 
 # %% auto #0
-__all__ = ['RULES', 'fit_folder', 'setting_name', 'valid_decisions', 'candidate_scores', 'Candidates', 'Recommendation',
-           'recommend', 'recommendation_lines']
+__all__ = ['fit_folder', 'setting_name', 'valid_decisions', 'candidate_scores', 'Candidates', 'Recommendation', 'recommend',
+           'recommendation_lines']
 
 # %% ../../../nbs/app/decide/02_recommend.ipynb #a1a9c803
 def fit_folder(folder:RunFolder, # an output folder
@@ -158,10 +159,6 @@ class Recommendation:
     closest:tuple=() # reference kept: the `(setting, validation interval)`s that came closest to beating it
 
 # %% ../../../nbs/app/decide/02_recommend.ipynb #5a310248
-# How the choice may leave the reference: 'best', the best validation mean; 'one-se', only for a setting whose
-# validation lead over it exceeds one standard error; 'evidence', only for one whose 95% interval lies above 0
-RULES = ('best', 'one-se', 'evidence')
-
 def _beats(iv:dict|None, rule:str) -> bool:
     "Whether a validation interval against the reference lets `rule` leave the reference"
     return iv is not None and (iv['lo'] > 0 if rule == 'evidence' else iv['diff'] > iv['se'])
@@ -206,7 +203,7 @@ def recommend(folder:RunFolder, # an output folder with recorded runs
              ) -> Recommendation:
     "The setting `rule` chooses on validation (never the test set), its test score and what the choice cost"
     if metric not in PAIRABLE: raise ValueError(f"--select {metric}: choose on one of {list(PAIRABLE)}.")
-    if rule not in RULES: raise ValueError(f"--rule {rule}: use one of {list(RULES)}.")
+    check_rule(rule)
     fits = fit_folder(folder, metric) if fits is None else fits
     decisions = valid_decisions(folder, metric, fits, out_of_fold)
     rows, left_out, shared = _on_shared_runs(candidate_scores(folder, metric, fits, decisions))

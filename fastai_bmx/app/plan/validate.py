@@ -14,8 +14,8 @@ from ...checks import is_finite_real, check_precision_name
 from .methods import expand_methods  # no torch: the checks of the data import theirs as they run
 
 # %% auto #0
-__all__ = ['check_options', 'check_out', 'check_batch', 'check_frontier_x', 'check_command', 'need_ray', 'check_executor',
-           'check_images', 'count_files', 'split_counts', 'check_classes', 'check_folds']
+__all__ = ['RULES', 'check_options', 'check_out', 'check_batch', 'check_frontier_x', 'check_rule', 'check_command', 'need_ray',
+           'check_executor', 'check_images', 'count_files', 'split_counts', 'check_classes', 'check_folds']
 
 # %% ../../../nbs/app/plan/02_validate.ipynb #0aabd18c
 def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -98,6 +98,17 @@ def check_frontier_x(frontier_x:str, # the frontier's x axis
     if frontier_x not in ('balanced_accuracy', 'macro_f1'):
         raise ValueError(f"frontier_x={frontier_x!r}: use balanced_accuracy or macro_f1.")
     return frontier_x
+
+# %% ../../../nbs/app/plan/02_validate.ipynb #4e78e1a0
+# How the recommendation may leave the reference: 'best', the best validation mean; 'one-se', only for a setting whose
+# validation lead over it exceeds one standard error; 'evidence', only for one whose 95% interval lies above 0
+RULES = ('best', 'one-se', 'evidence')
+
+def check_rule(rule:str, # how the recommendation may leave the reference
+              ) -> str:
+    "`rule`, or a clear error unless it is one of `RULES`"
+    if rule not in RULES: raise ValueError(f"--rule {rule}: use one of {list(RULES)}.")
+    return rule
 
 # %% ../../../nbs/app/plan/02_validate.ipynb #de8d6101
 _OPTIONS = ('epochs', 'lr', 'bs', 'size', 'seeds', 'folds', 'split_seed', 'freeze_epochs')  # checked by `check_options`
