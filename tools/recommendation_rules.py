@@ -4,7 +4,7 @@
     python tools/recommendation_rules.py            # writes nbs/results/rules/rules.md (about a minute, no training)
 
 For each committed folder under nbs/results/ whose runs saved their validation predictions, under the old rule (the
-best validation mean, tuned variants scored in sample) and each rule of `fastai_bmx.app.decide.recommend.RULES` (tuned
+best validation mean, tuned variants scored in sample) and each rule of `fastai_bmx.app.plan.validate.RULES` (tuned
 variants scored out of fold): the setting chosen (on validation only), its test score paired against the reference
 (instance sampling), and its cost against the test-best setting, each with its 95% interval (seeds and resampled test
 items). The test-best is itself the best of many test scores, so it flatters itself:
@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from fastai_bmx.app.run.store import RunFolder
 from fastai_bmx.app.report.results import pick_reference
-from fastai_bmx.app.decide.recommend import RULES, fit_folder, recommend
+from fastai_bmx.app.plan.validate import RULES
+from fastai_bmx.app.decide.recommend import fit_folder, recommend
 from fastai_bmx.app.plan.methods import method_order
 from fastai_bmx.app.report.tables import to_markdown
 

@@ -3,7 +3,8 @@ import subprocess, sys
 from pathlib import Path
 import numpy as np, pytest
 import fastcore.test as fct
-from fastai_bmx.app.decide.recommend import recommend, recommendation_lines, RULES
+from fastai_bmx.app.decide.recommend import recommend, recommendation_lines
+from fastai_bmx.app.plan.validate import RULES
 from fastai_bmx.app.run.store import RunFolder
 from fastai_bmx.app.plan.sources import RunRecord
 

@@ -11,7 +11,7 @@ import numpy as np, pandas as pd
 from ...metrics import PAPER_METRICS
 from ...bootstrap import closed_form_metric
 from ..plan.methods import method_order
-from ..plan.validate import RULES, check_rule
+from ..plan.validate import check_rule
 from .paired import paired_differences, paired_interval, verdict, PAIRABLE
 from .posthoc import VARIANTS, PosthocFit, fit_posthoc, posthoc_predictions, crossfit_predictions
 from ..run.store import RunFolder

@@ -8,7 +8,6 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/app/run/executors.html.md"""
 from __future__ import annotations
 import warnings
 from dataclasses import dataclass, replace
-from pathlib import Path
 import torch
 from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar
