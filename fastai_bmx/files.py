@@ -20,7 +20,7 @@ from .data import default_augs, mark_ordinal, arrays_dls, IndexedImage
 from .checks import check_window
 from .images import read_pixels, DICOM_SUFFIXES, need_pydicom, square_resize, decode_files
 from .images import image_problems, decode_images  # also importable from here, as before
-from .sampling import available_memory
+from .item_cache import available_memory
 from .splits import valid_mask
 
 # %% auto #0

@@ -13,11 +13,13 @@ from torch.distributions.beta import Beta
 from fastcore.basics import *
 from fastai.torch_core import tensor, unsqueeze, find_bs
 from fastai.callback.mixup import MixHandler
-from .sampling import is_finite_real, check_q, check_labels, check_cache_mb, class_probs, resampled_dl
+from .sampling import (is_finite_real, check_q, check_targets, get_targets, is_multi_hot, check_findings,
+                                 class_probs, finding_item_probs, resampled_dl)
+from .item_cache import check_cache_mb
 from .schedule import schedule_pct
 
 # %% auto #0
-__all__ = ['lam_distrib', 'bmx_class_mass', 'BalancedMixUp', 'box_mask', 'BalancedCutMix', 'check_alpha']
+__all__ = ['lam_distrib', 'bmx_class_mass', 'blend_targets', 'BalancedMixUp', 'box_mask', 'BalancedCutMix', 'check_alpha']
 
 # %% ../nbs/01_mixup.ipynb #34914f8f
 from .checks import check_alpha  # pure Python, loads no torch: a command line checks α before torch loads
@@ -36,12 +38,15 @@ def lam_distrib(alpha:float) -> Beta:
 
 # %% ../nbs/01_mixup.ipynb #f8cb07c4
 def bmx_class_mass(
-    counts, # Training items of each class, `counts[j]` for class j, e.g. `np.bincount(labels)`
+    counts, # Training items of each class, e.g. `np.bincount(labels)`; or the multi-hot findings `(N, C)` themselves
     alpha:float=0.2, # λ ~ Beta(α, 1) weighs the class-balanced batch; the paper uses 0.1, 0.2 or 0.3
     q:float=0., # Partner batches draw class j with probability ∝ n_j**q, as in `BalancedMixUp`; 0 is class-balanced
 ) -> np.ndarray:
     "Expected share of class j in a Balanced-MixUp step's loss: E[1-λ]·n_j/N + E[λ]·p_j = (n_j/N + α·p_j)/(1+α)"
     alpha = check_alpha(alpha)
+    if is_multi_hot(counts):  # the share of a step's items that hold finding j, companions included
+        f = check_findings(counts)
+        return (f.mean(0) + alpha*(finding_item_probs(f, q) @ f)) / (1 + alpha)
     return (class_probs(counts, 1) + alpha*class_probs(counts, q)) / (1 + alpha)
 
 # %% ../nbs/01_mixup.ipynb #8930677c
@@ -50,15 +55,24 @@ def _shard(dl, partner):
     import fastai_bmx.distributed  # noqa: F401, patches `DistributedDL` to broadcast under gloo (CPU) as under nccl
     return type(dl)(partner, rank=dl.rank, world_size=dl.world_size, device=dl.device)
 
+# %% ../nbs/01_mixup.ipynb #b76d0ce2
+def blend_targets(yb_i:tuple, # The instance batch's multi-hot targets
+                  yb_c:tuple, # The partner batch's multi-hot targets
+                  lam:Tensor, # The partner's weight λ: one per batch, or one per item
+                 ) -> tuple:
+    "Multi-hot targets blended as (1-λ)·y_I + λ·y_C, in float, for a loss that takes soft targets (BCE and its kin)"
+    return tuple(torch.lerp(y_i.float(), y_c.to(y_i.device).float(), unsqueeze(lam.float(), n=y_i.dim()-1))
+                 for y_i,y_c in zip(yb_i, yb_c))
+
 # %% ../nbs/01_mixup.ipynb #1f97027c
 class BalancedMixUp(MixHandler):
     "Balanced-MixUp (Galdran et al., MICCAI 2021): blend each training batch with a class-balanced partner batch"
-    _stateattrs = ('partner_dl', '_partner_it', '_src_dl', 'xb1', 'yb1', 'lam', 'balanced_lam', 'labels')
+    _stateattrs = ('partner_dl', '_partner_it', '_src_dl', 'xb1', 'yb1', 'lam', 'balanced_lam', 'labels', 'multi_label')
     def __init__(self,
         alpha:float=0.2, # λ ~ Beta(α, 1) weighs the class-balanced batch; the paper uses 0.1, 0.2 or 0.3
         per_sample:bool=False, # Draw one λ per sample instead of one per batch
         q:float=0., # Partner batches draw class j with probability ∝ n_j**q; 0 is class-balanced, as in the paper
-        labels=None, # Class index of every training item, when `get_labels` can't read them from `dls.train`
+        labels=None, # Class indices `(N,)` or multi-hot findings `(N, C)` of the training items, if `get_targets` can't
         stop:float|None=None, # Mix no batch past this fraction of training (`schedule_pct`): end on the instance mass
         cache_mb:float|None=None, # MiB of rare-class items the partner caches; None: `default_cache_mb()`, 0: none
     ):
@@ -66,7 +80,7 @@ class BalancedMixUp(MixHandler):
         if stop is not None and not (is_finite_real(stop) and 0 <= stop <= 1):
             raise ValueError(f"stop={stop!r} must be a fraction of training in [0, 1], or None.")
         per_sample,q,cache_mb = _check_flag(per_sample, 'per_sample'),check_q(q),check_cache_mb(cache_mb)
-        labels = None if labels is None else check_labels(labels)  # their length is checked when training starts
+        labels = None if labels is None else check_targets(labels)  # their length is checked when training starts
         super().__init__(alpha)
         self._init_state()
         self.distrib,self.alpha,self.per_sample,self.q = lam_distrib(alpha),alpha,per_sample,q
@@ -83,10 +97,11 @@ class BalancedMixUp(MixHandler):
         self._partner_it = None
 
     def before_train(self):
-        "Build (or, if `dls` changed, rebuild) the partner loader; mix through the loss, as targets are class indices"
+        "Build (or, if `dls` changed, rebuild) the partner loader; mix class indices through the loss, findings as such"
         self._setup_partner()
-        self.stack_y = True
-        if self.learn.loss_func != self.lf: self.old_lf,self.learn.loss_func = self.learn.loss_func,self.lf
+        self.stack_y = not self.multi_label
+        if self.stack_y and self.learn.loss_func != self.lf:
+            self.old_lf,self.learn.loss_func = self.learn.loss_func,self.lf
 
     def before_batch(self):
         "Draw a class-balanced partner batch and λ, and combine the two batches with `mix`"
@@ -97,6 +112,7 @@ class BalancedMixUp(MixHandler):
         self.xb1,self.yb1 = self._partner_batch(bs)
         lam = self.distrib.sample((bs,) if self.per_sample else ()).to(self.x.device)
         self.learn.xb,self.balanced_lam = self.mix(self.xb1, self._float_xb(), lam)
+        if self.multi_label: self.learn.yb = blend_targets(self.yb, self.yb1, self.balanced_lam)
         self.lam = 1 - self.balanced_lam  # MixHandler's `lam` weighs the learner's own batch, the instance batch
 
     def mix(self, xb_c, xb_i, lam):
@@ -116,11 +132,17 @@ def _setup_partner(self:BalancedMixUp):
     distrib = type(dl).__name__ == 'DistributedDL'  # fastai.distributed imports accelerate, so it isn't imported here
     src = dl.dl if distrib else dl  # under DDP, fastai wraps the training loader anew each fit; its inner loader stays
     if not (self._src_dl is src and self.partner_dl.bs == dl.bs and self.partner_dl.device == dl.device):
-        self.partner_dl,self._src_dl = resampled_dl(src, self.q, self.labels, self.cache_mb),src
+        targets = get_targets(src) if self.labels is None else self.labels
+        self.multi_label = targets.ndim == 2
+        self.partner_dl,self._src_dl = resampled_dl(src, self.q, targets, self.cache_mb),src
         if distrib: self.partner_dl = _shard(dl, self.partner_dl)
     if len(self.partner_dl) == 0:
         raise ValueError(f"The training set has {len(dl.dataset)} items, fewer than one batch of {dl.bs} with "
                          "drop_last=True, so there is nothing to train on: lower the batch size.")
+    if self.multi_label and getattr(self.learn.loss_func, 'y_int', False):
+        raise TypeError(f"The targets are multi-hot findings, but the loss {type(self.learn.loss_func).__name__} takes "
+                        "one class index per item: use a loss for findings, such as BCEWithLogitsLossFlat() (fastai's "
+                        "default for a MultiCategoryBlock) or AsymmetricLoss().")
 
 @patch
 def _float_xb(self:BalancedMixUp):

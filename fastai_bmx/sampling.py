@@ -6,20 +6,20 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/sampling.html.md"""
 
 # %% ../nbs/00_sampling.ipynb #1d99774d
 from __future__ import annotations
-import math, numbers, sys
+import contextlib, numbers
 import numpy as np, torch
 from fastcore.basics import *
 from fastcore.foundation import L
-from fastcore.parallel import parallel
+import pandas as pd
 from fastai.data.load import DataLoader
 from fastai.data.core import TfmdDL, TfmdLists, Datasets, DataLoaders
 from fastai.callback.data import WeightedDL
-from PIL import Image
+from .item_cache import check_cache_mb, class_item_cache
 
 # %% auto #0
-__all__ = ['as_np', 'check_labels', 'get_labels', 'check_counts', 'class_probs', 'sampling_probs', 'available_memory',
-           'default_cache_mb', 'check_cache_mb', 'item_nbytes', 'in_memory', 'class_item_cache', 'ResampledDL',
-           'resampled_dl', 'check_q', 'is_finite_real']
+__all__ = ['as_np', 'check_n_classes', 'check_labels', 'is_multi_hot', 'get_labels', 'check_counts', 'class_probs',
+           'sampling_probs', 'check_findings', 'check_targets', 'get_targets', 'with_none', 'finding_item_probs',
+           'finding_mass', 'sampling_groups', 'ResampledDL', 'resampled_dl', 'check_q', 'is_finite_real']
 
 # %% ../nbs/00_sampling.ipynb #9b6bdca9
 def as_np(x) -> np.ndarray:
@@ -28,15 +28,20 @@ def as_np(x) -> np.ndarray:
 
 def _multi_msg(what, shape=None):
     got = '' if shape is None else f', but have shape {shape}'
-    return (f"{what} must hold one class index per item{got}. Multi-label or one-hot targets can't be class-balanced: "
-            "pass single-label class indices (for one-hot, `y.argmax(1)`).")
+    return (f"{what} must hold one class index per item{got}. Multi-label (multi-hot) targets are read by "
+            "`get_targets` and sampled by finding; here pass single-label class indices (for one-hot, `y.argmax(1)`).")
 
-def check_labels(labels, n_classes:int|None=None, what:str='labels') -> np.ndarray:
-    "Return `labels` as a 1-D int64 array of class indices, or raise an error that says what is wrong and how to fix it"
+def check_n_classes(n_classes) -> int|None:
+    "`n_classes` unchanged if it is None or a whole number ≥ 1 (a vocabulary's size), else an error saying so"
     whole = not isinstance(n_classes, bool) and isinstance(n_classes, numbers.Integral)
     if n_classes is not None and not (whole and n_classes >= 1):
         raise ValueError(f"n_classes={n_classes!r} must be a whole number ≥ 1 (the number of classes, e.g. `dls.c`), "
                          "or None.")
+    return n_classes
+
+def check_labels(labels, n_classes:int|None=None, what:str='labels') -> np.ndarray:
+    "Return `labels` as a 1-D int64 array of class indices, or raise an error that says what is wrong and how to fix it"
+    check_n_classes(n_classes)
     if isinstance(labels, torch.Tensor): labels = as_np(labels)
     if isinstance(labels, (list, tuple, L)) and len(labels) and isinstance(labels[0], (torch.Tensor, np.ndarray)):
         labels = [as_np(o) for o in labels]  # e.g. TensorCategory items
@@ -60,41 +65,50 @@ def check_labels(labels, n_classes:int|None=None, what:str='labels') -> np.ndarr
                          "into.")
     return arr
 
+# %% ../nbs/00_sampling.ipynb #5ab52893
+def is_multi_hot(targets) -> bool:
+    "Whether `targets` hold several 0/1 columns per item (findings) rather than one class index per item"
+    if isinstance(targets, (list, tuple, L)) and len(targets) and isinstance(targets[0], (torch.Tensor, np.ndarray)):
+        first = as_np(targets[0])
+        return first.ndim == 1 and first.size > 1
+    shape = np.shape(as_np(targets)) if isinstance(targets, torch.Tensor) else np.shape(targets)
+    return len(shape) == 2 and shape[1] > 1
+
 # %% ../nbs/00_sampling.ipynb #a9888774
 def _tfmd_labels(tl:TfmdLists) -> list:
     "Run the label pipeline of `tl` over its raw items (no inputs are read)"
     return [tl[i] for i in range(len(tl))]
 
-def get_labels(dl_or_dataset, n_classes:int|None=None) -> np.ndarray:
-    "Integer class index of every item of a fastai `DataLoader`/`Datasets`, a dataset with `targets`/`labels`, an array"
-    o = dl_or_dataset
-    if isinstance(o, DataLoader):
-        if n_classes is None: n_classes = _n_classes(o)
-        o = o.dataset
+def _raw_targets(o) -> tuple:
+    "The targets of `o` as stored, and what to call them in an error, read without loading any input"
+    if isinstance(o, DataLoader): o = o.dataset
     if isinstance(o, Datasets):
         n_tgt = len(o.tls) - o.n_inp
         if n_tgt != 1:
             raise ValueError(f"The dataset has {n_tgt} target pipelines; BalancedMixUp needs exactly one, holding "
-                             "class indices.")
-        return check_labels(_tfmd_labels(o.tls[o.n_inp]), n_classes)
-    if isinstance(o, TfmdLists): return check_labels(_tfmd_labels(o), n_classes)
+                             "class indices or multi-hot findings.")
+        return _tfmd_labels(o.tls[o.n_inp]),'labels'
+    if isinstance(o, TfmdLists): return _tfmd_labels(o),'labels'
     for attr in ('targets', 'labels', 'y'):
-        if hasattr(o, attr) and not callable(getattr(o, attr)):
-            return check_labels(getattr(o, attr), n_classes, f'`{attr}`')
-    if isinstance(o, torch.utils.data.TensorDataset): return check_labels(o.tensors[-1], n_classes)
+        if hasattr(o, attr) and not callable(getattr(o, attr)): return getattr(o, attr),f'`{attr}`'
+    if isinstance(o, torch.utils.data.TensorDataset): return o.tensors[-1],'labels'
     if isinstance(o, (list, tuple, L)) and len(o) and isinstance(o[0], (tuple, list)):
         raise TypeError("Got a list of (input, label) items: pass the labels themselves, "
                         "e.g. `labels=[y for _, y in items]`.")
-    if isinstance(o, (np.ndarray, torch.Tensor, list, tuple, L)) or hasattr(o, '__array__'):
-        return check_labels(o, n_classes)
+    if isinstance(o, (np.ndarray, torch.Tensor, list, tuple, L)) or hasattr(o, '__array__'): return o,'labels'
     raise TypeError(f"Can't read the labels of a {type(o).__name__} without loading its inputs. Pass them explicitly "
                     "(`resampled_dl(dl, q, labels=...)` or `BalancedMixUp(alpha, labels=...)`), or give the dataset a "
                     "`targets` attribute.")
 
 def _n_classes(dl) -> int|None:
     "Size of `dl`'s vocabulary, if it has one"
-    try: return getattr(dl, 'c', None)
-    except Exception: return None
+    with contextlib.suppress(Exception): return getattr(dl, 'c', None)
+
+def get_labels(dl_or_dataset, n_classes:int|None=None) -> np.ndarray:
+    "Integer class index of every item of a fastai `DataLoader`/`Datasets`, a dataset with `targets`/`labels`, an array"
+    if n_classes is None and isinstance(dl_or_dataset, DataLoader): n_classes = _n_classes(dl_or_dataset)
+    raw,what = _raw_targets(dl_or_dataset)
+    return check_labels(raw, n_classes, what)
 
 # %% ../nbs/00_sampling.ipynb #a34f294d
 from .checks import is_finite_real, check_q  # pure Python, in a module that loads no torch
@@ -131,94 +145,87 @@ def class_probs(counts, q:float=0.) -> np.ndarray:
     return mass / mass.sum()
 
 def sampling_probs(labels, q:float=0.) -> np.ndarray:
-    "Per-item probabilities drawing class j with probability ∝ n_j**q (q=1 instance, q=0 class-balanced, q=0.5 sqrt)"
+    "Per-item probabilities drawing class j ∝ n_j**q (1 instance, 0 balanced); for findings, `finding_item_probs`"
+    if is_multi_hot(labels): return finding_item_probs(labels, q)
     labels = check_labels(labels)
     counts = np.bincount(labels)
     p = class_probs(counts, q)[labels] / counts[labels]
     return p / p.sum()
 
-# %% ../nbs/00_sampling.ipynb #0e7a1434
-def available_memory() -> int|None:
-    "Bytes of memory available now (Linux `MemAvailable`), or None where it can't be read"
-    try:
-        with open('/proc/meminfo') as f:
-            return next(int(l.split()[1]) for l in f if l.startswith('MemAvailable:')) * 1024
-    except Exception: return None
+# %% ../nbs/00_sampling.ipynb #3e5325fe
+def check_findings(findings, # Multi-hot targets `(N, C)`: 1 where item i holds finding j
+                   n_findings:int|None=None, # Number of findings, e.g. `dls.c`: the width `findings` must have
+                   what:str='findings', # What to call them in an error
+                  ) -> np.ndarray:
+    "`findings` as an `(N, C)` bool array of 0/1 multi-hot targets, or an error that says what is wrong"
+    check_n_classes(n_findings)
+    if isinstance(findings, (list, tuple, L)) and len(findings) and isinstance(findings[0], (torch.Tensor, np.ndarray)):
+        rows = [as_np(o) for o in findings]  # e.g. the `TensorMultiCategory` items of a `MultiCategoryBlock`
+        if len({o.shape for o in rows}) > 1: raise ValueError(f"{what} hold rows of different lengths: pass one 0/1 "
+                                                              "column per finding for every item.")
+        findings = np.stack(rows)
+    arr = as_np(findings)
+    if arr.ndim != 2 or arr.shape[1] < 1:
+        raise ValueError(f"{what} must be multi-hot: one row of 0/1 per item, one column per finding; got shape "
+                         f"{arr.shape}.")
+    if len(arr) == 0: raise ValueError(f"{what} is empty: the dataset has no items. Check the data source and split.")
+    if arr.dtype.kind not in 'biuf': raise TypeError(f"{what} must be 0/1 numbers, got dtype {arr.dtype}.")
+    if not np.isin(arr, (0, 1)).all():
+        raise ValueError(f"{what} must be 0/1 (multi-hot), but hold {arr[~np.isin(arr, (0, 1))].flat[0].item()!r}: "
+                         "continuous (regression) or soft targets can't be sampled by finding. An uncertain label "
+                         "(CheXpert's -1) or a blank needs a policy first: map it to 1 or to 0.")
+    if n_findings is not None and arr.shape[1] != n_findings:
+        raise ValueError(f"{what} have {arr.shape[1]} columns, but the vocabulary has {n_findings} findings: pass one "
+                         "column per finding of `dls.vocab`, in its order.")
+    return arr.astype(bool)
 
-# %% ../nbs/00_sampling.ipynb #a0f5db12
-def default_cache_mb() -> float:
-    "Default bound of an item cache, in MiB: 1/8 of the memory available now, at most 1 GiB (256 MiB if unreadable)"
-    avail = available_memory()
-    return 256. if avail is None else min(1024., avail / 2**20 / 8)
+# %% ../nbs/00_sampling.ipynb #f6dcafb2
+def check_targets(targets, # Class indices `(N,)`, or multi-hot findings `(N, C)`
+                  n_classes:int|None=None, # Number of classes or findings, e.g. `dls.c`
+                  what:str='labels', # What to call them in an error
+                 ) -> np.ndarray:
+    "Class indices as `check_labels` returns them, or multi-hot findings as `check_findings` does"
+    return (check_findings if is_multi_hot(targets) else check_labels)(targets, n_classes, what)
 
-# %% ../nbs/00_sampling.ipynb #0c7dc216
-def check_cache_mb(cache_mb) -> float|None:
-    "`cache_mb` as a float ≥ 0 (0 turns the cache off) or None (the default bound), or an error saying what to pass"
-    if cache_mb is None: return None
-    if not (is_finite_real(cache_mb) and cache_mb >= 0):
-        raise ValueError(f"cache_mb={cache_mb!r} must be a number of MiB ≥ 0 (0 turns the item cache off), or None "
-                         "for the default bound, `default_cache_mb()`.")
-    return float(cache_mb)
+def get_targets(dl_or_dataset, n_classes:int|None=None) -> np.ndarray:
+    "Class indices `(N,)`, or multi-hot findings `(N, C)`, of every item of what `get_labels` reads, inputs unread"
+    if n_classes is None and isinstance(dl_or_dataset, DataLoader): n_classes = _n_classes(dl_or_dataset)
+    raw,what = _raw_targets(dl_or_dataset)
+    return check_targets(raw, n_classes, what)
 
-# %% ../nbs/00_sampling.ipynb #916f0f84
-def _parts(item) -> list:
-    "The leaves of a dataset item: the elements of its (nested) tuples and lists"
-    return [p for o in item for p in _parts(o)] if isinstance(item, (tuple, list)) else [item]
+# %% ../nbs/00_sampling.ipynb #e6229a08
+def with_none(findings) -> np.ndarray:
+    "`findings` and one more column, *none*, for the items that hold no finding; unchanged when every item holds one"
+    f = check_findings(findings)
+    none = ~f.any(1)
+    return np.concatenate([f, none[:, None]], 1) if none.any() else f
 
-def item_nbytes(item) -> int|None:
-    "Bytes held by a decoded item (PIL images, tensors, arrays, numbers, strings); None if it holds anything else"
-    n = 0
-    for o in _parts(item):
-        if isinstance(o, Image.Image):  # PIL keeps RGB pixels in 4 bytes
-            n += o.width * o.height * (1 if o.mode in ('1', 'L', 'P') else 4)
-        elif isinstance(o, torch.Tensor): n += o.untyped_storage().nbytes()
-        elif isinstance(o, np.ndarray): n += o.nbytes
-        elif isinstance(o, (numbers.Number, str, bytes)): n += sys.getsizeof(o)
-        else: return None
-    return n
+def finding_item_probs(findings, # Multi-hot targets `(N, C)` of the training items
+                       q:float=0., # Finding j is drawn with probability ∝ n_j**q, then an item that holds it
+                      ) -> np.ndarray:
+    "Per-item probabilities of the class-aware sampler: finding j drawn ∝ n_j**q, then an item holding it uniformly"
+    f = with_none(findings).astype(np.float64)
+    counts = f.sum(0)
+    return f @ (class_probs(counts, q) / np.maximum(counts, 1))
 
-# %% ../nbs/00_sampling.ipynb #6ff8892f
-def _root(o):
-    "Where the data of a tensor or array lives (its storage, or the array it is a view of), else None"
-    if isinstance(o, torch.Tensor): return o.untyped_storage().data_ptr()
-    if isinstance(o, np.ndarray):
-        while isinstance(o.base, np.ndarray): o = o.base
-        return id(o)
-    return None
+# %% ../nbs/00_sampling.ipynb #12ede238
+def finding_mass(findings, # Multi-hot targets `(N, C)` of the training items
+                 q:float=0., # Finding j is drawn with probability ∝ n_j**q, then an item that holds it
+                 names=None, # Names of the findings, e.g. `dls.vocab`
+                ) -> pd.DataFrame:
+    "Per finding: training positives, the share of draws made for it, and the share of drawn items that hold it"
+    f = check_findings(findings)
+    drawn_for_it = class_probs(with_none(f).sum(0), q)[:f.shape[1]]
+    held = finding_item_probs(f, q) @ f
+    return pd.DataFrame({'positives': f.sum(0), 'drawn for it': drawn_for_it, 'items holding it': held,
+                         'brought by companions': held - drawn_for_it}, index=names)
 
-def in_memory(dataset) -> bool:
-    "Whether the items of `dataset` are views into data in memory: items 0 and 1 share a tensor's storage or an array"
-    if len(dataset) < 2: return False
-    items = [dataset[0], dataset[1]]  # both alive, so that a freed tensor's memory can't be reused by the next
-    return any(a is not None and a == b for a,b in zip(*([_root(o) for o in _parts(it)] for it in items)))
-
-# %% ../nbs/00_sampling.ipynb #0acafed2
-def class_item_cache(
-    dataset, # A map-style dataset, e.g. a fastai `Datasets`: `dataset[i]` is item i decoded, before item transforms
-    labels, # Class index of each item of `dataset`
-    cache_mb:float|None=None, # Bound on the cached items' bytes, in MiB; None: `default_cache_mb()`, 0: no cache
-    n_workers:int=0, # Threads that read the items (0: one by one, in this process)
-) -> dict:
-    "`{i: dataset[i]}` for the items of the smallest classes, smallest class first while they fit in `cache_mb` MiB"
-    cache_mb,labels = check_cache_mb(cache_mb),check_labels(labels)
-    if len(labels) != len(dataset):
-        raise ValueError(f"Got {len(labels)} labels for a dataset of {len(dataset)} items: pass one label per item.")
-    budget = (default_cache_mb() if cache_mb is None else cache_mb) * 2**20
-    if budget <= 0 or in_memory(dataset): return {}
-    counts,cache,used = np.bincount(labels),{},0
-    for j in np.argsort(counts, kind='stable'):
-        idxs = np.flatnonzero(labels == j).tolist()
-        if not idxs: continue
-        first = dataset[idxs[0]]
-        n = item_nbytes(first)
-        if n is None or used + n*len(idxs) > budget: break  # this class won't fit: read none of it
-        items = [first, *parallel(dataset.__getitem__, idxs[1:], n_workers=n_workers, threadpool=True, progress=False)]
-        for o in _parts(items):
-            if isinstance(o, Image.Image): o.load()  # an image opened lazily is decoded now, and lets go of its file
-        sizes = [item_nbytes(o) for o in items]
-        if None in sizes or used + sum(sizes) > budget: break
-        cache.update(zip(idxs, items)); used += sum(sizes)
-    return cache
+# %% ../nbs/00_sampling.ipynb #d1d96650
+def sampling_groups(targets) -> np.ndarray:
+    "The group of each item: its class, or its rarest finding (the last index, C, for items that hold none)"
+    if not is_multi_hot(targets): return check_labels(targets)
+    f = with_none(targets)
+    return np.where(f, f.sum(0), np.iinfo(np.int64).max).argmin(1)
 
 # %% ../nbs/00_sampling.ipynb #c614ccd0
 def _check_wgts(wgts, n:int) -> np.ndarray:
@@ -264,23 +271,25 @@ class ResampledDL(WeightedDL):
 def resampled_dl(
     dl:TfmdDL, # A fastai training DataLoader
     q:float=0., # Class j is drawn with probability ∝ n_j**q: 1 instance, 0.5 sqrt, 0 class-balanced
-    labels=None, # Class index of each item of `dl.dataset`; read with `get_labels` when None
+    labels=None, # Class index `(N,)` or multi-hot findings `(N, C)` of `dl.dataset`'s items; None: `get_targets`
     cache_mb:float|None=0., # MiB of the smallest classes' items to cache (`class_item_cache`); None: default, 0: none
 ) -> ResampledDL:
-    "Copy of `dl` (same dataset, bs, transforms, device) drawing items with replacement so class j comes up ∝ n_j**q"
+    "Copy of `dl` (same dataset, bs, transforms, device) drawing with replacement class (or finding) j ∝ n_j**q"
     q,cache_mb = check_q(q),check_cache_mb(cache_mb)
     if not isinstance(dl, TfmdDL):
         raise TypeError(f"resampled_dl needs a fastai TfmdDL (what DataBlock, Datasets.dataloaders and "
                         f"DataLoaders.from_dsets build), got {type(dl).__name__}.")
     if dl.dataset is None or len(dl.dataset) == 0:
         raise ValueError("The DataLoader has no items: there is nothing to resample.")
-    labels = get_labels(dl) if labels is None else check_labels(labels, _n_classes(dl))
+    labels = get_targets(dl) if labels is None else check_targets(labels, _n_classes(dl))
     if len(labels) != len(dl.dataset):
         raise ValueError(f"Got {len(labels)} labels for a dataset of {len(dl.dataset)} items: pass one label per item, "
                          "in dataset order (the labels of the *training* split when resampling `dls.train`).")
-    if len(np.unique(labels)) < 2:
-        raise ValueError(f"The training set has only one class ({labels[0]}): there is nothing to balance.")
-    cache = {} if cache_mb == 0 else class_item_cache(dl.dataset, labels, cache_mb, n_workers=dl.fake_l.num_workers)
+    groups = sampling_groups(labels)
+    if len(np.unique(groups)) < 2:
+        one = f'class ({labels[0]})' if labels.ndim == 1 else 'group of findings (every item holds the same rarest one)'
+        raise ValueError(f"The training set has only one {one}: there is nothing to balance.")
+    cache = {} if cache_mb == 0 else class_item_cache(dl.dataset, groups, cache_mb, n_workers=dl.fake_l.num_workers)
     return dl.new(cls=ResampledDL, wgts=sampling_probs(labels, q), shuffle=True, item_cache=cache)
 
 # %% ../nbs/00_sampling.ipynb #1f955078

@@ -115,7 +115,8 @@ def test_class_mass_bad_alpha(alpha):
 
 @pytest.mark.parametrize('counts,err,msg', [
     ([], ValueError, r'one item count per class .* shape \(0,\)'),
-    ([[1, 2], [3, 4]], ValueError, r'shape \(2, 2\)'),
+    ([[1, 2], [3, 4]], ValueError, r'findings must be 0/1 \(multi-hot\), but hold 2'),  # 2-D: findings, not counts
+    (np.ones((2, 2, 2)), ValueError, r'shape \(2, 2, 2\)'),
     (5, ValueError, r'shape \(\)'),
     ([5, -1], ValueError, 'finite and ≥ 0'),
     ([5, float('nan')], ValueError, 'finite and ≥ 0'),

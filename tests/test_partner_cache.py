@@ -14,8 +14,8 @@ from fastai.torch_core import set_seed
 from fastai.vision.core import PILImage
 from fastai.vision.data import ImageDataLoaders
 from fastai.vision.augment import Resize
-from fastai_bmx.sampling import (ResampledDL, resampled_dl, class_item_cache, item_nbytes, in_memory, default_cache_mb,
-                                 get_labels)
+from fastai_bmx.sampling import ResampledDL, resampled_dl, get_labels
+from fastai_bmx.item_cache import class_item_cache, item_nbytes, in_memory, default_cache_mb
 from fastai_bmx.mixup import BalancedMixUp
 from fastai_bmx.data import arrays_dls
 
