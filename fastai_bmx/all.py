@@ -17,6 +17,7 @@ from .multilabel_bootstrap import *
 from .data import *
 from .medmnist import *
 from .files import *
+from .findings import *
 from .splits import *
 from .weights import *
 from .precision import *

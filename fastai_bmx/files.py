@@ -24,8 +24,8 @@ from .item_cache import available_memory
 from .splits import valid_mask
 
 # %% auto #0
-__all__ = ['fits_in_memory', 'decode_once', 'memory_dls', 'MedicalImage', 'ImageReader', 'frame_dls', 'serves_from_memory',
-           'serving_line', 'folder_table', 'csv_table', 'folder_dls', 'csv_dls']
+__all__ = ['fits_in_memory', 'decode_once', 'kept_pixels', 'memory_dls', 'split_names', 'MedicalImage', 'ImageReader',
+           'frame_dls', 'serves_from_memory', 'serving_line', 'folder_table', 'csv_table', 'folder_dls', 'csv_dls']
 
 # %% ../nbs/08_files.ipynb #96462d13
 def fits_in_memory(n:int, # number of images
@@ -62,10 +62,12 @@ def decode_once(paths, # the image files of a table, in the order of its rows
     return in_memory, bad
 
 # %% ../nbs/08_files.ipynb #4edcd146
-def _decoded(paths:tuple, size:int, window=None) -> np.ndarray:
+def kept_pixels(paths:tuple, # the image files, as strings, in the order of a table's rows
+                size:int, # the side `decode_once` resized them to
+                window=None, # grey images: `read_pixels`'s window, as `check_window` gives it
+               ) -> np.ndarray:
     "The pixels `decode_once` kept for `paths`, else decoded now (`decode_images`: an error names the bad files)"
-    key = (paths, size, window)
-    return _keep(key, _KEPT[key] if key in _KEPT else decode_images(paths, size, window=window))
+    return _keep(k := (paths, size, window), _KEPT[k] if k in _KEPT else decode_images(paths, size, window=window))
 
 def memory_dls(df:pd.DataFrame, # the table `frame_dls` checked: one row per image
                pooled:np.ndarray, # per row: True for train or valid, False for test
@@ -80,7 +82,7 @@ def memory_dls(df:pd.DataFrame, # the table `frame_dls` checked: one row per ima
               ) -> DataLoaders:
     "`DataLoaders` (train, valid[, test]) of the images in `df`, decoded once (kept for the process) and in memory"
     from fastai.vision.core import imagenet_stats
-    images = _decoded(tuple(str(Path(folder)/f) for f in df[fn_col]), size, window)
+    images = kept_pixels(tuple(str(Path(folder)/f) for f in df[fn_col]), size, window)
     labels = pd.Series(df[label_col].values).map({c: i for i, c in enumerate(vocab)}).values
     rows = np.flatnonzero(pooled)
     parts = {'train': rows[~is_valid], 'valid': rows[is_valid], 'test': np.flatnonzero(~pooled)}
@@ -91,7 +93,8 @@ def memory_dls(df:pd.DataFrame, # the table `frame_dls` checked: one row per ima
 _SPLIT_NAMES = {'train': 'train', 'training': 'train', 'valid': 'valid', 'val': 'valid', 'validation': 'valid',
                 'test': 'test', 'testing': 'test'}
 
-def _split_names(values) -> np.ndarray:
+def split_names(values, # split names as a table gives them
+               ) -> np.ndarray:
     "'train', 'valid' or 'test' for each split name, matched without case or spaces; None where it is none of them"
     return pd.Series(values).astype(str).str.strip().str.lower().map(_SPLIT_NAMES).values
 
@@ -173,7 +176,7 @@ def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label colum
     df = df.reset_index(drop=True).copy()
     df[label_col] = _check_frame_labels(df[label_col], 'labels')
     if split_col is not None and split_col in df.columns:
-        split = _split_names(df[split_col])
+        split = split_names(df[split_col])
         bad = sorted(set(df[split_col].astype(str)[pd.isna(split)]))
         if bad: raise ValueError(f"Column {split_col!r} has values {bad}: use 'train', 'valid' (or 'val', "
                                  "'validation') and 'test', in any case.")
@@ -206,8 +209,8 @@ def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label colum
 def _memory_images(dls):
     "The uint8 `(N, C, H, W)` tensor of every split's images that `dls` serves (`arrays_dls`' `IndexedImage`), or None"
     tls = getattr(dls.train.dataset, 'tls', None)
-    tfm = tls[0].fs[0] if tls and len(tls[0].fs) else None
-    return tfm.images if isinstance(tfm, IndexedImage) else None
+    tfm = next((f for f in tls[0].fs if isinstance(f, IndexedImage)), None) if tls else None  # after a getter, or first
+    return None if tfm is None else tfm.images
 
 def serves_from_memory(dls, # `DataLoaders` of `frame_dls`, `load_source` or `arrays_dls`
                       ) -> bool:

@@ -14,7 +14,7 @@ from .multilabel_metrics import check_multihot, check_multilabel
 
 # %% auto #0
 __all__ = ['METRICS', 'rarest_finding_strata', 'draw_counts', 'resample_scores', 'FindingsInterval', 'bootstrap_findings',
-           'bootstrap_findings_paired']
+           'bootstrap_findings_paired', 'resampled_metric']
 
 # %% ../nbs/05a_multilabel_bootstrap.ipynb #32d6319d
 def rarest_finding_strata(targs, # multi-hot targets `(N, C)` of the evaluated split
@@ -182,3 +182,18 @@ def bootstrap_findings_paired(probs_a, # scores `(N, C)` of run a
     (pa, t), (pb, _) = check_multilabel(probs_a, targs), check_multilabel(probs_b, targs)
     points, vals, scored = _resampled([pa, pb], t, metric, n, seed, stratify)
     return _interval(f'{metric}: a - b', points[0] - points[1], vals[0] - vals[1], ci, scored)
+
+# %% ../nbs/05a_multilabel_bootstrap.ipynb #e9566e97
+def resampled_metric(probs:list, # scores `(N, C)` of each run, all on the same images
+                     targs, # multi-hot targets `(N, C)`
+                     metric:str='macro_ap', # 'macro_ap', 'micro_ap' or 'macro_auroc'
+                     n:int=1000, # resamples, shared by every run
+                     seed:int=0, # seed of the resampling
+                     stratify:bool=True, # resample within the strata of `rarest_finding_strata`
+                    ) -> tuple:
+    "`(points, values)`: each run's metric on the full set `(R,)` and on the same `n` resampled image sets `(R, n)`"
+    _check_args(metric, n, .95)
+    t = check_multihot(targs)
+    runs = [check_multilabel(p, t)[0] for p in probs]
+    points, vals, _ = _resampled(runs, t, metric, n, seed, stratify)
+    return points, vals

@@ -14,9 +14,9 @@ from fastai.metrics import AccumMetric, ActivationType
 from .sampling import as_np
 
 # %% auto #0
-__all__ = ['GROUPS', 'check_multihot', 'check_multilabel', 'per_finding_ap', 'per_finding_auroc', 'FindingMean', 'macro_ap',
-           'micro_ap', 'macro_auroc', 'per_finding_f1', 'macro_f1_at', 'tune_thresholds', 'finding_groups',
-           'group_scores', 'MacroAP', 'MicroAP', 'MacroAUROC']
+__all__ = ['GROUPS', 'FINDINGS_SCORES', 'check_multihot', 'check_multilabel', 'per_finding_ap', 'per_finding_auroc',
+           'FindingMean', 'macro_ap', 'micro_ap', 'macro_auroc', 'per_finding_f1', 'macro_f1_at', 'tune_thresholds',
+           'finding_groups', 'group_scores', 'findings_scores', 'MacroAP', 'MicroAP', 'MacroAUROC']
 
 # %% ../nbs/03b_multilabel_metrics.ipynb #436f0ab4
 def check_multihot(targs, # multi-hot targets `(N, C)` of 0/1 (ints, floats or bools)
@@ -193,6 +193,23 @@ def group_scores(probs, # scores `(N, C)`
                          n_scored_auroc=int((m & ~np.isnan(auc)).sum()), macro_ap=mean(ap, m),
                          macro_auroc=mean(auc, m), macro_f1=mean(f1, m)))
     return pd.DataFrame(rows).set_index('group')
+
+# %% ../nbs/03b_multilabel_metrics.ipynb #d125d046
+FINDINGS_SCORES = ('macro_ap', 'micro_ap', 'macro_auroc', 'macro_f1') # a run's scores on findings, the main one first
+
+def findings_scores(probs, # test scores `(N, C)` of one run
+                    targs, # test multi-hot targets `(N, C)`
+                    train_counts, # training positives per finding `(C,)`, which define the groups
+                    valid_probs=None, # validation scores, to tune each finding's threshold; None: 0.5 for all
+                    valid_targs=None, # validation multi-hot targets, with `valid_probs`
+                   ) -> dict:
+    "A run's `FINDINGS_SCORES`, the macro AP of its head, medium and tail findings, and the findings scored"
+    p, t = check_multilabel(probs, targs)
+    thresholds = 0.5 if valid_probs is None else tune_thresholds(valid_probs, valid_targs)
+    groups, ap = group_scores(p, t, train_counts, thresholds), macro_ap(p, t)
+    return dict(macro_ap=ap.value, micro_ap=micro_ap(p, t), macro_auroc=macro_auroc(p, t).value,
+                macro_f1=macro_f1_at(p, t, thresholds).value, **{f'{g}_ap': groups.loc[g, 'macro_ap'] for g in GROUPS},
+                n_scored=ap.n_scored, n_left_out=ap.n_left_out)
 
 # %% ../nbs/03b_multilabel_metrics.ipynb #0339274e
 def _value(func):

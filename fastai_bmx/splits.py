@@ -1,4 +1,4 @@
-"""Splits: one stratified k-fold, one rule to pool and refold, and one seed for the splits of an output folder
+"""Splits: one stratified k-fold (iterative for findings), one rule to pool and refold, one seed for an output folder
 
 Docs: https://fastai-bmx.github.io/fastai_bmx/splits.html.md"""
 
@@ -10,10 +10,11 @@ import numbers
 import numpy as np
 from fastai.data.transforms import IndexSplitter
 from sklearn.model_selection import StratifiedKFold, train_test_split
-from .sampling import check_labels
+from .sampling import check_labels, check_findings
+from .checks import is_finite_real
 
 # %% auto #0
-__all__ = ['check_fold', 'stratified_kfold', 'kfold_splitter', 'valid_mask', 'refold']
+__all__ = ['check_fold', 'stratified_kfold', 'kfold_splitter', 'valid_mask', 'refold', 'iterative_folds', 'findings_valid_mask']
 
 # %% ../nbs/07_splits.ipynb #1868188e
 def check_fold(fold:int, # the fold that validates
@@ -76,3 +77,64 @@ def refold(splits:dict, # `{'train': (x, y), 'valid': (x, y)[, 'test': ...]}` of
     y = np.concatenate([splits['train'][1], splits['valid'][1]])
     va = valid_mask(y, fold=fold, k=k, split_seed=split_seed)
     return {**splits, 'train': (x[~va], y[~va]), 'valid': (x[va], y[va])}
+
+# %% ../nbs/07_splits.ipynb #14795678
+def _best(first:np.ndarray, then:np.ndarray, rng:np.random.Generator) -> int:
+    "Index of the largest `first`; ties go to the largest `then`, then to `rng`"
+    m = np.flatnonzero(first == first.max())
+    if len(m) > 1: m = m[then[m] == then[m].max()]
+    return int(m[0] if len(m) == 1 else m[rng.integers(len(m))])
+
+def _stratify(f:np.ndarray, r:np.ndarray, rng:np.random.Generator) -> np.ndarray:
+    "Subset of each item of the multi-hot `f`, by Sechidis et al.'s Algorithm 1 for the proportions `r`"
+    n = len(f)
+    order = rng.permutation(n)  # the items in an order drawn from the seed
+    f = f[order]
+    want,want_f = r*n,np.outer(r, f.sum(0))  # c_j: items subset j wants; c_j^i: positives of finding i it wants
+    left,out = f.sum(0),np.full(n, -1)  # positives of each finding not yet placed; subset of each item
+    while left.any():
+        rarest = np.flatnonzero(left == left[left > 0].min())
+        i = rarest[rng.integers(len(rarest))] if len(rarest) > 1 else rarest[0]
+        for item in np.flatnonzero(f[:, i] & (out < 0)):
+            j = _best(want_f[:, i], want, rng)
+            out[item] = j; want_f[j] -= f[item]; want[j] -= 1; left -= f[item]
+    for item in np.flatnonzero(out < 0):  # the items with no finding: the subset that wants the most items
+        j = _best(want, want, rng); out[item] = j; want[j] -= 1
+    subsets = np.empty(n, int)
+    subsets[order] = out
+    return subsets
+
+def _check_seed(seed) -> int:
+    "`seed` as an int, or a clear error unless it is a whole number ≥ 0"
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be a whole number >= 0: the same seed gives the same split.")
+    return int(seed)
+
+def iterative_folds(findings, # multi-hot findings `(N, C)` of every item: 1 where item i holds finding j
+                    k:int=5, # number of folds
+                    seed:int=0, # seeds the order of the items and the tie-breaks; same seed, same folds
+                   ) -> np.ndarray:
+    "Fold (0..k-1) of each item by iterative stratification (Sechidis et al. 2011): ~1/k of each finding per fold"
+    f = check_findings(findings)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 2:
+        raise ValueError(f"k={k!r}: k-fold needs an integer k >= 2.")
+    if k > len(f): raise ValueError(f"k={k} folds but only {len(f)} items: use k <= {len(f)}.")
+    return _stratify(f, np.full(k, 1/k), np.random.default_rng(_check_seed(seed)))
+
+# %% ../nbs/07_splits.ipynb #5044cba8
+def findings_valid_mask(findings, # multi-hot findings `(N, C)` of every pool item
+                        split=None, # each item's given split, 'train' or 'valid'; None: no split given
+                        fold:int|None=None, # with a fold number, fold `fold` of `iterative_folds` validates
+                        k:int=5, # number of folds, with `fold`
+                        split_seed:int=0, # seeds the folds and a drawn validation split; not the training seed
+                        valid_pct:float=0.2, # fraction drawn (stratified) with neither a fold nor a valid split
+                       ) -> np.ndarray:
+    "`valid_mask` for findings: fold `fold` of `iterative_folds`, else the given valid split, else a stratified draw"
+    f = check_findings(findings)
+    if split is not None and len(split) != len(f):
+        raise ValueError(f"split has {len(split)} entries for {len(f)} items: give one 'train' or 'valid' per item.")
+    if fold is not None: return iterative_folds(f, k, split_seed) == check_fold(fold, k)
+    if split is not None and (np.asarray(split) == 'valid').any(): return np.asarray(split) == 'valid'
+    if not is_finite_real(valid_pct) or not 0 < valid_pct < 1:
+        raise ValueError(f"valid_pct={valid_pct!r} must be in (0, 1).")
+    return _stratify(f, np.array([1 - valid_pct, valid_pct]), np.random.default_rng(_check_seed(split_seed))) == 1

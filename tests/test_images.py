@@ -187,8 +187,8 @@ def test_grey_in_memory_is_a_third_and_gives_the_same_batches(tmp_path, monkeypa
         d = frame_dls(df, tmp_path, size=12, bs=4, seed=0, in_memory=True)
         return d, [d.one_batch(), *(next(iter(dl)) for dl in d.loaders[1:]), d.resampled(0.).one_batch()]
     grey, bg = loaders()
-    decoded = files._decoded
-    monkeypatch.setattr(files, '_decoded', lambda *a: np.repeat(decoded(*a)[..., None], 3, -1))  # the same pixels, in RGB
+    decoded = files.kept_pixels
+    monkeypatch.setattr(files, 'kept_pixels', lambda *a: np.repeat(decoded(*a)[..., None], 3, -1))  # the same pixels, in RGB
     rgb, br = loaders()
     xg, xr = (d.train.dataset.tls[0].fs[0].images for d in (grey, rgb))
     fct.test_eq((xg.shape[1], xr.shape[1], xr.numel() / xg.numel()), (1, 3, 3.))

@@ -17,7 +17,7 @@ from ..checks import check_window
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
 
 # %% auto #0
-__all__ = ['refuse', 'window_arg', 'run_command', 'results_text', 'bmx_compare', 'bmx_report']
+__all__ = ['refuse', 'window_arg', 'run_command', 'results_text', 'findings_arg', 'bmx_compare', 'bmx_report']
 
 # %% ../../nbs/app/06_cli.ipynb #5b733bf8
 _METHODS_HELP = (f"methods: {' '.join(METHODS)} "
@@ -73,7 +73,11 @@ def run_command(args:dict, # the arguments of `plan_compare`, `data` and `out` a
     except Exception as e:
         if debug: raise
         refuse(e)
+    if export and plan.rec.multi_label:
+        refuse(ValueError("--export: not yet for several findings per image; the report names the recommended run, "
+                          "and its predictions are in OUT/preds."))
     if threads: torch.set_num_threads(threads)
+    if plan.rec.multi_label: print(f"{Path(data).name}: " + '; '.join(plan.load.source.findings.describe()), flush=True)
     s = plan.settings
     if plan.train.weights: print(f"{s['arch']}: fine-tuning the weights of {plan.train.weights.source}: "
                                  f"{s['freeze_epochs']} epoch(s) of the head, body frozen, then {s['epochs']} of every "
@@ -99,7 +103,9 @@ def results_text(plan, # the comparison, run by `run_plan`
     from fastai_bmx.app.report.frontier import front_table
     from fastai_bmx.app.decide.recommend import recommendation_lines
     out, r = plan.folder.path, plan.recommendation
-    pr = paired_results(plan.folder, plan.train.monitor, plan.reference)
+    from fastai_bmx.app.report.findings_report import paired_findings
+    pr = (paired_findings(plan.folder, plan.folder.results(), plan.reference, plan.train.monitor)
+          if plan.rec.multi_label else paired_results(plan.folder, plan.train.monitor, plan.reference))
     verdicts = (f"\n\nPaired against {plan.reference} (difference in points, 95% interval, verdict):\n\n"
                 f"{paired_markdown(pr)}" if len(pr) else '')
     fronts = (f"\n\nHow the fronts lie (row against column):\n\n{to_markdown(front_table(plan.points))}"
@@ -132,6 +138,18 @@ def _end_failures(plan, out:str, t0:float):
     print(f"\n{len(fails)} run(s) gave no result, left out of every table:\n{lines}{retry} "
           f"({(time.time()-t0)/60:.1f} min)", flush=True)
     sys.exit(1)
+
+# %% ../../nbs/app/06_cli.ipynb #8f1a7b2a
+def findings_arg(label_delim:str|None=None, # --label-delim
+                 drop_cols:list|None=None, # --drop-cols
+                 uncertain:str|None=None, # --uncertain
+                 drop_missing:bool=False, # --drop-missing
+                 force:bool=False, # --findings
+                ) -> dict|None:
+    "`plan_compare`'s `findings` (the fields of `FindingsSettings`) from the options of findings; None: none given"
+    if not (force or label_delim or drop_cols or uncertain or drop_missing): return None
+    return dict(label_delim=label_delim or '|', drop_cols=tuple(drop_cols or ()), uncertain=uncertain,
+                drop_missing=drop_missing, force=force)
 
 # %% ../../nbs/app/06_cli.ipynb #1dbe2ac6
 @call_parse
@@ -176,6 +194,11 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, an im
                 rule:Annotated[str, {'choices': list(RULES)}]='best',
                 export:bool=False, # write OUT/recommended.pkl: the recommended setting as a fastai Learner.export
                 no_retry:bool=False, # leave runs that failed or diverged before as they are (default: train them again)
+                label_delim:str=None, # findings: their delimiter in a label cell (default |: 'A|B' reads as findings)
+                drop_cols:Annotated[str, {'nargs': '+'}]=None, # findings: columns that aren't findings (Disease_Risk)
+                uncertain:Annotated[str, {'choices': ['positive', 'negative']}]=None, # findings: what -1 means
+                drop_missing:bool=False, # findings: leave out the rows whose image file is missing (default: refused)
+                findings:bool=False, # read the CSV as several findings per image (0/1 columns are, without it)
                 # serial: one run after the other, here; ray: as Ray tasks, over every GPU and machine
                 # (pip install "fastai_bmx[ray]")
                 executor:Annotated[str, {'choices': ['serial', 'ray']}]='serial',
@@ -183,15 +206,9 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, an im
                 # default: a local Ray started for the command
                 address:str=None,
                 gpus_per_run:float=None, # with --executor ray: GPUs per run (default: 1 where Ray sees GPUs, else 0)
-                # with --executor ray: CPUs per run, and its torch threads
-                # (default: 1, or with GPUs the CPUs shared among them)
-                cpus_per_run:float=None,
-                # with --executor ray: how often a run whose worker died (killed, out of memory) is tried again
-                # before it is recorded as failed
-                max_retries:int=2,
-                # show the traceback of an error in the input or in a run (which then stops the sweep),
-                # not just its one line
-                debug:bool=False,
+                cpus_per_run:float=None, # --executor ray: CPUs (and torch threads) per run; default 1, or shared by GPU
+                max_retries:int=2, # --executor ray: retries of a run whose worker died, before it is recorded failed
+                debug:bool=False, # show the traceback of an input error or a run's (which then stops the sweep)
                ):
     "Compare Balanced-MixUp with the usual fixes for class imbalance on one dataset: a paper-style table and plots"
     t0 = time.time()
@@ -202,6 +219,7 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, an im
                     window=window_arg(window), channels_last={'auto': None, 'on': True, 'off': False}[channels_last],
                     keep_models=keep_models, show_bar=not quiet, reference=reference, precision=precision,
                     frontier=frontier, qs=qs, frontier_x=frontier_x, select=select, rule=rule, retry=not no_retry)
+        args['findings'] = findings_arg(label_delim, drop_cols, uncertain, drop_missing, findings)
         check_options(threads=threads)
         ray = dict(address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, max_retries=max_retries)
         check_executor(executor, **ray)  # before the other checks: a missing Ray is the one thing to install first
@@ -223,6 +241,7 @@ def bmx_report(out:str, # a bmx-compare output folder
     "Rebuild results.md and plots from a comparison's runs and saved predictions, adding missing scores; no training"
     from fastai_bmx.app.run.store import RunFolder  # the report's code, and torch, load once the arguments are read
     from fastai_bmx.app.report.results import write_report
+    from fastai_bmx.app.report.findings_report import write_findings_report
     from fastai_bmx.app.decide.recommend import recommendation_lines
     from fastai_bmx.app.report.tables import to_markdown
     from fastai_bmx.app.compare import canonical_run_name
@@ -234,7 +253,8 @@ def bmx_report(out:str, # a bmx-compare output folder
     with folder.lock():
         repaired = folder.repair()
         if repaired: print(repaired)
-        tbl = write_report(folder.path, reference=reference, select=select, rule=rule)
+        report = write_findings_report if folder.record.multi_label else write_report
+        tbl = report(folder.path, reference=reference, select=select, rule=rule)
         r = tbl.attrs['recommendation']  # chosen by `write_report`
     text = to_markdown(tbl) + ('\n\n' + '\n'.join(recommendation_lines(r)) if r else '')
     print(text + f"\n\nWrote {folder.path/'results.md'} and the plots.")

@@ -18,20 +18,21 @@ from ..precision import check_precision
 from ..weights import find_weights
 from ..files import serving_line
 from .plan.methods import get_method, expand_methods, method_order, FRONTIER_GRIDS
-from .plan.sources import RunRecord, LoadSettings, read_source
+from .plan.sources import RunRecord, LoadSettings, FindingsSettings, read_source
 from .plan.validate import check_options, check_frontier_x, check_out, check_images, check_batch
-from .plan.validate import split_counts, check_classes, check_folds, check_rule
+from .plan.validate import split_counts, check_classes, check_folds, check_rule, check_task
 from .run.training import TrainSettings, get_arch, check_monitor
 from .run.table import run_name
 from .run.store import RunFolder
 from .run.executors import Executor, get_executor
-from .decide.paired import PAIRABLE
+from .decide.paired import PAIRABLE, FINDINGS_PAIRABLE
 from .decide.recommend import Recommendation
 from .report.results import write_report, pick_reference
+from .report.findings_report import write_findings_report
 from .report.frontier import frontier_families, write_frontier
 
 # %% auto #0
-__all__ = ['Plan', 'canonical_run_name', 'plan_compare', 'run_plan', 'compare']
+__all__ = ['Plan', 'canonical_run_name', 'methods_for', 'plan_compare', 'run_plan', 'compare']
 
 # %% ../../nbs/app/05_compare.ipynb #8ba0e39d
 @dataclass
@@ -59,6 +60,19 @@ class Plan:
 def canonical_run_name(method:str) -> str:
     "The run name of `method` in the registry, or the registry's error for a method this version doesn't know"
     return get_method(method).run_name
+
+# %% ../../nbs/app/05_compare.ipynb #0d1ee312
+def methods_for(src, # the data's `Source`
+                names:list, # the run names asked for, expanded for one class per image
+                default:bool, # whether they are the default set (no method named)
+                alphas=None, taus=None, qs=None, # the knobs' grids, as given
+                frontier:bool=False, # whether the frontier was asked for
+               ) -> list:
+    "The run names for `src`: with several findings per image, their default set; refused where a method doesn't apply"
+    if src.multi_label and frontier:
+        raise ValueError("--frontier: not yet for several findings per image; compare methods instead.")
+    if src.multi_label and default: names = expand_methods(None, alphas, multi_label=True, tau=taus, q=qs)
+    return check_task(names, src.multi_label)
 
 # %% ../../nbs/app/05_compare.ipynb #1976550d
 def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder of images or a CSV
@@ -91,6 +105,7 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
                  select:str|None=None, # the metric the recommendation is chosen on; None: the main metric
                  rule:str='best', # how the recommendation may leave the reference: one of `RULES`
                  retry:bool=True, # train again the runs recorded as failed or diverged; False: skip them
+                 findings:FindingsSettings|None=None, # a CSV of several findings per image: how to read it
                 ) -> Plan:
     "Check everything a comparison needs before any training, writing nothing; raise a clear error for bad input"
     check_options(epochs=epochs, lr=lr, bs=bs, size=size, seeds=seeds, folds=folds, split_seed=split_seed,
@@ -101,28 +116,32 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
     names = expand_methods(methods, alphas, tau=taus, q=qs) if methods is not None or not frontier else []
     if fams: names = list(dict.fromkeys([n for ns in fams.values() for n in ns] + names))
     seeds, data = [int(s) for s in L(seeds)], str(data)
-    reference = pick_reference(names, reference)
     check_out(out)
     check_precision(precision)
     get_arch(arch)
     found = find_weights(arch, weights) if pretrained else None  # before any data is read: no download mid-run
-    src = read_source(data, window)  # what the data is, decided once: the checks and every run's loaders read it
+    if isinstance(findings, dict): findings = FindingsSettings(**findings)  # as the command line gives it
+    src = read_source(data, window, findings)  # what the data is, decided once: the checks and every run's loaders
+    names = methods_for(src, names, methods is None, alphas, taus, qs, frontier)
+    reference = pick_reference(names, reference)
     in_memory = check_images(src, size=size, in_memory=False if from_disk else None)  # each file decoded once
     load = LoadSettings(src, bs=bs, size=size, k=max(folds, 2), split_seed=split_seed, in_memory=in_memory)
     dls, rec = load.load(seeds[0])  # from the pixels the check kept, where they fit: every run does the same
     counts = split_counts(dls, rec)  # the labels of valid and test, read once for the checks
     check_classes(rec, counts)
     check_folds(rec, counts, folds)
-    monitor = check_monitor(monitor or rec.monitor)
+    monitor = check_monitor(monitor or rec.monitor, rec.multi_label)
     check_rule(rule)
-    pairable = [m for m in rec.metrics if m in PAIRABLE]
+    pairable = [m for m in rec.metrics if m in (FINDINGS_PAIRABLE if rec.multi_label else PAIRABLE)]
     if select is not None and select not in pairable:
         raise ValueError(f"--select {select}: choose the recommendation on one of {pairable}.")
     window = list(src.window) if isinstance(src.window, tuple) else src.window
     settings = dict(data=data, arch=arch, epochs=epochs, lr=lr, bs=bs, size=size, monitor=monitor, folds=folds,
                     pretrained=pretrained, split_seed=split_seed, precision=precision,
                     **(dict(weights=found.source, freeze_epochs=freeze_epochs) if pretrained else {}),
-                    **(dict(files='disk' if from_disk else 'memory', window=window) if src.is_files else {}))
+                    **(dict(files='disk' if from_disk else 'memory', window=window) if src.is_files else {}),
+                    **(dict(findings=list(rec.classes), left_out=sorted(src.findings.left_out))
+                       if src.multi_label else {}))
     check_batch(bs, rec, len(dls.valid.dataset), folds)
     folder = RunFolder(out, known=canonical_run_name)
     folder.check_settings(settings)
@@ -172,7 +191,8 @@ def run_plan(plan:Plan, # a checked comparison, from `plan_compare`
             if not len(res): return res  # no run gave a result: nothing to tabulate
             if plan.reference not in set(res['method']): plan.reference = None  # all its runs failed: the first
             if plan.frontier: plan.points = write_frontier(folder.path, **plan.frontier)
-            tbl = write_report(folder.path, reference=plan.reference, select=plan.select, rule=plan.rule)
+            report = write_findings_report if plan.rec.multi_label else write_report
+            tbl = report(folder.path, reference=plan.reference, select=plan.select, rule=plan.rule)
             plan.recommendation = tbl.attrs['recommendation']  # chosen on validation by `write_report`
             plan.reference = plan.reference or pick_reference(sorted(set(res['method']), key=method_order))
             return tbl

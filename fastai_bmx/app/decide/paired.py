@@ -12,9 +12,10 @@ from scipy import stats
 from ...metrics import PAPER_METRICS
 from ...sampling import check_labels, is_finite_real
 from ...bootstrap import resample_confusions, confusion_metric_values, draw_resample, FAST_KIND_BY_NAME
+from ...multilabel_bootstrap import METRICS as FINDINGS_PAIRABLE, resampled_metric
 
 # %% auto #0
-__all__ = ['PAIRABLE', 'paired_differences', 'paired_interval', 'verdict']
+__all__ = ['PAIRABLE', 'paired_differences', 'paired_interval', 'verdict', 'findings_paired_differences']
 
 # %% ../../../nbs/app/decide/00_paired.ipynb #931af059
 PAIRABLE = tuple(m.name for m in PAPER_METRICS if m.name in FAST_KIND_BY_NAME) # the metrics `paired_differences` takes
@@ -133,3 +134,21 @@ def verdict(lo:float, hi:float, seeds:int=2) -> str:
     "'better' if the interval is above 0, 'worse' if below, else 'no evidence either way'; flags a lone seed's verdict"
     word = 'better' if lo > 0 else 'worse' if hi < 0 else 'no evidence either way'
     return word + (' (one seed: training noise not counted)' if seeds < 2 else '')
+
+# %% ../../../nbs/app/decide/00_paired.ipynb #009a54c8
+def findings_paired_differences(
+    probs, # Test probabilities `(N, C)` of the method, one array per seed, on several findings per image
+    ref_probs, # Those of the reference, for the same seeds in the same order
+    targs, # Multi-hot targets `(N, C)`, the same test images for every seed
+    metric:str='macro_ap', # One of `FINDINGS_PAIRABLE`: macro_ap, micro_ap, macro_auroc
+    n:int=1000, # Paired bootstrap resamples of the test images, stratified by each image's rarest finding
+    seed:int=0, # Seed of the resampling
+) -> tuple:
+    "`paired_differences` for findings: per-seed differences `(S,)`, and on `n` resampled image sets `(n, S)`"
+    if metric not in FINDINGS_PAIRABLE: raise ValueError(f"metric={metric!r}: use one of {list(FINDINGS_PAIRABLE)}.")
+    if len(probs) != len(ref_probs) or not len(probs):
+        raise ValueError(f"{len(probs)} runs of the method and {len(ref_probs)} of the reference: "
+                         "pair them by seed, at least one pair.")
+    points, vals = resampled_metric([*probs, *ref_probs], targs, metric, n, seed)
+    S = len(probs)
+    return points[:S] - points[S:], (vals[:S] - vals[S:]).T

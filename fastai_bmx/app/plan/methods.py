@@ -12,10 +12,11 @@ from fastcore.foundation import L
 from ...checks import check_alpha, check_tau, check_q
 
 # %% auto #0
-__all__ = ['METHODS', 'FRONTIER_GRIDS', 'Method', 'register', 'Instance', 'ClassSampling', 'SqrtSampling', 'Focal',
+__all__ = ['METHODS', 'FRONTIER_GRIDS', 'Method', 'is_findings', 'register', 'Instance', 'ClassSampling', 'SqrtSampling', 'Focal',
            'ClassBalanced', 'BalancedMixUpMethod', 'Resampling', 'LogitAdjusted', 'DeferredReweighting',
-           'ClassifierRetraining', 'BalancedCutMixMethod', 'Combined', 'get_method', 'expand_methods',
-           'describe_methods', 'method_order']
+           'ClassifierRetraining', 'BalancedCutMixMethod', 'FindingsLoss', 'AsymmetricLossMethod', 'WeightedBCE',
+           'DistributionBalanced', 'Combined', 'get_method', 'default_methods', 'expand_methods', 'describe_methods',
+           'method_order']
 
 # %% ../../../nbs/app/plan/00_methods.ipynb #10bb1263
 class Method:
@@ -24,6 +25,9 @@ class Method:
     knob:str|None = None # the one hyperparameter, e.g. 'alpha'; None: none
     grid:tuple = () # the knob's values when the bare name is asked for
     default:bool = True # run when no method is named
+    findings:bool|str = True # several findings per image (multi-hot targets): True where it applies, else why not
+    one_class:bool|str = True # one class per image: True where it applies, else why not
+    findings_default:bool|None = None # run on findings when no method is named; None: as `default`
 
     def __init__(self, value:float|None=None): # the knob's value (None for a method without a knob)
         if (self.knob is None) != (value is None):
@@ -43,6 +47,11 @@ class Method:
     def after_fit(self, learn, rec, monitor:str, epochs:int): pass
 
     def __repr__(self): return f'{type(self).__name__}({self.run_name!r})'
+
+# %% ../../../nbs/app/plan/00_methods.ipynb #0fb6d97f
+def is_findings(rec) -> bool:
+    "Whether a run record's targets are several findings per image (multi-hot) rather than one class per image"
+    return bool(getattr(rec, 'multi_label', False))
 
 # %% ../../../nbs/app/plan/00_methods.ipynb #180629d3
 METHODS = {} # name -> `Method` subclass, in the order registered
@@ -80,8 +89,11 @@ class SqrtSampling(ClassSampling):
 @register
 class Focal(Method):
     "Focal loss, γ = 2"
-    name = 'focal'
+    name = 'focal'  # for findings, its sigmoid form per finding (`FocalBCELoss`)
     def loss_func(self, rec):
+        if is_findings(rec):
+            from fastai_bmx.multilabel_losses import FocalBCELoss
+            return FocalBCELoss(gamma=2.)
         from fastai_bmx.losses import WeightedFocalLossFlat
         return WeightedFocalLossFlat(gamma=2.)
 
@@ -90,6 +102,7 @@ class Focal(Method):
 class ClassBalanced(Method):
     "Class-balanced cross-entropy, β = 0.999 (Cui et al.)"
     name = 'cb'
+    findings = "it weighs cross-entropy by class, one class per image; for findings use wbce or db"
     def loss_func(self, rec):
         from fastai_bmx.losses import ClassBalancedLoss
         return ClassBalancedLoss(rec.counts, beta=0.999)
@@ -118,6 +131,7 @@ class Resampling(Method):
 class LogitAdjusted(Method):
     "Logit-adjusted cross-entropy, CE(z + τ·log π), raw logits at test; τ = 1 is Balanced Softmax (Menon et al.)"
     name, knob, grid, default = 'la', 'tau', (1.,), False
+    findings = "it adjusts a softmax over classes, and findings are independent sigmoids; use asl or db"
     def check(self, value) -> float: return check_tau(value)
     def loss_func(self, rec):
         from fastai_bmx.adjust import LogitAdjustedLoss
@@ -129,6 +143,7 @@ class DeferredReweighting(Method):
     ("Deferred re-weighting: cross-entropy, class-balanced weights (β = 0.9999) "
      "for the last 20% of training (Cao et al.)")
     name, default = 'drw', False
+    findings = "it re-weights cross-entropy by class late in training, not yet a loss per finding; use wbce or db"
     def cbs(self, rec) -> list:
         from fastai_bmx.losses import DeferredReweight
         return [DeferredReweight(start=0.8, beta=0.9999, class_counts=rec.counts)]
@@ -154,6 +169,35 @@ class BalancedCutMixMethod(BalancedMixUpMethod):
     def cbs(self, rec) -> list:
         from fastai_bmx.mixup import BalancedCutMix
         return [BalancedCutMix(self.value)]
+
+# %% ../../../nbs/app/plan/00_methods.ipynb #fcfcac66
+class FindingsLoss(Method):
+    "Base of the losses for several findings per image (`fastai_bmx.multilabel_losses`), refused on one class per image"
+    default, findings_default = False, True
+    one_class = "it is a loss for several findings per image (a sigmoid per finding); for one class use focal or cb"
+    loss:str = '' # its class in `fastai_bmx.multilabel_losses`
+    weighted:bool = False # whether it weighs the findings by their training positives (and the training images)
+    def loss_func(self, rec):
+        import fastai_bmx.multilabel_losses as losses
+        return getattr(losses, self.loss)(*((rec.counts, rec.n_items) if self.weighted else ()))
+
+# %% ../../../nbs/app/plan/00_methods.ipynb #6445b499
+@register
+class AsymmetricLossMethod(FindingsLoss):
+    "Asymmetric loss, γ− = 4, γ+ = 0, clip 0.05 (Ridnik et al., ICCV 2021): easy negatives discarded"
+    name, loss = 'asl', 'AsymmetricLoss'
+
+# %% ../../../nbs/app/plan/00_methods.ipynb #77822382
+@register
+class WeightedBCE(FindingsLoss):
+    "BCE with each finding's positives weighted by its negatives/positives ratio in training (`pos_weight`)"
+    name, loss, weighted, findings_default = 'wbce', 'WeightedBCELoss', True, False
+
+# %% ../../../nbs/app/plan/00_methods.ipynb #5e265cae
+@register
+class DistributionBalanced(FindingsLoss):
+    "Distribution-balanced loss: re-balanced weights and negative-tolerant regularisation (Wu et al., ECCV 2020)"
+    name, loss, weighted, findings_default = 'db', 'DistributionBalancedLoss', True, False
 
 # %% ../../../nbs/app/plan/00_methods.ipynb #91c1e51f
 class Combined(Method):
@@ -194,10 +238,20 @@ def get_method(name:str) -> Method:
     raise ValueError(f"Unknown method {name!r}: choose from {list(METHODS)}, "
                      "with a value for a method with a knob (e.g. bmx-0.2).")
 
+# %% ../../../nbs/app/plan/00_methods.ipynb #3fb0691d
+def default_methods(multi_label:bool=False, # several findings per image, or one class per image
+                   ) -> list:
+    "The methods run when none is named: those marked `default` (for findings, `findings_default`) that apply"
+    def runs(cls) -> bool:
+        if not multi_label: return cls.default and cls.one_class is True
+        return (cls.default if cls.findings_default is None else cls.findings_default) and cls.findings is True
+    return [n for n, cls in METHODS.items() if runs(cls)]
+
 # %% ../../../nbs/app/plan/00_methods.ipynb #f3f64feb
 def expand_methods(methods=None, # names: a knob's method expands over its grid ('bmx') or names one value ('bmx-0.2');
                                  # '+' combines; None: the default set
                    alphas=None, # the α grid of 'bmx'; None: its default
+                   multi_label:bool=False, # the default set for several findings per image, not one class
                    **grids, # the grids of other knobs, by knob name (e.g. `tau=[0.5, 1, 2]`)
                   ) -> list:
     "The run names to train, in the order given, without duplicates"
@@ -207,7 +261,7 @@ def expand_methods(methods=None, # names: a knob's method expands over its grid 
         if cls is None or not cls.knob: return [get_method(m).run_name]
         return [cls(v).run_name for v in L(cls.grid if grids.get(cls.knob) is None else grids[cls.knob])]
     out = []
-    for m in L([n for n, cls in METHODS.items() if cls.default] if methods is None else methods):
+    for m in L(default_methods(multi_label) if methods is None else methods):
         names = ['+'.join(ns) for ns in itertools.product(*[expand(p) for p in str(m).strip().lower().split('+')])]
         out += [get_method(n).run_name for n in names if get_method(n).run_name not in out]
     if not out: raise ValueError(f"No methods given: choose from {list(METHODS)}.")

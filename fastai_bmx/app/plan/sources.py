@@ -11,16 +11,19 @@ from dataclasses import dataclass, asdict, field
 from functools import lru_cache
 from pathlib import Path
 import numpy as np, pandas as pd
-from ...sampling import get_labels
+from ...sampling import get_labels, get_targets
 from ...metrics import paper_metrics
+from ...multilabel_metrics import FINDINGS_SCORES
 from ...data import is_ordinal, digits_splits, arrays_dls, default_augs
 from ...medmnist import load_medmnist, medmnist_classes
 from ...checks import check_window
 from ...files import frame_dls, folder_table, csv_table
+from ...findings import FindingsTable, findings_table, findings_dls
 from ...splits import refold
 
 # %% auto #0
-__all__ = ['RunRecord', 'source_kind', 'Source', 'read_source', 'load_source', 'LoadSettings']
+__all__ = ['LABEL_COLS', 'RunRecord', 'source_kind', 'FindingsSettings', 'looks_multi_label', 'Source', 'read_source',
+           'load_source', 'LoadSettings']
 
 # %% ../../../nbs/app/plan/01_sources.ipynb #bf96af8f
 @dataclass(frozen=True)
@@ -31,16 +34,18 @@ class RunRecord:
     counts:tuple # training items per class
     ordinal:bool=False # ordered grades: quadratic kappa is the main metric, and kappa and Kendall's tau are reported
     flip:bool=True # a mirror image keeps its class: flip augmentation in training and flip TTA at test time
+    multi_label:bool=False # several findings per image: `classes` name the findings, `counts` their training positives
+    n_items:int|None=None # training images (with findings, `counts` don't add up to it)
 
     @property
     def monitor(self) -> str:
-        "The default main metric: quadratic kappa for ordered grades, MCC otherwise"
-        return 'quadratic_kappa' if self.ordinal else 'mcc'
+        "The default main metric: macro mAP for findings, quadratic kappa for ordered grades, MCC otherwise"
+        return 'macro_ap' if self.multi_label else 'quadratic_kappa' if self.ordinal else 'mcc'
 
     @property
     def metrics(self) -> list:
-        "Names of the metrics the report shows for these classes"
-        return [m.name for m in paper_metrics(self.ordinal)]
+        "Names of the metrics the report shows for these classes (or findings)"
+        return list(FINDINGS_SCORES) if self.multi_label else [m.name for m in paper_metrics(self.ordinal)]
 
     def to_json(self) -> str: return json.dumps(asdict(self), indent=1)
 
@@ -65,6 +70,28 @@ def source_kind(data:str) -> str:
     if p.is_dir(): return 'folder'
     raise ValueError(f"--data {data!r} is not 'digits', a .npz file, a .csv file or a folder of images.")
 
+# %% ../../../nbs/app/plan/01_sources.ipynb #0d3dd74e
+@dataclass(frozen=True)
+class FindingsSettings:
+    "How a CSV of several findings per image is read (`findings_table`): what `--label-delim` and its kin say"
+    label_delim:str='|' # separates the findings in a label cell
+    drop_cols:tuple=() # columns that aren't findings, left out (e.g. RFMiD's `Disease_Risk`)
+    uncertain:str|None=None # -1 (CheXpert's uncertain) and blanks: 'positive' or 'negative'; None: refused
+    drop_missing:bool=False # leave out the rows whose image file is missing; False: refused
+    force:bool=False # read the CSV as findings, though it doesn't look like it
+
+LABEL_COLS = ('labels', 'label', 'findings', 'finding labels', 'tags') # names of a label column, in any case
+
+def looks_multi_label(table:pd.DataFrame, # a CSV's rows
+                      label_delim:str='|', # separates the findings in a label cell
+                     ) -> bool:
+    "Whether a CSV holds several findings per image: a label cell with `label_delim`, or two or more 0/1 columns"
+    cols = {str(c).lower(): c for c in table.columns}
+    label = next((cols[n] for n in LABEL_COLS if n in cols), None)
+    if label is not None: return bool(table[label].astype(str).str.contains(label_delim, regex=False).any())
+    flags = [c for c in table.select_dtypes('number').columns if str(c).lower() not in ('id', 'index')]
+    return len(flags) >= 2 and all(set(table[c].dropna().unique()) <= {0, 1, -1} for c in flags)
+
 # %% ../../../nbs/app/plan/01_sources.ipynb #dd1ef78a
 @dataclass(frozen=True, eq=False)
 class Source:
@@ -74,6 +101,7 @@ class Source:
     table:pd.DataFrame|None=None # image files: one row per file: `fname` (relative to `folder`), `label` and `split`
     folder:Path|None=None # image files: the folder their paths are relative to, made absolute
     window:tuple|str|None=None # image files: how grey levels become 8 bits (`read_pixels`)
+    findings:FindingsTable|None=None # a CSV of several findings per image: its checked table (`findings_table`)
     path:Path|None=field(default=None, init=False) # the file or folder `data` names, absolute; None for digits
 
     def __post_init__(self):  # absolute from the start: a worker (Ray's) may run in another folder
@@ -84,6 +112,9 @@ class Source:
     def files(self) -> list:
         "The paths of the image files it lists (none for arrays)"
         return [] if self.table is None else [self.folder/f for f in self.table['fname'].astype(str)]
+
+    @property
+    def multi_label(self) -> bool: return self.findings is not None # several findings per image
 
     @property
     def is_files(self) -> bool:
@@ -97,13 +128,21 @@ class Source:
 
 def read_source(data:str, # 'digits', a MedMNIST `.npz`, a folder of images or a CSV
                 window:tuple|str|None=None, # image files: None (each DICOM's own window), 'range' or (center, width)
+                findings:FindingsSettings|None=None, # a CSV of findings: how to read it; None: the defaults
                ) -> Source:
     "The `Source` of `data`: its kind told, and a folder's or CSV's table of files read, once; or a clear error"
     data, window = str(data), check_window(window)
     kind = source_kind(data)
     if kind == 'folder': return Source(data, kind, folder_table(data), Path(data), window)
     if kind == 'csv':
-        table = csv_table(data)
+        table, how = csv_table(data), findings or FindingsSettings()
+        if how.force or looks_multi_label(table, how.label_delim):
+            ft = findings_table(table, Path(data).parent, label_delim=how.label_delim, drop_cols=list(how.drop_cols),
+                                uncertain=how.uncertain, drop_missing=how.drop_missing)
+            return Source(data, kind, ft.df, Path(data).parent, window, findings=ft)
+        if findings is not None:
+            raise ValueError(f"{data} holds one class per image (no label cell holds {how.label_delim!r}, and its "
+                             "columns aren't 0/1 findings): the options of findings don't apply; leave them out.")
         if 'fname' not in table.columns:
             raise ValueError(f"{data} has no 'fname' column of image paths (its columns: {list(table.columns)}).")
         return Source(data, kind, table, Path(data).parent, window)
@@ -119,6 +158,16 @@ def _array_source(data:str) -> tuple:
     p = Path(data)
     return load_medmnist(p), medmnist_classes(p), is_ordinal(p), True
 
+def _findings_source(src:Source, bs:int, size:int, seed:int, fold:int|None, k:int, split_seed:int,
+                     in_memory:bool|None) -> tuple:
+    "`(dls, record)` of a CSV of several findings per image: `findings_dls` and each finding's training positives"
+    dls = findings_dls(src.findings, src.folder, bs=bs, size=size, seed=seed, in_memory=in_memory,
+                       split_seed=split_seed, fold=fold, k=k, window=src.window)
+    if len(dls.loaders) < 3: raise ValueError(f"{src.data} has no test split: add rows with split 'test'.")
+    y = get_targets(dls.train)
+    return dls, RunRecord(src.data, tuple(src.findings.findings), tuple(int(n) for n in y.sum(0)), multi_label=True,
+                          n_items=len(y))
+
 def load_source(data:str|Source='digits', # 'digits', a MedMNIST `.npz`, a folder of images or a CSV, or its `Source`
                 bs:int=64, # batch size
                 size:int|None=None, # image size; None: 32 for digits, native for `.npz`, 64 for files (`image_size`)
@@ -132,6 +181,7 @@ def load_source(data:str|Source='digits', # 'digits', a MedMNIST `.npz`, a folde
     "`(dls, record)`: the `DataLoaders` (train, valid, test) of a `bmx-compare` source and its `RunRecord`"
     src = data if isinstance(data, Source) else read_source(data, window)
     data, size = src.data, src.image_size(size)
+    if src.multi_label: return _findings_source(src, bs, size, seed, fold, k, split_seed, in_memory)
     if src.is_files:
         dls = frame_dls(src.table, src.folder, bs=bs, size=size, seed=seed, fold=fold, k=k, split_seed=split_seed,
                         in_memory=in_memory, window=src.window)

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 from fastcore.foundation import L
 from ...checks import is_finite_real, check_precision_name
-from .methods import expand_methods  # no torch: the checks of the data import theirs as they run
+from .methods import expand_methods, get_method  # no torch: the checks of the data import theirs as they run
 
 # %% auto #0
 __all__ = ['RULES', 'check_options', 'check_out', 'check_batch', 'check_frontier_x', 'check_rule', 'check_command', 'need_ray',
-           'check_executor', 'check_images', 'count_files', 'split_counts', 'check_classes', 'check_folds']
+           'check_executor', 'check_images', 'count_files', 'split_counts', 'check_classes', 'check_folds',
+           'check_task']
 
 # %% ../../../nbs/app/plan/02_validate.ipynb #0aabd18c
 def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -84,7 +85,7 @@ def check_batch(bs:int, # the batch size
                 folds:int=0, # the number of folds k (0: the data's own split)
                ):
     "Raise unless the training split (each fold's, with `folds`) holds a batch of `bs`, as the training loader needs"
-    n_train = int(np.sum(rec.counts))
+    n_train = int(rec.n_items if getattr(rec, 'multi_label', False) else np.sum(rec.counts))  # findings: images
     if folds: n_train = n_train + n_valid - -(-(n_train + n_valid) // folds)  # the smallest training part of k folds
     if bs > n_train:
         raise ValueError(f"--bs {bs} is more than the {n_train} training images{' of a fold' if folds else ''}: the "
@@ -191,16 +192,18 @@ def count_files(data:str) -> int:
 def split_counts(dls, # the `DataLoaders` of a source: train, valid and test
                  rec, # its `RunRecord`, which holds the training counts
                 ) -> dict:
-    "Images per class of the valid and test splits, `{'valid': counts, 'test': counts}`: their labels read once for all"
-    from fastai_bmx.sampling import get_labels
-    n = len(rec.classes)
-    return {name: np.bincount(get_labels(dl), minlength=n) for name, dl in zip(('valid', 'test'), dls.loaders[1:])}
+    "Images per class (positives per finding) of valid and test, `{'valid': counts, 'test': counts}`, read once"
+    from fastai_bmx.sampling import get_labels, get_targets
+    n, splits = len(rec.classes), zip(('valid', 'test'), dls.loaders[1:])
+    if getattr(rec, 'multi_label', False): return {name: get_targets(dl).sum(0) for name, dl in splits}  # positives
+    return {name: np.bincount(get_labels(dl), minlength=n) for name, dl in splits}
 
 # %% ../../../nbs/app/plan/02_validate.ipynb #ee289b00
 def check_classes(rec, # the `RunRecord` of a source: its training counts
                   counts:dict, # images per class of its other splits, `split_counts(dls, rec)`
                  ):
     "Raise unless training has two classes or more and every class in valid and test has training images"
+    if getattr(rec, 'multi_label', False): return  # `findings_table` left out the findings training never sees
     trained = set(np.flatnonzero(np.asarray(rec.counts) > 0).tolist())
     if len(trained) < 2:
         raise ValueError(f"Training has images of {len(trained)} class only ({[rec.classes[i] for i in trained]}): "
@@ -217,7 +220,7 @@ def check_folds(rec, # the `RunRecord` of the data's own split: its training cou
                 folds:int, # the number of folds k (0: none)
                ):
     "Raise unless every class has at least `folds` images in train and valid together"
-    if not folds: return
+    if not folds or getattr(rec, 'multi_label', False): return  # findings: iterative folds spread the rare ones
     pool = np.asarray(rec.counts) + counts['valid']
     few = {c: int(n) for c, n in zip(rec.classes, pool) if 0 < n < folds}
     if few:
@@ -227,3 +230,16 @@ def check_folds(rec, # the `RunRecord` of the data's own split: its training cou
         have = ', '.join(f'{c} has {n}' for c, n in few.items())
         raise ValueError(f"--folds {folds} needs at least {folds} images of each class in train and valid together, "
                          f"but {have}: {fix}.")
+
+# %% ../../../nbs/app/plan/02_validate.ipynb #f67a225f
+def check_task(names:list, # run names, from `expand_methods`
+               multi_label:bool, # several findings per image (True), or one class per image
+              ) -> list:
+    "`names`, or a one-line error naming the first method that can't train on this kind of target, and why"
+    for name in names:
+        for part in getattr(get_method(name), 'parts', [get_method(name)]):
+            why = type(part).findings if multi_label else type(part).one_class
+            if why is not True:
+                kind = 'several findings per image' if multi_label else 'one class per image'
+                raise ValueError(f"Method {part.run_name!r} doesn't apply to {kind}: {why}.")
+    return list(names)

@@ -10,7 +10,7 @@ import numpy as np, pandas as pd, torch
 from ..plan.methods import METHODS
 
 # %% auto #0
-__all__ = ['figure', 'plot_class_counts', 'plot_beta_densities', 'plot_recall', 'plot_confusion']
+__all__ = ['figure', 'plot_class_counts', 'plot_beta_densities', 'plot_recall', 'plot_confusion', 'plot_finding_ap']
 
 # %% ../../../nbs/app/report/01_plots.ipynb #ad4fa410
 def figure(w:float, # width, in inches
@@ -80,4 +80,21 @@ def plot_confusion(cm:np.ndarray, # confusion matrix, rows true, columns predict
             ax.text(j, i, cm[i, j], ha='center', va='center', fontsize=8, color='white' if norm[i, j] > .5 else 'black')
     ax.set_xticks(range(len(names)), names); ax.set_yticks(range(len(names)), names)
     ax.set(xlabel='predicted', ylabel='true', title=title)
+    return fig
+
+# %% ../../../nbs/app/report/01_plots.ipynb #147febed
+def plot_finding_ap(ap:pd.DataFrame, # methods × findings: mean test AP, NaN where a finding has no test positive
+                    counts, # training positives of each finding, in the columns' order
+                   ):
+    "Each finding's test AP against its training positives (log scale), one marker per method: where the tail lies"
+    counts = np.asarray(counts, dtype=float)
+    fig = figure(6.5, 4)
+    ax = fig.subplots()
+    for (m, row), mark in zip(ap.iterrows(), 'os^Dv<>p*h'):
+        ok = row.notna().values
+        ax.scatter(counts[ok], row.values[ok], marker=mark, alpha=.75, label=m)
+    ax.set_xscale('log')
+    ax.set(xlabel='training positives of the finding (log scale)', ylabel='test AP', ylim=(-.02, 1.02),
+           title=f'Test AP per finding ({int(ap.notna().all().sum())} with a test positive)')
+    ax.legend(ncol=2, fontsize=8)
     return fig

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv, math
 from typing import Callable
 from ...metrics import PAPER_METRICS
+from ...multilabel_metrics import FINDINGS_SCORES
 
 # %% auto #0
 __all__ = ['TABLE_KEYS', 'run_name', 'row_problem', 'read_table']
@@ -51,7 +52,8 @@ def read_table(text:str, # the text of a results.csv
     lines = text.splitlines()
     if not lines or not lines[0].strip(): return [], [], []
     cols = next(csv.reader([lines[0]]))
-    metrics, good, bad, seen = [m.name for m in PAPER_METRICS if m.name in cols],[],[],set()
+    scores = dict.fromkeys([*(m.name for m in PAPER_METRICS), *FINDINGS_SCORES])  # of classes, and of findings
+    metrics, good, bad, seen = [m for m in scores if m in cols],[],[],set()
     for i, line in enumerate(lines[1:], 2):
         if not line.strip(): continue
         fields = next(csv.reader([line]))

@@ -18,16 +18,18 @@ from fastai.callback.tracker import SaveModelCallback
 from fastai.callback.progress import *  # no_bar
 from fastai.optimizer import SGD
 from ...metrics import paper_metrics, run_scores
+from ...multilabel_metrics import findings_scores, MacroAP, MacroAUROC, MicroAP
 from ...evaluation import flip_tta
 from fastai.callback.channelslast import ChannelsLast
 from ...precision import precision_cbs, wants_channels_last
-from ..plan.methods import get_method
+from ..plan.methods import get_method, is_findings
 from ...schedule import fine_tune_stages, SaveBestOfStages
 from ...weights import Weights, normalize_with, pretrained_learner
 from .guard import DivergenceGuard, RunDiverged, DIVERGENCE_FACTOR
 
 # %% auto #0
-__all__ = ['PAPER_RECIPE', 'get_arch', 'check_monitor', 'TrainSettings', 'run_learner', 'train_eval', 'fit_paper_recipe']
+__all__ = ['PAPER_RECIPE', 'get_arch', 'learn_metrics', 'check_monitor', 'TrainSettings', 'run_learner', 'train_eval',
+           'fit_paper_recipe']
 
 # %% ../../../nbs/app/run/01_training.ipynb #02ff2ca0
 def get_arch(name:str):
@@ -39,10 +41,19 @@ def get_arch(name:str):
     raise ValueError(f"Unknown architecture {name!r}: use a timm model name "
                      "(e.g. resnet18, resnet10t, efficientnet_b0) or a fastai one (e.g. xresnet18).")
 
+# %% ../../../nbs/app/run/01_training.ipynb #7605d7ee
+def learn_metrics(multi_label:bool=False, # several findings per image (macro mAP first), or one class per image
+                 ) -> list:
+    "The metrics every run's `Learner` records each epoch, which `monitor` may pick the best epoch by"
+    if multi_label: return [MacroAP(), MacroAUROC(), MicroAP()]
+    return [pm.learn_metric() for pm in paper_metrics(monitored=True)]
+
 # %% ../../../nbs/app/run/01_training.ipynb #4782ad4a
-def check_monitor(monitor:str) -> str:
+def check_monitor(monitor:str, # a metric's name
+                  multi_label:bool=False, # several findings per image: the metrics of findings
+                 ) -> str:
     "`monitor`, or a clear error unless a `Learner` records it"
-    names = [m.name for m in paper_metrics(monitored=True)]
+    names = [m.name for m in learn_metrics(multi_label)]
     if monitor not in names: raise ValueError(f"monitor={monitor!r}: use one of {names}.")
     return monitor
 
@@ -76,8 +87,8 @@ def run_learner(dls, # the run's `DataLoaders`
                ) -> Learner:
     "The run's `vision_learner`: from scratch, or with `weights` (loaders normalised once to their stats, body frozen)"
     from fastai.vision.learner import vision_learner
-    kw = dict(loss_func=m.loss_func(rec), metrics=[pm.learn_metric() for pm in paper_metrics(monitored=True)], cbs=cbs,
-              path=path, model_dir='models')
+    kw = dict(loss_func=m.loss_func(rec), metrics=learn_metrics(is_findings(rec)), cbs=cbs, path=path,
+              model_dir='models')
     if weights is None: return vision_learner(m.train_dls(dls, rec), get_arch(arch), pretrained=False, **kw)
     normalize_with(dls, weights.mean, weights.std)  # the test loader too, before the method copies the training one
     return pretrained_learner(m.train_dls(dls, rec), weights.arch, weights=weights, **kw)
@@ -101,7 +112,7 @@ def train_eval(dls, # the run's `DataLoaders` (train, valid, test), from `load_s
                diverge:float|None=DIVERGENCE_FACTOR, # `DivergenceGuard` factor: stop, raise `RunDiverged`; None: never
               ) -> tuple:
     "Train `method` once, reload its best epoch on `monitor`, return `(row, preds)`: scores, test and valid predictions"
-    monitor = check_monitor(monitor or rec.monitor)
+    monitor = check_monitor(monitor or rec.monitor, is_findings(rec))
     m = get_method(method)
     guard = [DivergenceGuard(diverge)] if diverge is not None else []
     cbs = m.cbs(rec) + precision_cbs(precision, channels_last=False) + guard
@@ -133,8 +144,10 @@ def train_eval(dls, # the run's `DataLoaders` (train, valid, test), from `load_s
     # keep the weights tested: after the method's last step (cRT re-trains the head after the best epoch)
     if keep_model: learn.save(fname)
     else: (Path(path)/'models'/f'{fname}.pth').unlink(missing_ok=True)
+    scores = (findings_scores(probs, targs, rec.counts, valid_probs, valid_targs) if is_findings(rec) else
+              run_scores(probs, targs, rec.counts))
     row = dict(method=m.run_name, best_epoch=best + 1, **{f'valid_{monitor}': float(vals[monitor].iloc[best])},
-               **run_scores(probs, targs, rec.counts), train_s=round(train_s, 1))
+               **scores, train_s=round(train_s, 1))
     return row, dict(probs=probs, targs=targs, valid_probs=valid_probs, valid_targs=valid_targs)
 
 # %% ../../../nbs/app/run/01_training.ipynb #412240fd
