@@ -95,3 +95,18 @@ def test_readme_pretrained_snippet_on_retinamnist(real_data):
     fct.test_eq(len(learn.recorder.values), 1)  # fastai's recorder keeps the last fit: one epoch of every layer
     preds, targs = learn.get_preds(dl=dls.test)
     fct.test_eq(preds.shape, (400, 5))
+
+
+def test_readme_findings_snippet_on_rfmid(real_data):
+    "The README's multi-label snippet on the real RFMiD table, verbatim but for one epoch: findings, partner and metrics"
+    from fastai_bmx.all import findings_table, findings_dls, pretrained_learner, MacroAP, MacroAUROC, flip_tta, macro_ap
+    set_seed(0)
+    table = findings_table(real_data('rfmid_64/labels.csv'))
+    dls = findings_dls(table, bs=32, size=64)
+    learn = pretrained_learner(dls, 'efficientnet_lite0', metrics=[MacroAP(), MacroAUROC()], cbs=BalancedMixUp(0.2))
+    with learn.no_bar(), learn.no_logging(): learn.fine_tune(1, 1e-2)
+    assert learn.balanced_mix_up.multi_label
+    fct.test_eq(learn.recorder.metric_names[3:5], ['macro_ap', 'macro_auroc'])
+    m = macro_ap(*flip_tta(learn, dl=dls.loaders[2]))
+    fct.test_eq((m.n_scored, m.n_left_out), (19, 13))  # 32 findings learned; 13 have no test positive
+    assert 0 < m.value < 1 and 'over 19 findings (13 without a test positive left out)' in m.describe('test macro mAP')
