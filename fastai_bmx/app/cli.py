@@ -73,9 +73,6 @@ def run_command(args:dict, # the arguments of `plan_compare`, `data` and `out` a
     except Exception as e:
         if debug: raise
         refuse(e)
-    if export and plan.rec.multi_label:
-        refuse(ValueError("--export: not yet for several findings per image; the report names the recommended run, "
-                          "and its predictions are in OUT/preds."))
     if threads: torch.set_num_threads(threads)
     if plan.rec.multi_label: print(f"{Path(data).name}: " + '; '.join(plan.load.source.findings.describe()), flush=True)
     s = plan.settings
@@ -122,7 +119,7 @@ def _export(plan, out:str):
     r = plan.recommendation
     if r is None:
         refuse(ValueError('--export: no run saved its validation predictions, so there is nothing to recommend.'))
-    fits = fit_folder(plan.folder, r.metric)
+    fits = {} if plan.rec.multi_label else fit_folder(plan.folder, r.metric)  # findings: thresholds, in `export_run`
     info = export_run(plan.folder, r.median_run, r.variant, fits.get(r.median_run), plan.load, plan.train)
     again = ', trained again with its seed' if info['retrained'] else ''
     print(f"Exported {r.setting} ({info['run']}{again}) to {Path(out)/info['file']}: load_learner it, then "

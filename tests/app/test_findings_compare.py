@@ -36,7 +36,7 @@ def compared(tmp_path_factory):
     root = tmp_path_factory.mktemp('findings')
     out = root/'out'
     r = run('bmx-compare', '--data', findings_csv(root/'imgs'), '--out', out, '--methods', 'instance', 'bmx-0.2',
-            'asl', '--seeds', '0', '1', *FAST)
+            'asl', '--seeds', '0', '1', '--export', *FAST)
     assert r.returncode == 0, r.stderr[-3000:]
     return out, r.stdout
 
@@ -55,6 +55,20 @@ def test_findings_run_end_to_end(compared):
     assert record['multi_label'] and record['classes'] == ['big', 'mid', 'tiny']
     assert 'Findings learned (3)' in stdout and 'Paired against instance' in stdout
 
+def test_findings_export_predicts_findings_at_their_thresholds(compared):
+    "The recommended run, exported: `learn.predict` on an image file gives the findings over their own thresholds"
+    from fastai.learner import load_learner
+    out, stdout = compared
+    info = json.loads((out/'recommended.json').read_text())
+    learn = load_learner(out/'recommended.pkl')
+    img = out.parent/'imgs'/'0.png'
+    found, mask, probs = learn.predict(img)
+    th = np.array(info['finding_thresholds'])
+    fct.test_eq(len(th), 3)
+    fct.test_eq(mask.numpy(), probs.numpy() >= th)
+    fct.test_eq(list(found), [f for f, m in zip(['big', 'mid', 'tiny'], mask) if m])
+    assert 'Exported' in stdout and info['flip_tta']
+
 def test_findings_report_rebuilds_byte_for_byte(compared):
     out, _ = compared
     before = (out/'results.md').read_bytes()
@@ -68,11 +82,9 @@ def test_methods_that_dont_apply_are_refused(tmp_path):
             "Method 'la-1' doesn't apply to several findings per image", 'use asl or db')
     refused(run('bmx-compare', '--data', csv, '--out', tmp_path/'o2', '--frontier', *FAST),
             '--frontier: not yet for several findings per image')
-    refused(run('bmx-compare', '--data', csv, '--out', tmp_path/'o3', '--export', '--methods', 'instance', *FAST),
-            '--export: not yet for several findings per image')
     refused(run('bmx-compare', '--out', tmp_path/'o4', '--methods', 'asl', *FAST),
             "Method 'asl' doesn't apply to one class per image")
-    assert not any((tmp_path/f'o{i}').exists() for i in range(1, 5))
+    assert not any((tmp_path/f'o{i}').exists() for i in (1, 2, 4))
 
 def test_bad_findings_tables_are_refused_in_one_line(tmp_path):
     missing = findings_csv(tmp_path/'a', extra=[('gone.png', 'big', 'train')])

@@ -14,19 +14,20 @@ from torch import nn
 from fastcore.basics import store_attr
 from fasttransform import Transform
 from fastai.data.core import Datasets
-from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize, ToTensor
+from fastai.data.transforms import Categorize, MultiCategorize, OneHotEncode, IntToFloatTensor, Normalize, ToTensor
 from fastai.torch_core import TensorImage, set_seed, defaults, trainable_params
 from fastai.vision.core import PILImage
 from ...files import ImageReader
 from ...adjust import log_prior
 from ...data import images_to_tensor
+from ...multilabel_metrics import tune_thresholds
 from ..plan.methods import get_method
 from .posthoc import PosthocFit
 from ..plan.sources import LoadSettings
 from ..run.training import TrainSettings, train_eval, run_learner
 
 # %% auto #0
-__all__ = ['ArrayImage', 'FlipAverage', 'DeployedLoss', 'export_dls', 'export_run']
+__all__ = ['ArrayImage', 'FlipAverage', 'DeployedLoss', 'DeployedFindings', 'export_dls', 'export_run']
 
 # %% ../../../nbs/app/decide/03_export.ipynb #fe8373ad
 class ArrayImage(Transform):
@@ -47,12 +48,14 @@ class FlipAverage(nn.Module):
     "A classifier outputting the log of its probabilities averaged over an image and its mirror: flip TTA in the model"
     def __init__(self, model:nn.Module, # the trained model, outputting logits
                  dims:tuple=(-1,), # the flip: (-1,) horizontal
+                 findings:bool=False, # several findings per image: average each finding's sigmoid, return its logit
                 ):
         super().__init__()
-        self.model,self.dims = model,dims
+        self.model,self.dims,self.findings = model,dims,findings
     def forward(self, x):
-        both = F.softmax(self.model(x), -1) + F.softmax(self.model(x.flip(self.dims)), -1)
-        return torch.log(both / 2)
+        act = torch.sigmoid if getattr(self, 'findings', False) else lambda z: F.softmax(z, -1)
+        mean = (act(self.model(x)) + act(self.model(x.flip(self.dims)))) / 2
+        return torch.logit(mean, eps=1e-7) if getattr(self, 'findings', False) else torch.log(mean)
 
 # %% ../../../nbs/app/decide/03_export.ipynb #960182dd
 class DeployedLoss:
@@ -77,19 +80,32 @@ class DeployedLoss:
         th = torch.sigmoid(logit / self.temperature).item()  # on the scaled probability
         return torch.where(p[..., self.positive] >= th, self.positive, 1 - self.positive)
 
+# %% ../../../nbs/app/decide/03_export.ipynb #abdf40d5
+class DeployedFindings:
+    "An exported run on findings: activation gives each finding's probability, decodes calls it at its own threshold"
+    def __init__(self, loss_func, # the run's training loss (kept for `validate` and `get_preds(with_loss=True)`)
+                 thresholds:torch.Tensor, # each finding's threshold, tuned on the run's validation predictions
+                ): store_attr()
+    def __call__(self, *args, **kwargs): return self.loss_func(*args, **kwargs)
+    def activation(self, x): return torch.sigmoid(x.float())
+    def decodes(self, p): return p >= self.thresholds.to(p.device)
+
 # %% ../../../nbs/app/decide/03_export.ipynb #ade2a985
 def export_dls(vocab:list, # class names
                size:int|None, # the side images are resized to; None: as they come (arrays only)
                mean, std, # the normalisation of the run's inputs
                files:bool, # True: image files (`ImageReader`, as in validation); False: uint8 arrays (`ArrayImage`)
               window:tuple|str|None=None, # image files: how grey levels become 8 bits, as in training (`read_pixels`)
+              findings:bool=False, # several findings per image: multi-hot targets over `vocab`
               ):
     "Loaders that take new items as the comparison's source gave them, and make them the run's inputs"
     dummy = np.zeros((size or 8, size or 8, 3), np.uint8)
     label = lambda o: vocab[0]
     # files: the comparison's own reader
     x_tfms, item = ([ImageReader(window, size)], [ToTensor()]) if files else ([ArrayImage(size)], [])
-    ds = Datasets([dummy], [x_tfms, [label, Categorize(vocab=list(vocab), sort=False)]], splits=[[0], [0]])
+    y_tfms = ([lambda o: [vocab[0]], MultiCategorize(vocab=list(vocab)), OneHotEncode(len(vocab))] if findings else
+              [label, Categorize(vocab=list(vocab), sort=False)])
+    ds = Datasets([dummy], [x_tfms, y_tfms], splits=[[0], [0]])
     norm = Normalize(torch.as_tensor(mean).reshape(1, -1, 1, 1).cpu(), torch.as_tensor(std).reshape(1, -1, 1, 1).cpu())
     return ds.dataloaders(bs=64, after_item=item, after_batch=[IntToFloatTensor(), norm], device='cpu')
 
@@ -124,13 +140,16 @@ def export_run(folder, # the `RunFolder` of the comparison
     src = load.source
     files, size = src.is_files, src.image_size(load.size)  # None: a `.npz`'s native size
     mean, std = norm.mean.flatten(), norm.std.flatten()
-    learn.dls = export_dls(rec.classes, size, mean, std, files, src.window)
-    if rec.flip: learn.model,learn.splitter = FlipAverage(learn.model),trainable_params  # one group: nothing trains now
+    learn.dls = export_dls(rec.classes, size, mean, std, files, src.window, rec.multi_label)
+    if rec.flip:  # one parameter group: nothing trains now
+        learn.model,learn.splitter = FlipAverage(learn.model, findings=rec.multi_label),trainable_params
     tau = fit.tau if fit is not None and variant == 'post-hoc τ' else 0.
     temp = 1. if fit is None else fit.adjusted_temperature if variant == 'post-hoc τ' else fit.temperature
     th = fit.threshold if fit is not None and variant == 'threshold' else None
-    learn.loss_func = DeployedLoss(learn.loss_func, log_prior(counts) if tau else None, tau, temp, th,
-                                   fit.positive if th is not None else None)
+    findings_th = tune_thresholds(*folder.preds(run, 'valid')) if rec.multi_label else None
+    learn.loss_func = (DeployedFindings(learn.loss_func, torch.as_tensor(findings_th, dtype=torch.float32))
+                       if rec.multi_label else DeployedLoss(learn.loss_func, log_prior(counts) if tau else None, tau,
+                                                            temp, th, fit.positive if th is not None else None))
     learn.remove_cbs([cb for cb in learn.cbs if type(cb) not in defaults.callbacks])  # nothing mixes at inference
     learn.model.cpu().eval()
     learn.opt = None  # the optimiser of the training groups has nothing to do here
@@ -138,6 +157,7 @@ def export_run(folder, # the `RunFolder` of the comparison
     info = dict(file=fname, run=run, method=row['method'], variant=variant, seed=seed, fold=fold,
                 classes=list(rec.classes), input=('image files' if files else 'uint8 image arrays (H, W[, 3])'),
                 size=size, flip_tta=rec.flip, tau=tau, temperature=temp, threshold=th, retrained=retrained,
-                retrain_max_prob_difference=drift)
+                retrain_max_prob_difference=drift,
+                **({'finding_thresholds': [round(float(t), 6) for t in findings_th]} if rec.multi_label else {}))
     folder.write(Path(fname).stem + '.json', json.dumps(info, indent=1))
     return info
