@@ -11,8 +11,8 @@ from scipy.optimize import minimize_scalar
 from .sampling import check_labels, as_np
 
 # %% auto #0
-__all__ = ['CALIBRATION_METRICS', 'ece', 'classwise_ece', 'nll', 'brier', 'calibration_scores', 'reliability', 'plot_reliability',
-           'temperature_scale', 'fit_temperature']
+__all__ = ['CALIBRATION_METRICS', 'binned_gap', 'ece', 'classwise_ece', 'nll', 'brier', 'calibration_scores', 'reliability',
+           'plot_reliability', 'temperature_scale', 'fit_temperature']
 
 # %% ../nbs/03a_calibration.ipynb #428559f5
 def _probs_targs(probs, targs) -> tuple:
@@ -29,7 +29,10 @@ def _probs_targs(probs, targs) -> tuple:
         raise ValueError(f"Got {len(p)} rows of probabilities for {len(t)} targets: pass one row per target.")
     return p, t
 
-def _binned_gap(conf:np.ndarray, hit:np.ndarray, n_bins:int) -> float:
+def binned_gap(conf:np.ndarray, # the probability of each item (of its top class, or of one class)
+               hit:np.ndarray, # 1 where that class is the true one, else 0
+               n_bins:int, # equal-width bins of the probability
+              ) -> float:
     "Σ_b |B_b|/N · |mean(hit in B_b) − mean(conf in B_b)| over `n_bins` equal-width bins (lo, hi] of [0, 1]"
     b = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)  # bin i holds (i/n, (i+1)/n]; 0 joins the first
     n = np.bincount(b, minlength=n_bins)
@@ -43,7 +46,7 @@ def ece(probs, # predicted probabilities `(N, C)`
        ) -> float:
     "Expected calibration error of the top label (Guo et al. 2017): bin-weighted gap between confidence and accuracy"
     p, t = _probs_targs(probs, targs)
-    return _binned_gap(p.max(1), (p.argmax(1) == t).astype(float), n_bins)
+    return binned_gap(p.max(1), (p.argmax(1) == t).astype(float), n_bins)
 
 # %% ../nbs/03a_calibration.ipynb #3585cb47
 def classwise_ece(probs, # predicted probabilities `(N, C)`
@@ -52,7 +55,7 @@ def classwise_ece(probs, # predicted probabilities `(N, C)`
                  ) -> float:
     "Classwise ECE (Kull et al. 2019): each class's binned gap between its probability and frequency, averaged"
     p, t = _probs_targs(probs, targs)
-    return float(np.mean([_binned_gap(p[:, k], (t == k).astype(float), n_bins) for k in range(p.shape[1])]))
+    return float(np.mean([binned_gap(p[:, k], (t == k).astype(float), n_bins) for k in range(p.shape[1])]))
 
 # %% ../nbs/03a_calibration.ipynb #1438a5bc
 def nll(probs, # predicted probabilities `(N, C)`

@@ -12,11 +12,13 @@ import numpy as np, pandas as pd
 import sklearn.metrics as skm
 from fastai.metrics import AccumMetric, ActivationType
 from .sampling import as_np
+from .calibration import binned_gap
 
 # %% auto #0
 __all__ = ['GROUPS', 'FINDINGS_SCORES', 'check_multihot', 'check_multilabel', 'per_finding_ap', 'per_finding_auroc',
            'FindingMean', 'macro_ap', 'micro_ap', 'macro_auroc', 'per_finding_f1', 'macro_f1_at', 'tune_thresholds',
-           'finding_groups', 'group_scores', 'findings_scores', 'MacroAP', 'MicroAP', 'MacroAUROC']
+           'finding_groups', 'group_scores', 'findings_scores', 'findings_calibration', 'MacroAP', 'MicroAP',
+           'MacroAUROC']
 
 # %% ../nbs/03b_multilabel_metrics.ipynb #436f0ab4
 def check_multihot(targs, # multi-hot targets `(N, C)` of 0/1 (ints, floats or bools)
@@ -210,6 +212,16 @@ def findings_scores(probs, # test scores `(N, C)` of one run
     return dict(macro_ap=ap.value, micro_ap=micro_ap(p, t), macro_auroc=macro_auroc(p, t).value,
                 macro_f1=macro_f1_at(p, t, thresholds).value, **{f'{g}_ap': groups.loc[g, 'macro_ap'] for g in GROUPS},
                 n_scored=ap.n_scored, n_left_out=ap.n_left_out)
+
+# %% ../nbs/03b_multilabel_metrics.ipynb #8668114f
+def findings_calibration(probs, # scores `(N, C)`: each finding's probability (sigmoid outputs)
+                         targs, # multi-hot targets `(N, C)`
+                         n_bins:int=15, # equal-width bins of each finding's probability
+                        ) -> dict:
+    "Each finding's calibration error (binned, as classwise ECE) averaged over findings, and the Brier score"
+    p, t = check_multilabel(probs, targs)
+    return dict(ece=float(np.mean([binned_gap(p[:, k], t[:, k].astype(float), n_bins) for k in range(p.shape[1])])),
+                brier=float(((p - t) ** 2).mean()))
 
 # %% ../nbs/03b_multilabel_metrics.ipynb #0339274e
 def _value(func):

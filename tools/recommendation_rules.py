@@ -32,10 +32,11 @@ def ci(d:dict, same:str) -> str:
 
 
 def folders() -> list:
-    "The committed comparisons a rule can choose in: those whose runs saved their validation predictions"
+    "The committed comparisons of one class per image whose runs saved their validation predictions"
     out = []
     for s in sorted(RESULTS.rglob('settings.json')):
         f = RunFolder(s.parent)
+        if f.record.multi_label or not len(f.results()): continue  # findings: their recommendation is another one
         if f.preds(f.results().run.iloc[0], 'valid') is not None: out.append(f)
     return out
 

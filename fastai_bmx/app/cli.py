@@ -142,11 +142,15 @@ def findings_arg(label_delim:str|None=None, # --label-delim
                  uncertain:str|None=None, # --uncertain
                  drop_missing:bool=False, # --drop-missing
                  force:bool=False, # --findings
+                 valid_csv:str|None=None, # --valid-csv
+                 test_csv:str|None=None, # --test-csv
+                 id_pattern:str|None=None, # --id-pattern
                 ) -> dict|None:
     "`plan_compare`'s `findings` (the fields of `FindingsSettings`) from the options of findings; None: none given"
-    if not (force or label_delim or drop_cols or uncertain or drop_missing): return None
+    if not (force or label_delim or drop_cols or uncertain or drop_missing or valid_csv or test_csv or id_pattern):
+        return None
     return dict(label_delim=label_delim or '|', drop_cols=tuple(drop_cols or ()), uncertain=uncertain,
-                drop_missing=drop_missing, force=force)
+                drop_missing=drop_missing, force=force, valid_csv=valid_csv, test_csv=test_csv, id_pattern=id_pattern)
 
 # %% ../../nbs/app/06_cli.ipynb #1dbe2ac6
 @call_parse
@@ -196,12 +200,13 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, an im
                 uncertain:Annotated[str, {'choices': ['positive', 'negative']}]=None, # findings: what -1 means
                 drop_missing:bool=False, # findings: leave out the rows whose image file is missing (default: refused)
                 findings:bool=False, # read the CSV as several findings per image (0/1 columns are, without it)
+                valid_csv:str=None, # findings: a CSV of the validation images, when each split has its own (RFMiD)
+                test_csv:str=None, # findings: a CSV of the test images, likewise
+                id_pattern:str=None, # findings: image path from an ID column, e.g. '{split}/{}.png'
                 # serial: one run after the other, here; ray: as Ray tasks, over every GPU and machine
                 # (pip install "fastai_bmx[ray]")
                 executor:Annotated[str, {'choices': ['serial', 'ray']}]='serial',
-                # with --executor ray: a running Ray cluster (auto, or its address);
-                # default: a local Ray started for the command
-                address:str=None,
+                address:str=None, # --executor ray: a running Ray cluster (auto, or its address); default: a local Ray
                 gpus_per_run:float=None, # with --executor ray: GPUs per run (default: 1 where Ray sees GPUs, else 0)
                 cpus_per_run:float=None, # --executor ray: CPUs (and torch threads) per run; default 1, or shared by GPU
                 max_retries:int=2, # --executor ray: retries of a run whose worker died, before it is recorded failed
@@ -216,7 +221,8 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, an im
                     window=window_arg(window), channels_last={'auto': None, 'on': True, 'off': False}[channels_last],
                     keep_models=keep_models, show_bar=not quiet, reference=reference, precision=precision,
                     frontier=frontier, qs=qs, frontier_x=frontier_x, select=select, rule=rule, retry=not no_retry)
-        args['findings'] = findings_arg(label_delim, drop_cols, uncertain, drop_missing, findings)
+        args['findings'] = findings_arg(label_delim, drop_cols, uncertain, drop_missing, findings, valid_csv, test_csv,
+                                        id_pattern)
         check_options(threads=threads)
         ray = dict(address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, max_retries=max_retries)
         check_executor(executor, **ray)  # before the other checks: a missing Ray is the one thing to install first

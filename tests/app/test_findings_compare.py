@@ -48,7 +48,7 @@ def test_findings_run_end_to_end(compared):
     assert res['macro_ap'].between(0, 1).all() and res['n_scored'].eq(3).all()
     md = (out/'results.md').read_text()
     for part in ('Several findings per image: 3 findings learned', '## Paired against instance',
-                 '## Head, medium and tail findings', '## Each finding', 'Recommended: '):
+                 '## Head, medium and tail findings', '## Each finding', '## Calibration', 'Recommended: '):
         assert part in md, part
     assert all((out/f).exists() for f in ('finding_ap.png', 'finding_counts.png', 'beta_densities.png'))
     record = json.loads((out/'record.json').read_text())
@@ -116,3 +116,12 @@ def test_rfmid_labels_csv_plans_with_its_findings(real_data):
     fct.test_eq(plan.settings['left_out'], ['CB', 'CL', 'ODE', 'PRH', 'TD'])
     fct.test_eq((plan.settings['monitor'], plan.names), ('macro_ap', ['instance', 'bmx-0.2', 'asl']))
     assert not (Path(csv).parent/'__never_written__').exists()
+    # the official files: one CSV per split, images named by ID, the 'any disease' column left out, absent images too
+    d = Path(csv).parent
+    how = dict(drop_cols=('Disease_Risk',), drop_missing=True, valid_csv=str(d/'RFMiD_Validation_Labels.csv'),
+               test_csv=str(d/'RFMiD_Testing_Labels.csv'), id_pattern='{split}/{}.png')
+    official = plan_compare(d/'RFMiD_Training_Labels.csv', out=d/'__never_written__', methods=['instance'],
+                            arch='resnet10t', size=16, bs=32, seeds=[0], findings=how)
+    fct.test_eq((official.rec.classes, official.rec.counts, official.rec.n_items),
+                (plan.rec.classes, plan.rec.counts, plan.rec.n_items))
+    fct.test_eq(official.settings['left_out'][:2], ['CB', 'CF'])  # and the findings no image here holds at all

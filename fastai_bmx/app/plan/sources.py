@@ -79,6 +79,14 @@ class FindingsSettings:
     uncertain:str|None=None # -1 (CheXpert's uncertain) and blanks: 'positive' or 'negative'; None: refused
     drop_missing:bool=False # leave out the rows whose image file is missing; False: refused
     force:bool=False # read the CSV as findings, though it doesn't look like it
+    valid_csv:str|None=None # a CSV of the validation images, when each split has its own (RFMiD's official files)
+    test_csv:str|None=None # a CSV of the test images, likewise
+    id_pattern:str|None=None # image path from an ID column: '{}.png', '{split}/{}.png' (split: train, valid, test)
+
+    def tables(self, data:str) -> str|dict:
+        "What `findings_table` reads: the CSV `data`, or `{split: CSV}` when the splits come in CSVs of their own"
+        if self.valid_csv is None and self.test_csv is None: return data
+        return {s: f for s, f in (('train', data), ('valid', self.valid_csv), ('test', self.test_csv)) if f}
 
 LABEL_COLS = ('labels', 'label', 'findings', 'finding labels', 'tags') # names of a label column, in any case
 
@@ -136,9 +144,10 @@ def read_source(data:str, # 'digits', a MedMNIST `.npz`, a folder of images or a
     if kind == 'folder': return Source(data, kind, folder_table(data), Path(data), window)
     if kind == 'csv':
         table, how = csv_table(data), findings or FindingsSettings()
-        if how.force or looks_multi_label(table, how.label_delim):
-            ft = findings_table(table, Path(data).parent, label_delim=how.label_delim, drop_cols=list(how.drop_cols),
-                                uncertain=how.uncertain, drop_missing=how.drop_missing)
+        if how.force or how.tables(data) is not data or looks_multi_label(table, how.label_delim):
+            ft = findings_table(table if how.tables(data) is data else how.tables(data), Path(data).parent,
+                                label_delim=how.label_delim, drop_cols=list(how.drop_cols), uncertain=how.uncertain,
+                                id_pattern=how.id_pattern, drop_missing=how.drop_missing)
             return Source(data, kind, ft.df, Path(data).parent, window, findings=ft)
         if findings is not None:
             raise ValueError(f"{data} holds one class per image (no label cell holds {how.label_delim!r}, and its "

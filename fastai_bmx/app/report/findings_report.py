@@ -8,7 +8,8 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/app/report/findings_report.html.md
 from __future__ import annotations
 from pathlib import Path
 import numpy as np, pandas as pd
-from ...multilabel_metrics import per_finding_ap, macro_ap, micro_ap, macro_auroc, finding_groups, GROUPS
+from ...multilabel_metrics import (per_finding_ap, macro_ap, micro_ap, macro_auroc, finding_groups, GROUPS,
+                                           findings_calibration)
 from ..plan.methods import get_method, describe_methods, method_order
 from ..run.guard import failures_markdown
 from ..run.store import RunFolder
@@ -19,8 +20,8 @@ from ..decide.recommend import Recommendation, recommendation_lines
 from .results import results_table, pick_reference, paired_markdown
 
 # %% auto #0
-__all__ = ['finding_ap_table', 'group_table', 'pair_runs', 'runs_by_method', 'paired_findings', 'recommend_findings',
-           'write_findings_report']
+__all__ = ['finding_ap_table', 'group_table', 'pair_runs', 'runs_by_method', 'paired_findings', 'calibration_table',
+           'recommend_findings', 'write_findings_report']
 
 # %% ../../../nbs/app/report/05_findings_report.ipynb #7d2e6b84
 def finding_ap_table(folder:RunFolder, # an output folder of runs on findings
@@ -79,6 +80,19 @@ def paired_findings(folder:RunFolder, # an output folder of runs on findings
         rows.append({'method': m, 'reference': reference, 'pairs': ci['pairs'], metric: 100*ci['diff'],
                      f'{metric}_lo': 100*ci['lo'], f'{metric}_hi': 100*ci['hi'], f'{metric}_verdict': ci['verdict']})
     return pd.DataFrame(rows)
+
+# %% ../../../nbs/app/report/05_findings_report.ipynb #5a59edaf
+def calibration_table(folder:RunFolder, # an output folder of runs on findings
+                      res:pd.DataFrame, # its recorded runs
+                     ) -> pd.DataFrame:
+    "Methods × test calibration (`findings_calibration`, in %): mean ± std over runs, lower is better"
+    cal = pd.DataFrame([findings_calibration(*folder.preds(r)) for r in res['run']], index=res.index) * 100
+    g = cal.assign(method=res['method'].values).groupby('method', sort=False)
+    mean, std = g.mean(), g.std(ddof=1)
+    pm = lambda a, b: f'{a:.2f}' + ('' if np.isnan(b) else f' ± {b:.2f}')
+    out = pd.DataFrame({k: [pm(a, b) for a, b in zip(mean[k], std[k])] for k in cal.columns}, index=mean.index)
+    out.insert(0, 'runs', g.size().values)
+    return out.rename(columns={'ece': 'ECE per finding', 'brier': 'Brier'})
 
 # %% ../../../nbs/app/report/05_findings_report.ipynb #2cc8d8b5
 def _valid_scores(folder:RunFolder, res:pd.DataFrame, metric:str) -> pd.Series|None:
@@ -168,6 +182,9 @@ def write_findings_report(out:str|Path, # a `compare` output folder of runs on s
                           "resamples).", '', paired_markdown(pr), '']
     lines += ['## Recommendation', '', *(recommendation_lines(r) if r else ['No validation predictions saved.']), '',
               *failures_markdown(list(folder.failures().values()), settings['lr']),
+              '## Calibration', '', "Test calibration of each finding's probability, in %: its binned calibration "
+              "error (15 equal-width bins), averaged over the findings, and the Brier score over every image and "
+              "finding; lower is better.", '', to_markdown(calibration_table(folder, res)), '',
               '## Head, medium and tail findings', '', "Macro AP (%) over the findings of each group by training "
               "positives: head at least 100, medium 20 to 99, tail fewer than 20.", '',
               to_markdown(group_table(res, rec.counts, targs)), '',
