@@ -66,6 +66,7 @@ class MultiLabelLoss(Module):
     "Per-finding loss y·L⁺ + (1-y)·L⁻ of logits against multi-hot or soft targets; the base class is plain BCE"
     y_int = False # targets are (soft) multi-hot floats, which mixup callbacks blend
     n_findings = None # number of findings, for the losses built from counts
+    weight = None # a weight per finding `(C,)` on its whole term, or None; `DeferredReweight` sets it late in training
     def __init__(self,
         reduction:str='mean', # 'mean' over all elements, 'sum', or 'none': per-element losses shaped like the logits
         thresh:float=0.5, # probability above which `decodes` predicts a finding
@@ -83,6 +84,7 @@ class MultiLabelLoss(Module):
         x, y = _logits_targets(inp, targ, self.n_findings)
         pos, neg = self.terms(x, y)
         loss = y*pos + (1-y)*neg
+        if self.weight is not None: loss = loss * self.weight.to(loss)
         if self.reduction == 'mean': return loss.mean()
         if self.reduction == 'sum':  return loss.sum()
         if self.reduction == 'none': return loss

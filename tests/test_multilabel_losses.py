@@ -267,3 +267,27 @@ def test_fits_with_balanced_mixup(name, per_sample):
     spy = SoftSeen()
     fit_one(name, lambda y: [BalancedMixUp(0.2, per_sample=per_sample, labels=y.numpy()), spy])
     assert any(spy.seen), 'the loss never saw a blended target'
+
+
+def test_deferred_reweighting_weighs_each_finding_late_in_training():
+    "DRW on findings: plain BCE until `start`, then class-balanced weights on each finding's term, put back after"
+    from fastai.callback.core import Callback
+    from fastai_bmx.losses import DeferredReweight, cb_weights
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    y = (x > torch.tensor([0., 1., 1.5])).float()
+    counts = y.sum(0).tolist()
+    seen = []
+    class Spy(Callback):
+        def after_loss(self):
+            w = self.learn.loss_func.weight
+            if self.training: seen.append(None if w is None else w.clone())
+    ds = torch.utils.data.TensorDataset(x, y)
+    dls = DataLoaders.from_dsets(ds, ds, bs=16, device="cpu")
+    learn = Learner(dls, nn.Linear(3, 3), loss_func=MultiLabelLoss(), cbs=[DeferredReweight(0.5, 0.999, counts), Spy()])
+    with learn.no_logging(), learn.no_bar(): learn.fit(2)
+    assert seen[0] is None and torch.allclose(seen[-1], torch.as_tensor(cb_weights(counts, 0.999), dtype=torch.float32))
+    assert learn.loss_func.weight is None  # put back after the fit
+    w = torch.tensor([2., 1., .5])
+    loss = MultiLabelLoss(reduction='none')
+    plain = loss(x[:4], y[:4]); loss.weight = w
+    torch.testing.assert_close(loss(x[:4], y[:4]), plain * w)

@@ -32,18 +32,18 @@ def findings_csv(root:Path, sep:str='|', extra:list=()) -> Path:
 
 @pytest.fixture(scope='module')
 def compared(tmp_path_factory):
-    "One comparison of instance, Balanced-MixUp and the asymmetric loss, two seeds, on the constructed findings"
+    "One comparison of instance, Balanced-MixUp, the asymmetric loss and DRW, two seeds, on the constructed findings"
     root = tmp_path_factory.mktemp('findings')
     out = root/'out'
     r = run('bmx-compare', '--data', findings_csv(root/'imgs'), '--out', out, '--methods', 'instance', 'bmx-0.2',
-            'asl', '--seeds', '0', '1', '--export', *FAST)
+            'asl', 'drw', '--seeds', '0', '1', '--export', *FAST)
     assert r.returncode == 0, r.stderr[-3000:]
     return out, r.stdout
 
 def test_findings_run_end_to_end(compared):
     out, stdout = compared
     res = pd.read_csv(out/'results.csv')
-    fct.test_eq(sorted(res['method'].unique()), ['asl', 'bmx-0.2', 'instance'])
+    fct.test_eq(sorted(res['method'].unique()), ['asl', 'bmx-0.2', 'drw', 'instance'])
     assert {'macro_ap', 'micro_ap', 'macro_auroc', 'macro_f1', 'head_ap', 'medium_ap', 'tail_ap'} <= set(res.columns)
     assert res['macro_ap'].between(0, 1).all() and res['n_scored'].eq(3).all()
     md = (out/'results.md').read_text()

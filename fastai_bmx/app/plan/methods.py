@@ -143,7 +143,6 @@ class DeferredReweighting(Method):
     ("Deferred re-weighting: cross-entropy, class-balanced weights (β = 0.9999) "
      "for the last 20% of training (Cao et al.)")
     name, default = 'drw', False
-    findings = "it re-weights cross-entropy by class late in training, not yet a loss per finding; use wbce or db"
     def cbs(self, rec) -> list:
         from fastai_bmx.losses import DeferredReweight
         return [DeferredReweight(start=0.8, beta=0.9999, class_counts=rec.counts)]

@@ -19,6 +19,7 @@ from fastai.callback.progress import *  # no_bar
 from fastai.optimizer import SGD
 from ...metrics import paper_metrics, run_scores
 from ...multilabel_metrics import findings_scores, MacroAP, MacroAUROC, MicroAP
+from ...multilabel_losses import MultiLabelLoss
 from ...evaluation import flip_tta
 from fastai.callback.channelslast import ChannelsLast
 from ...precision import precision_cbs, wants_channels_last
@@ -87,8 +88,9 @@ def run_learner(dls, # the run's `DataLoaders`
                ) -> Learner:
     "The run's `vision_learner`: from scratch, or with `weights` (loaders normalised once to their stats, body frozen)"
     from fastai.vision.learner import vision_learner
-    kw = dict(loss_func=m.loss_func(rec), metrics=learn_metrics(is_findings(rec)), cbs=cbs, path=path,
-              model_dir='models')
+    loss = m.loss_func(rec)
+    if loss is None and is_findings(rec): loss = MultiLabelLoss()  # findings: BCE with a `weight` (DRW sets it)
+    kw = dict(loss_func=loss, metrics=learn_metrics(is_findings(rec)), cbs=cbs, path=path, model_dir='models')
     if weights is None: return vision_learner(m.train_dls(dls, rec), get_arch(arch), pretrained=False, **kw)
     normalize_with(dls, weights.mean, weights.std)  # the test loader too, before the method copies the training one
     return pretrained_learner(m.train_dls(dls, rec), weights.arch, weights=weights, **kw)
