@@ -101,8 +101,7 @@ def test_readme_findings_snippet_on_rfmid(real_data):
     "The README's multi-label snippet on the real RFMiD table, verbatim but for one epoch: findings, partner and metrics"
     from fastai_bmx.all import findings_table, findings_dls, pretrained_learner, MacroAP, MacroAUROC, flip_tta, macro_ap
     set_seed(0)
-    table = findings_table(real_data('rfmid_64/labels.csv'))
-    dls = findings_dls(table, bs=32, size=64)
+    dls = findings_dls(findings_table(real_data('rfmid_64/labels.csv')), bs=32, size=64)
     learn = pretrained_learner(dls, 'efficientnet_lite0', metrics=[MacroAP(), MacroAUROC()], cbs=BalancedMixUp(0.2))
     with learn.no_bar(), learn.no_logging(): learn.fine_tune(1, 1e-2)
     assert learn.balanced_mix_up.multi_label
