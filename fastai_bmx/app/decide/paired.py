@@ -70,6 +70,13 @@ def _run_values(t:np.ndarray, q:np.ndarray, idx:np.ndarray, k:int) -> dict:
     return out
 
 # %% ../../../nbs/app/decide/00_paired.ipynb #743d2bef
+def _check_pairs(probs, ref_probs, metric:str, metrics:tuple):
+    "A one-line error unless `metric` is one of `metrics` and the runs pair by seed, at least one pair"
+    if metric not in metrics: raise ValueError(f"metric={metric!r}: use one of {list(metrics)}.")
+    if len(probs) != len(ref_probs) or not len(probs):
+        raise ValueError(f"{len(probs)} runs of the method and {len(ref_probs)} of the reference: "
+                         "pair them by seed, at least one pair.")
+
 def paired_differences(
     probs, # Test predictions of the method, one array per seed: probabilities `(N, C)` or class indices `(N,)`
     ref_probs, # Those of the reference, for the same seeds in the same order
@@ -79,10 +86,7 @@ def paired_differences(
     seed:int=0, # Seed of the resampling
 ) -> tuple:
     "Per-seed differences method − reference `(S,)`, and on `n` stratified resamples shared by all runs `(n, S)`"
-    if metric not in PAIRABLE: raise ValueError(f"metric={metric!r}: use one of {list(PAIRABLE)}.")
-    if len(probs) != len(ref_probs) or not len(probs):
-        raise ValueError(f"{len(probs)} runs of the method and {len(ref_probs)} of the reference: "
-                         "pair them by seed, at least one pair.")
+    _check_pairs(probs, ref_probs, metric, PAIRABLE)
     if not _whole(n, 2):
         raise ValueError(f"n={n!r} must be an integer >= 2, the number of paired bootstrap resamples "
                          "(1000 by default).")
@@ -145,10 +149,7 @@ def findings_paired_differences(
     seed:int=0, # Seed of the resampling
 ) -> tuple:
     "`paired_differences` for findings: per-seed differences `(S,)`, and on `n` resampled image sets `(n, S)`"
-    if metric not in FINDINGS_PAIRABLE: raise ValueError(f"metric={metric!r}: use one of {list(FINDINGS_PAIRABLE)}.")
-    if len(probs) != len(ref_probs) or not len(probs):
-        raise ValueError(f"{len(probs)} runs of the method and {len(ref_probs)} of the reference: "
-                         "pair them by seed, at least one pair.")
+    _check_pairs(probs, ref_probs, metric, FINDINGS_PAIRABLE)
     points, vals = resampled_metric([*probs, *ref_probs], targs, metric, n, seed)
     S = len(probs)
     return points[:S] - points[S:], (vals[:S] - vals[S:]).T
