@@ -51,15 +51,14 @@ def decode_once(paths, # the image files of a table, in the order of its rows
                 in_memory:bool|None=None, # keep the pixels for `memory_dls`; False: check only; None: if they fit
                 workers:int|None=None, # processes; default one per CPU core
                ) -> tuple:
-    "`(in_memory, problems)`: every file decoded once (`decode_files`), its pixels kept where the loaders serve memory"
-    paths, window = list(paths), check_window(window)
-    n, key = len(paths), (tuple(str(p) for p in paths), size, window)
+    "`(in_memory, problems, window)`: every file decoded once (`decode_files`), its pixels kept for the loaders"
+    paths, n = list(paths), len(paths)
     if in_memory is None and not fits_in_memory(n, size, channels=1): in_memory = False  # not even in grey
-    images, bad = decode_files(paths, None if in_memory is False else size, window, workers)
+    images, bad, window = decode_files(paths, None if in_memory is False else size, check_window(window), workers)
     grey = images is not None and images.ndim == 3
     if in_memory is None: in_memory = fits_in_memory(n, size, channels=1 if grey else 3)
-    if in_memory and images is not None: _keep(key, images)
-    return in_memory, bad
+    if in_memory and images is not None: _keep((tuple(str(p) for p in paths), size, window), images)  # as decoded
+    return in_memory, bad, window
 
 # %% ../nbs/08_files.ipynb #4edcd146
 def kept_pixels(paths:tuple, # the image files, as strings, in the order of a table's rows
@@ -129,8 +128,9 @@ class MedicalImage(PILImage):
                window:tuple|str|None=None, # `read_pixels`'s window, for grey images
                size:int|None=None, # the side of the square a file's image becomes (`square_resize`); None: as it is
                **kwargs):
-        "The image at `fn` (`read_pixels`), or what `PILImage.create` takes; resized to `size` as in validation"
-        im = Image.fromarray(read_pixels(fn, window)) if isinstance(fn, (str, Path)) else super().create(fn, **kwargs)
+        "The image at `fn`, its bytes or an array (`read_pixels`), or what `PILImage.create` takes; resized to `size`"
+        read = isinstance(fn, (str, Path, bytes, np.ndarray))  # a file, its bytes, an array: as `read_pixels` reads
+        im = Image.fromarray(read_pixels(fn, window)) if read else super().create(fn, **kwargs)
         return cls((im if size is None else square_resize(im, size)).convert('RGB'))
 
 # %% ../nbs/08_files.ipynb #1b629c0b
@@ -191,7 +191,7 @@ def frame_dls(df:pd.DataFrame, # One row per image: a path column, a label colum
     pool['is_valid'] = valid_mask(pool[label_col].values, split[split != 'test'], fold, k, split_seed, valid_pct)
     from fastai.data.block import CategoryBlock
     augs = default_augs() if batch_tfms is None else list(batch_tfms)
-    if in_memory is None: in_memory = decode_once([Path(folder)/f for f in df[fn_col]], size, window)[0]
+    if in_memory is None: in_memory, _, window = decode_once([Path(folder)/f for f in df[fn_col]], size, window)
     if in_memory: return memory_dls(df, split != 'test', pool['is_valid'].values, folder, fn_col, label_col, vocab,
                                     size, window=window, bs=bs, seed=seed, batch_tfms=augs, ordinal=ordinal, **kwargs)
     need_pydicom(df[fn_col].astype(str).tolist())

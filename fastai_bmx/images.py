@@ -6,15 +6,16 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/images.html.md"""
 
 # %% ../nbs/08a_images.ipynb #71710cc3
 from __future__ import annotations
-import multiprocessing, os, struct
+import io, multiprocessing, os, struct
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 import numpy as np
 from PIL import Image
 from .checks import check_window
+from .bit_depth import bits_window, depth_bits
 
 # %% auto #0
-__all__ = ['DICOM_SUFFIXES', 'window_uint8', 'range_uint8', 'bits_uint8', 'is_dicom', 'read_dicom', 'read_pixels',
+__all__ = ['DICOM_SUFFIXES', 'window_uint8', 'range_uint8', 'bits_uint8', 'is_dicom', 'read_dicom', 'read_image', 'read_pixels',
            'square_resize', 'need_pydicom', 'decode_files', 'image_problems', 'decode_images']
 
 # %% ../nbs/08a_images.ipynb #4c7b9854
@@ -46,6 +47,18 @@ def _grey_uint8(px:np.ndarray, window:tuple|str|None, bits:int|None=None) -> np.
     if isinstance(window, tuple): return window_uint8(px, *window)
     if window == 'range' or bits is None: return range_uint8(px)
     return px if bits == 8 else bits_uint8(px, bits)
+
+def _name(src) -> str:
+    "What an error calls an image: its file's name, else what it came as"
+    if isinstance(src, (str, Path)): return Path(src).name
+    return 'the image bytes' if isinstance(src, io.BytesIO) else 'the array'
+
+def _finite(px:np.ndarray, name:str) -> np.ndarray:
+    "`px`, or an error naming `name` where its values hold NaN or infinity (they would turn the image black)"
+    if px.dtype.kind == 'f' and not (ok := np.isfinite(px)).all():
+        raise ValueError(f"{name}: {(~ok).sum():,} of {px.size:,} pixels are NaN or infinite: give finite grey "
+                         "levels (e.g. replace them with the background value), or leave the image out")
+    return px
 
 # %% ../nbs/08a_images.ipynb #4bc16dee
 DICOM_SUFFIXES = ('.dcm', '.dicom') # file names taken for DICOM without looking inside
@@ -89,12 +102,20 @@ def _dicom_dataset(path:str|Path):
                                           ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian)
     return ds
 
-def _first(v) -> float:
-    "The first of a DICOM value that may hold several (`40\\-600`)"
-    return float(v[0] if isinstance(v, (list, tuple)) or type(v).__name__ == 'MultiValue' else v)
+def _first(v) -> float|None:
+    "The first of a DICOM value that may hold several (`40\\-600`); None where it is empty (a tag with no value)"
+    if isinstance(v, (list, tuple)) or type(v).__name__ == 'MultiValue': v = v[0] if len(v) else None
+    return None if v is None or str(v).strip() == '' else float(v)
+
+def _voi_lut_range(ds) -> tuple:
+    "The lowest and highest output of the file's first VOI LUT, its LUT Data read by pydicom in any VR (US, SS, OW)"
+    from pydicom.pixels import apply_voi
+    n, first = ds.VOILUTSequence[0].LUTDescriptor[:2]
+    lut = apply_voi(np.arange(first, first + (n or 2 ** 16)), ds)  # every entry, in the table's order
+    return float(lut.min()), float(lut.max())
 
 # %% ../nbs/08a_images.ipynb #b75e5238
-def read_dicom(path:str|Path, # a DICOM file of one image
+def read_dicom(path:str|Path|io.BytesIO, # a DICOM file of one image (or its bytes, in a file object)
                window:tuple|str|None=None, # None: the file's own; 'range': its own range; (center, width), rescaled
               ) -> np.ndarray:
     "The pixels of a one-frame DICOM file: rescale, window, MONOCHROME1 inverted; uint8 `(H, W)` or RGB `(H, W, 3)`"
@@ -111,22 +132,20 @@ def read_dicom(path:str|Path, # a DICOM file of one image
     if px.ndim == 3:  # colour: pydicom gives RGB
         if px.dtype == np.uint8: return px
         return bits_uint8(px, 8 * px.dtype.itemsize if photo == 'PALETTE COLOR' else int(ds.get('BitsStored') or 16))
-    px = apply_modality_lut(px, ds)
+    px = _finite(apply_modality_lut(px, ds), _name(path))
+    wc, ww = _first(ds.get('WindowCenter')), _first(ds.get('WindowWidth'))  # a tag without a value: none
     if isinstance(window, tuple) or window == 'range': grey = _grey_uint8(px, window)
-    elif 'VOILUTSequence' in ds:
-        out = apply_voi_lut(px, ds, prefer_lut=True)
-        lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
-        lo, hi = lut.min(), lut.max()
+    elif ds.get('VOILUTSequence'):
+        out, (lo, hi) = apply_voi_lut(px, ds, prefer_lut=True), _voi_lut_range(ds)
         grey = window_uint8(out, (lo + hi) / 2, hi - lo) if hi > lo else range_uint8(out)
-    elif 'WindowCenter' in ds and 'WindowWidth' in ds and _first(ds.WindowWidth) > 0:
-        grey = window_uint8(px, _first(ds.WindowCenter), _first(ds.WindowWidth))
+    elif wc is not None and ww is not None and ww > 0: grey = window_uint8(px, wc, ww)
     else: grey = range_uint8(px)
     return 255 - grey if photo == 'MONOCHROME1' else grey
 
 # %% ../nbs/08a_images.ipynb #441e5add
-def _png_sbit(path:str|Path) -> int|None:
+def _png_sbit(src:str|Path|io.BytesIO) -> int|None:
     "The significant bits of a PNG's first channel, from its `sBIT` chunk; None without one (Pillow doesn't read it)"
-    with open(path, 'rb') as f:
+    with (open(src, 'rb') if isinstance(src, (str, Path)) else io.BytesIO(src.getvalue())) as f:
         if f.read(8) != b'\x89PNG\r\n\x1a\n': return None
         while len(head := f.read(8)) == 8:
             n, kind = struct.unpack('>I4s', head)
@@ -135,29 +154,49 @@ def _png_sbit(path:str|Path) -> int|None:
             f.seek(n + 4, 1)
     return None
 
-def _bit_depth(im:Image.Image, path:str|Path) -> int:
-    "The bit depth of a 16-bit greyscale image: the PNG's `sBIT`, or the TIFF's `BitsPerSample`, else 16"
-    bits = _png_sbit(path) if im.format == 'PNG' else (getattr(im, 'tag_v2', {}).get(258) or (16,))[0]
-    return int(bits) if bits and 8 < int(bits) <= 16 else 16
+def _is_16bit(im:Image.Image) -> bool:
+    "Whether Pillow opened unsigned 16-bit grey: mode `I;16`, or `I` from such a PNG or TIFF (Pillow before 10.3)"
+    tags = getattr(im, 'tag_v2', {})
+    tiff16 = im.format == 'TIFF' and (tags.get(258) or (0,))[0] == 16 and (tags.get(339) or (1,))[0] == 1
+    return im.mode.startswith('I;16') or im.mode == 'I' and (im.format == 'PNG' or tiff16)
+
+def _declared_bits(im:Image.Image, src) -> int|None:
+    "The bit depth a 16-bit grey file declares below 16: the PNG's `sBIT`, or the TIFF's `BitsPerSample`; else None"
+    png = im.format == 'PNG' and src is not None  # an array has no file to declare anything
+    bits = _png_sbit(src) if png else (getattr(im, 'tag_v2', {}).get(258) or (16,))[0]
+    return int(bits) if bits and 8 < int(bits) < 16 else None
 
 def _is_grey(rgb:np.ndarray) -> bool: return bool((rgb[..., :1] == rgb[..., 1:]).all())  # its three channels equal
 
-def _file_pixels(path:str|Path, window:tuple|str|None) -> np.ndarray:
-    "The pixels of a file Pillow opens (PNG, JPEG, TIFF, ...): uint8 grey `(H, W)` or RGB `(H, W, 3)`"
-    with Image.open(path) as im:
-        if im.mode.startswith('I;16'): return _grey_uint8(np.asarray(im), window, _bit_depth(im, path))
-        if im.mode in ('I', 'F'): return _grey_uint8(np.asarray(im), window)  # 32-bit integers or floats: no bit depth
-        if im.mode in ('1', 'L', 'LA', 'La'): return _grey_uint8(np.asarray(im.convert('L')), window, 8)
-        rgb = np.asarray(im.convert('RGB'))
-    return _grey_uint8(rgb[..., 0].copy(), window, 8) if _is_grey(rgb) else rgb
+def _image_pixels(im:Image.Image, src, window:tuple|str|None) -> tuple:
+    "The pixels of an image Pillow opened, uint8 grey `(H, W)` or RGB `(H, W, 3)`, and `read_image`'s top"
+    if _is_16bit(im):
+        px, bits = np.asarray(im), _declared_bits(im, src)
+        return _grey_uint8(px, window, bits or 16), (int(px.max()) if bits is None and window is None else None)
+    if im.mode in ('I', 'F'): return _grey_uint8(_finite(np.asarray(im), _name(src)), window), None  # no bit depth
+    if im.mode in ('1', 'L', 'LA', 'La'): return _grey_uint8(np.asarray(im.convert('L')), window, 8), None
+    rgb = np.asarray(im.convert('RGB'))
+    return (_grey_uint8(rgb[..., 0].copy(), window, 8) if _is_grey(rgb) else rgb), None
+
+# %% ../nbs/08a_images.ipynb #6e94c027
+def read_image(path:str|Path|bytes|np.ndarray, # an image file (DICOM, PNG, JPEG, TIFF, ...), its bytes, or an array
+               window:tuple|str|None=None, # grey: None (DICOM: its own; 16-bit: bit depth), 'range' or (center, width)
+              ) -> tuple:
+    "`(pixels, top)`: `read_pixels`'s, and the largest grey level of a 16-bit image of undeclared depth (else None)"
+    window = check_window(window)
+    if isinstance(path, np.ndarray): return _image_pixels(Image.fromarray(path), None, window)
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        path = io.BytesIO(bytes(path))
+        if path.getvalue()[128:132] == b'DICM': return read_dicom(path, window), None
+    elif is_dicom(path): return read_dicom(path, window), None
+    with Image.open(path) as im: return _image_pixels(im, path, window)
 
 # %% ../nbs/08a_images.ipynb #8422cbf0
-def read_pixels(path:str|Path, # an image file: DICOM, PNG, JPEG, TIFF, ... (whatever Pillow opens)
+def read_pixels(path:str|Path|bytes|np.ndarray, # an image file (DICOM, PNG, JPEG, TIFF, ...), its bytes, or an array
                 window:tuple|str|None=None, # grey: None (DICOM: its own; 16-bit: bit depth), 'range' or (center, width)
                ) -> np.ndarray:
-    "The image at `path` as the 8-bit pixels a model takes: grey `(H, W)` or RGB `(H, W, 3)` `uint8`"
-    window = check_window(window)
-    return read_dicom(path, window) if is_dicom(path) else _file_pixels(path, window)
+    "The image at `path` (its bytes, or an array) as the 8-bit pixels a model takes: grey `(H, W)` or RGB `(H, W, 3)`"
+    return read_image(path, window)[0]
 
 # %% ../nbs/08a_images.ipynb #5a0e1c01
 def square_resize(im:Image.Image, # an image
@@ -171,17 +210,26 @@ def square_resize(im:Image.Image, # an image
     return im.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BILINEAR)
 
 # %% ../nbs/08a_images.ipynb #52125c18
-def _decode(path, size:int|None=None, window:tuple|str|None=None) -> np.ndarray|str|None:
-    "The pixels of the image file at `path` at `size` (None: checked, nothing kept), or the `str` of what is wrong"
+def _decode(path, size:int|None=None, window:tuple|str|None=None) -> tuple|str:
+    "`(pixels at size or None, `read_image`'s top)` of the image file at `path`, or what is wrong"
     try:
-        px = read_pixels(path, window)
-        return None if size is None else np.asarray(square_resize(Image.fromarray(px), size))
+        px, top = read_image(path, window)
+        return (None if size is None else np.asarray(square_resize(Image.fromarray(px), size))), top
     except ImportError: raise
     except FileNotFoundError: return 'missing'
     except IsADirectoryError: return 'a folder, not an image'
     except Exception as e: return f"doesn't decode: {type(e).__name__}: {' '.join(str(e).split())[:80]}"
 
 def _decode_chunk(args:tuple) -> list: return [_decode(p, *args[1:]) for p in args[0]]
+
+def _decode_all(paths:list, size:int|None, window, workers:int|None, chunk:int) -> list:
+    "`_decode` of every path, in order, in `workers` processes taking `chunk` files at a time"
+    chunks = [(paths[i:i+chunk], size, window) for i in range(0, len(paths), chunk)]
+    workers = min(workers or os.cpu_count() or 1, len(chunks))
+    if workers <= 1: return [r for c in chunks for r in _decode_chunk(c)]
+    ctx = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else None)
+    with ProcessPoolExecutor(workers, mp_context=ctx) as ex: done = list(ex.map(_decode_chunk, chunks))
+    return [r for rs in done for r in rs]
 
 def _stack(pixels:list, size:int) -> np.ndarray:
     "Images of `size`² pixels as one uint8 array: `(N, size, size)` if all are grey, else `(N, size, size, 3)`"
@@ -196,22 +244,20 @@ def need_pydicom(paths, # image file paths
 
 def decode_files(paths, # image file paths (DICOM, PNG, JPEG, TIFF, ...: `read_pixels`)
                  size:int|None=None, # each image is resized to `size`×`size` and kept; None: checked, nothing kept
-                 window:tuple|str|None=None, # grey images: `read_pixels`'s window
+                 window:tuple|str|None=None, # grey images: `read_pixels`'s window; None: 16-bit ones by the set's depth
                  workers:int|None=None, # processes; default one per CPU core (1: none)
                  chunk:int=500, # files per task of a process
                 ) -> tuple:
-    "`(images, problems)`: every file decoded once; the pixels of all at `size` (or None) and `{path: what is wrong}`"
-    paths = list(paths)
+    "`(images, problems, window)`: every file decoded once; the pixels at `size` (or None), what is wrong, the window"
+    paths, window = list(paths), check_window(window)
     need_pydicom(paths)
-    chunks = [(paths[i:i+chunk], size, window) for i in range(0, len(paths), chunk)]
-    workers = min(workers or os.cpu_count() or 1, len(chunks))
-    if workers <= 1: out = [r for c in chunks for r in _decode_chunk(c)]
-    else:
-        ctx = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else None)
-        with ProcessPoolExecutor(workers, mp_context=ctx) as ex: done = list(ex.map(_decode_chunk, chunks))
-        out = [r for rs in done for r in rs]
+    out = _decode_all(paths, size, window, workers, chunk)
     problems = {p: r for p, r in zip(paths, out) if isinstance(r, str)}
-    return (None if size is None or problems else _stack(out, size)), problems
+    tops = [r[1] for r in out if not isinstance(r, str)]
+    if tops and None not in tops and (bits := depth_bits(max(tops))) < 16:  # all 16-bit, of fewer bits: the set's
+        window = bits_window(bits)
+        if size is not None and not problems: out = _decode_all(paths, size, window, workers, chunk)
+    return (None if size is None or problems else _stack([r[0] for r in out], size)), problems, window
 
 # %% ../nbs/08a_images.ipynb #5a0e1c07
 def image_problems(paths, # image file paths
@@ -225,11 +271,11 @@ def decode_images(paths, # image file paths (DICOM, PNG, JPEG, TIFF, ...: `read_
                   size:int, # every image becomes `size`×`size` pixels
                   workers:int|None=None, # processes; default one per CPU core (1: none)
                   chunk:int=500, # files per task of a process
-                  window:tuple|str|None=None, # grey images: `read_pixels`'s window
+                  window:tuple|str|None=None, # grey images: `read_pixels`'s window (None: `decode_files`'s)
                  ) -> np.ndarray:
     "Every image in `paths` decoded and resized once (`decode_files`), or an error naming the files that fail"
     paths = [str(p) for p in paths]
-    images, bad = decode_files(paths, size, window, workers, chunk)
+    images, bad, _ = decode_files(paths, size, window, workers, chunk)
     if bad: raise ValueError(f"{len(bad)} of {len(paths)} image files can't be decoded: "
                              + '; '.join(f'{p} ({r})' for p, r in list(bad.items())[:3]) + '.')
     return images

@@ -95,8 +95,20 @@ def resample_scores(probs, # scores `(N, C)`
         raise ValueError(f"counts have shape {w.shape}: pass multiplicities >= 0 (B, N), one per image ({len(t)}).")
     return _Ranking(p, t).scores(w, auroc)
 
+# %% ../nbs/05a_multilabel_bootstrap.ipynb #a1ae8c65
+class _Calls:
+    "Calls at 0.5 of scores `(N, C)`, to score each finding's F1 in resamples given as multiplicities `(B, N)`"
+    def __init__(self, p:np.ndarray, t:np.ndarray):
+        self.called, self.t = (p >= 0.5).astype(np.float64), t.astype(np.float64)
+        self.hits = self.called * self.t
+
+    def scores(self, w:np.ndarray, auroc:bool=False) -> np.ndarray:
+        "F1 `(B, C)` of each finding in each resample `w` `(B, N)`, as `per_finding_f1`; NaN where no positive is drawn"
+        pos, called, hits = w @ self.t, w @ self.called, w @ self.hits
+        return np.where(pos > 0, 2 * hits / np.maximum(called + pos, 1), np.nan)
+
 # %% ../nbs/05a_multilabel_bootstrap.ipynb #63171cd8
-METRICS = ('macro_ap', 'micro_ap', 'macro_auroc')  # the metrics `bootstrap_findings` resamples
+METRICS = ('macro_ap', 'micro_ap', 'macro_auroc', 'macro_f1')  # the metrics `bootstrap_findings` resamples
 
 class FindingsInterval(NamedTuple):
     "A bootstrap of a metric over images: the full set's `point`, the resamples' `mean`, `std` and interval"
@@ -121,7 +133,8 @@ def _resampled(probs:list, t:np.ndarray, metric:str, n:int, seed:int, stratify:b
     rng, (N, C) = np.random.default_rng(seed), t.shape
     groups = rarest_finding_strata(t) if stratify else None
     micro, auroc = metric == 'micro_ap', metric == 'macro_auroc'
-    ranks = [_Ranking(p.reshape(-1, 1), t.reshape(-1, 1)) if micro else _Ranking(p, t) for p in probs]
+    rank = _Calls if metric == 'macro_f1' else _Ranking
+    ranks = [_Ranking(p.reshape(-1, 1), t.reshape(-1, 1)) if micro else rank(p, t) for p in probs]
     def scores(rank, w): return rank.scores(np.repeat(w, C, axis=1) if micro else w, auroc)  # a pair: its image's
     full = [scores(r, np.ones((1, N))) for r in ranks]  # every image once: the full set
     ok = ~np.isnan(full[0][0])
@@ -155,7 +168,7 @@ def _check_args(metric:str, n, ci:float):
 # %% ../nbs/05a_multilabel_bootstrap.ipynb #902bb448
 def bootstrap_findings(probs, # scores `(N, C)` of the evaluated (test) images
                        targs, # multi-hot targets `(N, C)`
-                       metric:str='macro_ap', # 'macro_ap', 'micro_ap' or 'macro_auroc'
+                       metric:str='macro_ap', # one of `METRICS`; macro_f1 calls a finding at 0.5
                        n:int=1000, # resamples
                        seed:int=0, # seed of the resampling; the same seed, the same resamples
                        stratify:bool=True, # resample within the strata of `rarest_finding_strata`
@@ -171,7 +184,7 @@ def bootstrap_findings(probs, # scores `(N, C)` of the evaluated (test) images
 def bootstrap_findings_paired(probs_a, # scores `(N, C)` of run a
                               probs_b, # scores `(N, C)` of run b, on the same images
                               targs, # multi-hot targets `(N, C)`
-                              metric:str='macro_ap', # 'macro_ap', 'micro_ap' or 'macro_auroc'
+                              metric:str='macro_ap', # one of `METRICS`; macro_f1 calls a finding at 0.5
                               n:int=1000, # resamples
                               seed:int=0, # seed of the resampling
                               stratify:bool=True, # resample within the strata of `rarest_finding_strata`
@@ -186,7 +199,7 @@ def bootstrap_findings_paired(probs_a, # scores `(N, C)` of run a
 # %% ../nbs/05a_multilabel_bootstrap.ipynb #e9566e97
 def resampled_metric(probs:list, # scores `(N, C)` of each run, all on the same images
                      targs, # multi-hot targets `(N, C)`
-                     metric:str='macro_ap', # 'macro_ap', 'micro_ap' or 'macro_auroc'
+                     metric:str='macro_ap', # one of `METRICS`; macro_f1 calls a finding at 0.5
                      n:int=1000, # resamples, shared by every run
                      seed:int=0, # seed of the resampling
                      stratify:bool=True, # resample within the strata of `rarest_finding_strata`

@@ -261,11 +261,10 @@ def test_an_exported_dicom_model_reads_new_files_through_its_window(tmp_path):
 
 def _count_reads(monkeypatch) -> Counter:
     "Count the opening of every image file: by the decoding of a set (`decode_files`) and by loaders that read files"
-    import fastai_bmx.images as images, fastai_bmx.files as files
-    opened, read = Counter(), images.read_pixels
+    import fastai_bmx.images as images
+    opened, read = Counter(), images.read_image
     def counted(path, window=None): opened[str(path)] += 1; return read(path, window)
-    monkeypatch.setattr(images, 'read_pixels', counted)
-    monkeypatch.setattr(files, 'read_pixels', counted)
+    monkeypatch.setattr(images, 'read_image', counted)  # what `decode_files` and `read_pixels` (the loaders') call
     return opened
 
 
@@ -278,7 +277,7 @@ def test_planning_decodes_each_image_once(tmp_path, monkeypatch, from_disk):
     png_table(tmp_path, labels=('a', 'b')).to_csv(tmp_path/'labels.csv', index=False)
     opened = _count_reads(monkeypatch)
     src = read_source(tmp_path/'labels.csv')
-    settings = LoadSettings(src, bs=4, size=16, in_memory=check_images(src, size=16, in_memory=False if from_disk else None))
+    settings = LoadSettings(src, bs=4, size=16, in_memory=check_images(src, size=16, in_memory=False if from_disk else None)[0])
     dls, rec = settings.load(seed=0)
     split_counts(dls, rec)  # the labels, for the checks of the classes: no image read
     fct.test_eq((settings.in_memory, serves_from_memory(dls)), (not from_disk,) * 2)

@@ -64,6 +64,7 @@ def run_command(args:dict, # the arguments of `plan_compare`, `data` and `out` a
     import torch  # torch, fastai and the training code load here
     from fastai_bmx.app.compare import plan_compare, run_plan
     from fastai_bmx.app.run.store import RunFolder, FolderInUse
+    from fastai_bmx.app.run.cluster import CantRun
     from fastai_bmx.app.run.executors import RayExecutor
     t0 = time.time() if t0 is None else t0
     data, out = args['data'], args['out']
@@ -81,7 +82,7 @@ def run_command(args:dict, # the arguments of `plan_compare`, `data` and `out` a
                                  "layer", flush=True)
     if plan.loading: print(f"{Path(data).name}: {plan.loading}", flush=True)
     try: tbl = run_plan(plan, debug=debug, executor=None if executor is None else RayExecutor(**executor))
-    except FolderInUse as e:  # another command took the folder meanwhile
+    except (FolderInUse, CantRun) as e:  # another command took the folder meanwhile; a cluster that can't run it
         if debug: raise
         refuse(e)
     if not len(tbl): _end_failures(plan, out, t0)
@@ -188,7 +189,7 @@ def bmx_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, an im
                 precision:str='fp32', # fp32, or mixed precision: bf16 (CPU or GPU) or fp16 (GPU)
                 frontier:bool=False, # also sweep alpha, q and tau, and write frontier.png and frontier.md
                 qs:Annotated[float, {'nargs': '+', 'help': _QS_HELP}]=None, # (help from the method registry)
-                frontier_x:str='balanced_accuracy', # the frontier's x axis: balanced_accuracy or macro_f1
+                frontier_x:str=None, # x axis: balanced_accuracy (default), macro_f1; findings: tail_ap, medium_ap
                 select:str=None, # the metric the recommendation is chosen on, on validation (default: the main metric)
                 # how the recommendation may leave the reference: best (the best validation mean), one-se or evidence
                 # (only a setting that validation shows better)

@@ -7,20 +7,21 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/app/compare.html.md"""
 # %% ../../nbs/app/05_compare.ipynb #883d30a8
 from __future__ import annotations
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 # torch deprecates `torch.jit.script`, which fastai.layers calls at import: keep that notice out of the CLI's output
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
 import pandas as pd
 from fastcore.foundation import L
 from fastcore.meta import delegates
-from ..precision import check_precision
+from ..checks import check_precision_name
 from ..weights import find_weights
 from ..files import serving_line
+from ..bit_depth import depth_line
 from .plan.methods import get_method, expand_methods, method_order, FRONTIER_GRIDS
 from .plan.sources import RunRecord, LoadSettings, FindingsSettings, read_source
-from .plan.validate import check_options, check_frontier_x, check_out, check_images, check_batch
-from .plan.validate import split_counts, check_classes, check_folds, check_rule, check_task
+from .plan.validate import check_options, check_frontier_x, check_frontier_group, check_out, check_images
+from .plan.validate import check_batch, split_counts, check_classes, check_folds, check_rule, check_task
 from .run.training import TrainSettings, get_arch, check_monitor
 from .run.table import run_name
 from .run.store import RunFolder
@@ -67,12 +68,12 @@ def methods_for(src, # the data's `Source`
                 default:bool, # whether they are the default set (no method named)
                 alphas=None, taus=None, qs=None, # the knobs' grids, as given
                 frontier:bool=False, # whether the frontier was asked for
-               ) -> list:
-    "The run names for `src`: with several findings per image, their default set; refused where a method doesn't apply"
-    if src.multi_label and frontier:
-        raise ValueError("--frontier: not yet for several findings per image; compare methods instead.")
-    if src.multi_label and default: names = expand_methods(None, alphas, multi_label=True, tau=taus, q=qs)
-    return check_task(names, src.multi_label)
+               ) -> tuple:
+    "`(run names, frontier families or None)` for `src`, the task's defaults filled in; refused where one doesn't apply"
+    fams = frontier_families(alphas, qs, taus, multi_label=src.multi_label) if frontier else None
+    if src.multi_label and default and not frontier: names = expand_methods(None, alphas, True, tau=taus, q=qs)
+    if fams: names = list(dict.fromkeys([n for ns in fams.values() for n in ns] + names))
+    return check_task(names, src.multi_label), fams
 
 # %% ../../nbs/app/05_compare.ipynb #1976550d
 def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a folder of images or a CSV
@@ -101,7 +102,7 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
                  precision:str='fp32', # 'fp32', or mixed precision: 'bf16' (CPU or GPU) or 'fp16' (GPU)
                  frontier:bool=False, # also sweep each family's knob (α, q, τ): frontier.png and frontier.md
                  qs=None, # resampling exponents q of 'sample' (and of the frontier); None: the default grid
-                 frontier_x:str='balanced_accuracy', # the frontier's x axis: 'balanced_accuracy' or 'macro_f1'
+                 frontier_x:str|None=None, # the frontier's x axis (`check_frontier_x`); None: the task's default
                  select:str|None=None, # the metric the recommendation is chosen on; None: the main metric
                  rule:str='best', # how the recommendation may leave the reference: one of `RULES`
                  retry:bool=True, # train again the runs recorded as failed or diverged; False: skip them
@@ -111,25 +112,27 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
     check_options(epochs=epochs, lr=lr, bs=bs, size=size, seeds=seeds, folds=folds, split_seed=split_seed,
                   freeze_epochs=freeze_epochs)
     pretrained = pretrained or weights is not None
-    check_frontier_x(frontier_x)
-    fams = frontier_families(alphas, qs, taus) if frontier else None
+    check_frontier_x(frontier_x, None)
+    if frontier: frontier_families(alphas, qs, taus)  # its knobs, checked before the data is read
     names = expand_methods(methods, alphas, tau=taus, q=qs) if methods is not None or not frontier else []
-    if fams: names = list(dict.fromkeys([n for ns in fams.values() for n in ns] + names))
     seeds, data = [int(s) for s in L(seeds)], str(data)
     check_out(out)
-    check_precision(precision)
+    check_precision_name(precision)  # whether a machine can train in it: where the runs train (`Executor.started`)
     get_arch(arch)
     found = find_weights(arch, weights) if pretrained else None  # before any data is read: no download mid-run
     if isinstance(findings, dict): findings = FindingsSettings(**findings)  # as the command line gives it
     src = read_source(data, window, findings)  # what the data is, decided once: the checks and every run's loaders
-    names = methods_for(src, names, methods is None, alphas, taus, qs, frontier)
+    names, fams = methods_for(src, names, methods is None, alphas, taus, qs, frontier)
+    frontier_x = check_frontier_x(frontier_x, src.multi_label)
     reference = pick_reference(names, reference)
-    in_memory = check_images(src, size=size, in_memory=False if from_disk else None)  # each file decoded once
+    in_memory, window = check_images(src, size=size, in_memory=False if from_disk else None)  # each file decoded once
+    depth, src = f"\n{depth_line(src.window, window)}".rstrip(), replace(src, window=window)  # 16-bit: the set's depth
     load = LoadSettings(src, bs=bs, size=size, k=max(folds, 2), split_seed=split_seed, in_memory=in_memory)
     dls, rec = load.load(seeds[0])  # from the pixels the check kept, where they fit: every run does the same
     counts = split_counts(dls, rec)  # the labels of valid and test, read once for the checks
     check_classes(rec, counts)
     check_folds(rec, counts, folds)
+    if frontier: check_frontier_group(frontier_x, rec, counts)
     monitor = check_monitor(monitor or rec.monitor, rec.multi_label)
     check_rule(rule)
     pairable = [m for m in rec.metrics if m in (FINDINGS_PAIRABLE if rec.multi_label else PAIRABLE)]
@@ -151,7 +154,7 @@ def plan_compare(data:str='digits', # 'digits' (built in), a MedMNIST .npz, a fo
     taus = [float(t) for t in L(taus if taus is not None else FRONTIER_GRIDS['tau'])]
     return Plan(folder, names, seeds, folds, settings, rec, load, train, reference=reference,
                 frontier=fams and dict(families=fams, x=frontier_x, taus=taus),
-                loading=serving_line(dls, src.kind, from_disk=from_disk), select=select, rule=rule, retry=retry)
+                loading=serving_line(dls, src.kind, from_disk=from_disk) + depth, select=select, rule=rule, retry=retry)
 
 # %% ../../nbs/app/05_compare.ipynb #d9001ba2
 def _run_todo(plan:Plan, runs:dict) -> dict:
@@ -173,7 +176,8 @@ def run_plan(plan:Plan, # a checked comparison, from `plan_compare`
             ) -> pd.DataFrame:
     "Train and test every run of `plan` not yet in its folder, each recorded as it ends, then write the table and plots"
     folder, executor = plan.folder, get_executor(executor)
-    with folder.driving():  # one command at a time trains into a folder: a second is refused (`FolderInUse`)
+    # what the executor can't run is refused before any write (`CantRun`); a second command on the folder too
+    with executor.started(plan), folder.driving():
         with folder.lock():  # `bmx-report` may write the folder too
             folder.save_settings(plan.settings)
             folder.save_record(plan.rec)

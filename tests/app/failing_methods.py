@@ -95,5 +95,21 @@ class SeesDevices(Method):
     def cbs(self, rec): return [_RecordDevices()]
 
 
+class _RecordShare(Callback):
+    "Append the torch threads and the training loader's processes of this run to OUT/share, a line a run"
+    def before_train(self):
+        if self.epoch: return
+        import torch
+        with open(Path(self.learn.path)/'share', 'a') as f:
+            f.write(f"{torch.get_num_threads()} {self.learn.dls.train.num_workers}\n")
+
+
+@register
+class SeesShare(Method):
+    "Instance sampling, recording its torch threads and loader processes: a worker's share of its node"
+    name, default = 'seesshare', False
+    def cbs(self, rec): return [_RecordShare()]
+
+
 def ray_worker_setup():
     "The `worker_process_setup_hook` of the tests' Ray workers: importing this module registered the methods above"

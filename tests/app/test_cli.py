@@ -94,7 +94,7 @@ def test_a_test_class_that_training_never_sees(tmp_path):
     (['--data', 'missing.npz'], ['No file missing.npz']),
     (['--data', 'notes.txt'], ["is not 'digits', a .npz file"]),
     (['--precision', 'half'], ["precision='half'", 'use one of fp32, bf16, fp16']),
-    (['--frontier', '--frontier-x', 'accuracy'], ["frontier_x='accuracy'", 'balanced_accuracy or macro_f1']),
+    (['--frontier', '--frontier-x', 'accuracy'], ["frontier_x='accuracy'", 'balanced_accuracy, macro_f1']),
     pytest.param(['--precision', 'fp16'], ["precision 'fp16' needs a CUDA GPU", "use 'bf16'"],
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason='fp16 is refused only where there is no CUDA GPU')),
 ])

@@ -67,7 +67,7 @@ def test_findings_export_predicts_findings_at_their_thresholds(compared):
     fct.test_eq(len(th), 3)
     fct.test_eq(mask.numpy(), probs.numpy() >= th)
     fct.test_eq(list(found), [f for f, m in zip(['big', 'mid', 'tiny'], mask) if m])
-    assert 'Exported' in stdout and info['flip_tta']
+    assert 'Exported' in stdout and info['flip_tta'] and info['variant'] == 'thresholds'
 
 def test_findings_report_rebuilds_byte_for_byte(compared):
     out, _ = compared
@@ -80,8 +80,8 @@ def test_methods_that_dont_apply_are_refused(tmp_path):
     csv = findings_csv(tmp_path/'imgs')
     refused(run('bmx-compare', '--data', csv, '--out', tmp_path/'o1', '--methods', 'la', *FAST),
             "Method 'la-1' doesn't apply to several findings per image", 'use asl or db')
-    refused(run('bmx-compare', '--data', csv, '--out', tmp_path/'o2', '--frontier', *FAST),
-            '--frontier: not yet for several findings per image')
+    refused(run('bmx-compare', '--data', csv, '--out', tmp_path/'o2', '--frontier', '--frontier-x', 'macro_f1', *FAST),
+            "frontier_x='macro_f1': with several findings per image, use tail_ap or medium_ap")
     refused(run('bmx-compare', '--out', tmp_path/'o4', '--methods', 'asl', *FAST),
             "Method 'asl' doesn't apply to one class per image")
     assert not any((tmp_path/f'o{i}').exists() for i in (1, 2, 4))
@@ -125,3 +125,41 @@ def test_rfmid_labels_csv_plans_with_its_findings(real_data):
     fct.test_eq((official.rec.classes, official.rec.counts, official.rec.n_items),
                 (plan.rec.classes, plan.rec.counts, plan.rec.n_items))
     fct.test_eq(official.settings['left_out'][:2], ['CB', 'CF'])  # and the findings no image here holds at all
+
+def test_findings_frontier_puts_macro_ap_against_tail_ap(tmp_path):
+    "`--frontier` on findings: resampling over q and Balanced-MixUp over α, macro mAP against the tail findings' mAP"
+    out = tmp_path/'out'
+    r = run('bmx-compare', '--data', findings_csv(tmp_path/'imgs'), '--out', out, '--frontier', '--qs', '1', '0',
+            '--alphas', '0.2', '--seeds', '0', '1', *FAST)
+    assert r.returncode == 0, r.stderr[-3000:]
+    fct.test_eq(sorted(pd.read_csv(out/'results.csv')['method'].unique()), ['bmx-0.2', 'class', 'instance'])
+    md = (out/'frontier.md').read_text()
+    assert 'Test macro_ap against test tail_ap' in md and 'no la or post-hoc family' in md, md[:600]
+    assert '## At matched tail_ap' in md and 'Δ tail_ap [95%]' in md, md
+    assert (out/'frontier.png').stat().st_size > 10_000 and 'How the fronts lie' in r.stdout
+
+def test_findings_frontier_without_a_scored_tail_is_refused_before_training(tmp_path):
+    "No tail finding ('mid' and 'tiny') with a test positive: the tail's mAP can't be measured, said before any run"
+    csv = findings_csv(tmp_path/'imgs')
+    df = pd.read_csv(csv)
+    no_tiny = lambda cell: '|'.join(f for f in str(cell).split('|') if f not in ('mid', 'tiny')) if isinstance(cell, str) else cell
+    df.loc[df.split == 'test', 'labels'] = df.loc[df.split == 'test', 'labels'].map(no_tiny)
+    df.to_csv(csv, index=False)
+    refused(run('bmx-compare', '--data', csv, '--out', tmp_path/'o', '--frontier', *FAST),
+            '--frontier-x tail_ap: no tail finding has a test positive', 'use --frontier-x medium_ap')
+    assert not (tmp_path/'o').exists()
+
+def test_findings_folds_choose_on_pooled_folds_and_rank_thresholds(tmp_path):
+    "--folds: a seed's folds pooled (train+valid, 48 images) pair the choice, so --rule applies; macro F1 ranks thresholds"
+    out = tmp_path/'out'
+    r = run('bmx-compare', '--data', findings_csv(tmp_path/'imgs'), '--out', out, '--methods', 'instance', 'bmx-0.2',
+            '--folds', '2', '--seeds', '0', '--rule', 'evidence', '--select', 'macro_f1', '--export', *FAST)
+    assert r.returncode == 0, r.stderr[-3000:]
+    md = (out/'results.md').read_text()
+    rec = md.split('## Recommendation')[1].split('##')[0]
+    assert '(48 validation items, 2 runs' in rec and 'validation macro_f1' in rec, rec
+    assert '## Per-finding thresholds' in md
+    info = json.loads((out/'recommended.json').read_text())
+    tuned = info['variant'] == 'thresholds'
+    assert (' + thresholds' in rec.split('Recommended: ')[1].split('(')[0]) == tuned, rec
+    assert tuned or info['finding_thresholds'] == [0.5] * 3, info

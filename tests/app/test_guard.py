@@ -217,3 +217,39 @@ def test_an_older_folders_claims_and_a_damaged_failures_file_are_taken_over(tmp_
     assert not (out/'.claims').exists()  # one command drives a folder now: claims are gone
     assert (out/'failures.json.damaged').read_text().startswith('{"instance_seed0"')  # put aside, not dropped
     assert not (out/'failures.json').exists()
+
+
+@pytest.fixture
+def windows_locks(monkeypatch):
+    "No `fcntl`, as on Windows, and an `msvcrt` whose `locking` keeps Windows' rule: a region held by one handle refuses the others"
+    import types
+    held = {}  # path -> the fd holding its byte
+    def locking(fd, mode, n):
+        path = os.path.realpath(f'/proc/self/fd/{fd}')
+        if mode == ms.LK_UNLCK: held.pop(path, None); return
+        if held.get(path, fd) != fd: raise PermissionError(13, 'Permission denied')
+        held[path] = fd
+    ms = types.SimpleNamespace(LK_NBLCK=2, LK_UNLCK=0, locking=locking)
+    monkeypatch.setitem(sys.modules, 'fcntl', None)
+    monkeypatch.setitem(sys.modules, 'msvcrt', ms)
+    return held
+
+
+def test_on_windows_a_second_command_on_a_folder_is_refused_too(tmp_path, windows_locks):
+    from fastai_bmx.app.run.store import FolderInUse
+    folder = RunFolder(tmp_path/'cmp')
+    with folder.driving():
+        assert windows_locks  # the lock is held, not a no-op
+        with pytest.raises(FolderInUse, match='is in use by the bmx-compare of pid'): folder.check_free()
+        with pytest.raises(FolderInUse, match='one command trains into a folder at a time'):
+            with RunFolder(tmp_path/'cmp').driving(): pass
+        with folder.lock(): pass  # the write lock, a lock of its own
+    folder.check_free()  # let go at the end
+    assert not windows_locks
+
+
+def test_without_any_file_lock_the_folder_is_refused_plainly(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'fcntl', None)
+    monkeypatch.setitem(sys.modules, 'msvcrt', None)
+    with pytest.raises(OSError, match='has neither fcntl nor msvcrt'):
+        with RunFolder(tmp_path/'cmp').driving(): pass

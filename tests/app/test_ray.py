@@ -1,5 +1,6 @@
 "`--executor ray`: the runs of a comparison as Ray tasks on one local cluster, the same results as the serial loop, failures and dead workers recorded"
-import json, os, signal, subprocess, sys, time, warnings
+import json, os, re, signal, subprocess, sys, threading, time, warnings
+from dataclasses import replace
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 import fastcore.test as fct
@@ -8,6 +9,7 @@ import fastai_bmx.app.run.executors as executors
 from fastai_bmx.app.compare import compare, plan_compare
 from fastai_bmx.app.run.executors import RayExecutor, run_spec, train_spec
 from fastai_bmx.app.run.store import RunFolder
+from fastai_bmx.app.run.cluster import CantRun
 
 ray = pytest.importorskip('ray')
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')
@@ -40,7 +42,7 @@ def test_ray_records_the_same_runs_and_metrics_as_the_serial_loop(tmp_path, one_
     kw = dict(methods=['instance', 'bmx'], alphas=[0.2], seeds=[0], **TINY)
     compare('digits', tmp_path/'serial', **kw)
     capsys.readouterr()
-    compare('digits', tmp_path/'ray', executor=RayExecutor(cpus_per_run=1), **kw)
+    compare('digits', tmp_path/'ray', executor=RayExecutor(cpus_per_run=1, gpus_per_run=0), **kw)
     said = capsys.readouterr().out
     for run in ('instance_seed0', 'bmx-0.2_seed0'): assert f'{run}: test mcc ' in said, said  # each run's line, as it ends
     a, b = (pd.read_csv(tmp_path/d/'results.csv').sort_values('run').reset_index(drop=True) for d in ('serial', 'ray'))
@@ -56,7 +58,7 @@ def test_ray_records_the_same_runs_and_metrics_as_the_serial_loop(tmp_path, one_
 
 def test_a_diverging_run_is_tried_once_and_recorded_as_diverged(tmp_path, capsys):
     out = tmp_path/'cmp'
-    tbl = compare('digits', out, methods=['nancounted'], seeds=[0], executor='ray', **TINY)
+    tbl = compare('digits', out, methods=['nancounted'], seeds=[0], executor=RayExecutor(gpus_per_run=0), **TINY)
     said = capsys.readouterr().out
     fct.test_eq(len(tbl), 0)
     fct.test_eq(len(tries(out, 'nancounted')), 1)  # came back as a record: Ray didn't retry it
@@ -67,7 +69,7 @@ def test_a_diverging_run_is_tried_once_and_recorded_as_diverged(tmp_path, capsys
 
 def test_a_killed_worker_is_retried_and_its_run_recorded_once(tmp_path, capsys):
     out = tmp_path/'cmp'
-    compare('digits', out, methods=['killedonce', 'instance'], seeds=[0], executor=RayExecutor(cpus_per_run=1, max_retries=2), **TINY)
+    compare('digits', out, methods=['killedonce', 'instance'], seeds=[0], executor=RayExecutor(cpus_per_run=1, gpus_per_run=0, max_retries=2), **TINY)
     pids = tries(out, 'killedonce')
     assert len(pids) == 2 and pids[0] != pids[1], pids  # killed in the first try, trained in a second worker
     res = pd.read_csv(out/'results.csv')
@@ -78,7 +80,7 @@ def test_a_killed_worker_is_retried_and_its_run_recorded_once(tmp_path, capsys):
 
 def test_with_no_retries_a_killed_run_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, capsys):
     out = tmp_path/'cmp'
-    compare('digits', out, methods=['killed', 'instance'], seeds=[0], executor=RayExecutor(cpus_per_run=1, max_retries=0), **TINY)
+    compare('digits', out, methods=['killed', 'instance'], seeds=[0], executor=RayExecutor(cpus_per_run=1, gpus_per_run=0, max_retries=0), **TINY)
     said = capsys.readouterr().out
     fct.test_eq(len(tries(out, 'killed')), 1)
     fct.test_eq(list(pd.read_csv(out/'results.csv').run), ['instance_seed0'])
@@ -88,12 +90,16 @@ def test_with_no_retries_a_killed_run_is_recorded_as_failed_and_the_sweep_goes_o
     assert not (out/'models').exists() or not list((out/'models').glob('killed*'))  # the dead worker's checkpoint is gone
 
 
-def test_logical_gpus_one_per_run_two_runs_at_a_time_each_training_on_the_cpu_here(tmp_path):
-    out = tmp_path/'cmp'
-    compare('digits', out, methods=['seesdevices'], seeds=[0, 1], executor=RayExecutor(gpus_per_run=1, cpus_per_run=1), **TINY)
-    seen = sorted((out/'devices').read_text().split('\n')[:-1])
-    fct.test_eq(seen, ['0 cpu', '1 cpu'])  # a GPU each, the two at once; no CUDA here, so each model trained on the CPU
-    fct.test_eq(sorted(pd.read_csv(out/'results.csv').run), ['seesdevices_seed0', 'seesdevices_seed1'])
+@pytest.mark.skipif(torch.cuda.is_available(), reason='a worker without CUDA: the logical GPUs of a machine that has none')
+def test_a_gpu_run_where_torch_has_no_cuda_fails_saying_so_each_in_a_process_of_its_own(tmp_path):
+    out = tmp_path/'cmp'  # two logical GPUs each, so one at a time: a shared worker process would serve both
+    compare('digits', out, methods=['seesdevices'], seeds=[0, 1], executor=RayExecutor(gpus_per_run=2, cpus_per_run=1), **TINY)
+    assert not (out/'devices').exists() and not (out/'results.csv').exists()  # neither trained on the CPU instead
+    fails = RunFolder(out).failures()
+    fct.test_eq(sorted(fails), ['seesdevices_seed0', 'seesdevices_seed1'])
+    for f in fails.values(): assert f.status == 'failed' and 'a GPU was reserved for it, but torch' in f.message and 'sees no CUDA' in f.message, f
+    pids = {f.message.split('(pid ')[1].split()[0] for f in fails.values()}
+    fct.test_eq(len(pids), 2)  # max_calls=1: a process per GPU run
 
 
 def test_a_command_killed_after_some_runs_resumes_with_every_run_recorded_once(tmp_path):
@@ -165,3 +171,110 @@ def test_cli_executor_ray_runs_and_resumes(tmp_path):
     assert r.returncode == 0 and '1 runs already done, 0 to go' in r.stdout, r.stdout[-3000:]
     r = subprocess.run([exe, '--out', str(out), '--cpus-per-run', '1'], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and '--cpus-per-run: only with --executor ray' in r.stderr, r.stderr
+
+
+# ---- a sweep on a real cluster: never stuck, never silently wrong (issue 41)
+
+def cli_ray(out, *args, env=None, timeout=120):
+    "`bmx-compare` with --executor ray, a run of one tiny epoch, as a user types it: its completed process"
+    exe = str(Path(sys.executable).parent/'bmx-compare')
+    cmd = [exe, '--out', str(out), '--methods', 'instance', '--seeds', '0', '--epochs', '1', '--arch', 'resnet10t', '--bs', '32',
+           '--quiet', '--executor', 'ray', *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def refused_in_one_line(r, *says):
+    fct.test_eq(r.returncode, 2)
+    assert len(r.stderr.strip().splitlines()) == 1 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+    for s in says: assert s in r.stderr, r.stderr
+
+
+def within(seconds, f):
+    "`f()`'s result, or a failure if it hasn't returned in `seconds` (a run that waits forever is left in its thread)"
+    got = {}
+    def call():
+        try: got['value'] = f()
+        except BaseException as e: got['error'] = e
+    t = threading.Thread(target=call, daemon=True); t.start(); t.join(seconds)
+    assert not t.is_alive(), f"still waiting after {seconds} s"
+    if 'error' in got: raise got['error']
+    return got['value']
+
+
+def test_a_run_no_node_can_hold_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path/'cmp'  # the cluster's one node has 2 CPUs and 2 GPUs
+    for ask, says in ((dict(cpus_per_run=3, gpus_per_run=0), 'each run asks 3 CPUs and 0 GPUs, more than any node of Ray has (2 CPUs, 2 GPUs'),
+                      (dict(gpus_per_run=3, cpus_per_run=1), 'each run asks 1 CPUs and 3 GPUs')):
+        with pytest.raises(CantRun, match=re.escape(says)):
+            within(60, lambda: compare('digits', out, methods=['instance'], seeds=[0], executor=RayExecutor(**ask), **TINY))
+        assert not out.exists()
+
+
+def test_a_gpu_where_ray_sees_none_is_refused_in_one_line_with_no_folder(tmp_path):
+    r = cli_ray(tmp_path/'cmp', '--gpus-per-run', '1')  # a local Ray of its own, on this machine without GPUs
+    refused_in_one_line(r, 'each run asks 1 CPUs and 1 GPUs', 'Ray sees no GPU there')
+    assert not (tmp_path/'cmp').exists()
+
+
+def test_a_cluster_that_isnt_there_is_refused_in_one_line_naming_its_address(tmp_path):
+    t0 = time.time()
+    r = cli_ray(tmp_path/'cmp', '--address', '127.0.0.1:1', timeout=60)
+    refused_in_one_line(r, '--address 127.0.0.1:1: no Ray cluster answers there')
+    assert time.time() - t0 < 30 and not (tmp_path/'cmp').exists()
+
+
+def test_auto_never_borrows_the_ray_another_command_started(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != 'RAY_ADDRESS'}  # this module's local Ray runs; no `ray start` cluster
+    env['RAY_TMPDIR'] = str(tmp_path/'raytmp')
+    r = cli_ray(tmp_path/'cmp', '--address', 'auto', env=env, timeout=60)
+    refused_in_one_line(r, '--address auto: no Ray cluster was started with `ray start`', 'never borrowed')
+    assert not (tmp_path/'cmp').exists()
+
+
+def test_each_run_keeps_to_its_cpus_said_in_the_opening_lines(tmp_path, capsys):
+    from helpers import png_table
+    (data := tmp_path/'imgs').mkdir()
+    png_table(data).to_csv(data/'labels.csv', index=False)
+    out = tmp_path/'cmp'
+    compare(str(data/'labels.csv'), out, methods=['seesshare'], seeds=[0, 1], from_disk=True, executor=RayExecutor(cpus_per_run=1, gpus_per_run=0),
+            epochs=1, arch='resnet10t', bs=4, show_bar=False)
+    fct.test_eq((out/'share').read_text().split('\n')[:-1], ['1 1', '1 1'])  # 1 thread, 1 loader process: not one per core
+    said = capsys.readouterr().out
+    assert 'Ray: 1 node(s), 2 CPUs, 2 GPUs; each run takes 1 CPUs (1 torch threads, 1 processes' in said and '0 GPUs' in said and '2 at a time' in said, said
+    compare(str(data/'labels.csv'), tmp_path/'mem', methods=['instance'], seeds=[0], executor=RayExecutor(cpus_per_run=1, gpus_per_run=0),
+            epochs=1, arch='resnet10t', bs=4, show_bar=False)
+    assert 'MB for its images' in capsys.readouterr().out  # decoded once into each run's memory: Ray is asked for it
+
+
+def test_an_error_outside_the_run_is_recorded_as_itself_in_plain_text_not_as_retried(tmp_path, monkeypatch):
+    (mods := tmp_path/'driver_only').mkdir()
+    (mods/'only_here.py').write_text('class OnlyHere:\n    "A class the workers can\'t import"\n')
+    monkeypatch.syspath_prepend(str(mods))
+    from only_here import OnlyHere
+    spec = executors.run_spec
+    monkeypatch.setattr(executors, 'run_spec', lambda *a, **k: replace(spec(*a, **k), device=OnlyHere()))  # won't unpickle there
+    out = tmp_path/'cmp'
+    compare('digits', out, methods=['instance'], seeds=[0], executor=RayExecutor(cpus_per_run=1, gpus_per_run=0, max_retries=2), **TINY)
+    f = RunFolder(out).failures()['instance_seed0']
+    fct.test_eq((f.status, f.error), ('failed', 'ModuleNotFoundError'))
+    assert "No module named 'only_here'" in f.message and "doesn't retry" in f.message, f.message
+    assert 'died' not in f.message and '\x1b' not in f.message and 'ray::' not in f.message, f.message
+
+
+def test_a_folder_the_workers_dont_share_gets_each_runs_predictions_from_its_result(tmp_path, monkeypatch, capsys):
+    spec, elsewhere = executors.run_spec, tmp_path/'on_the_worker'
+    monkeypatch.setattr(executors, 'run_spec', lambda *a, **k: replace(spec(*a, **k), path=str(elsewhere)))  # its own disk
+    out = tmp_path/'cmp'
+    compare('digits', out, methods=['instance'], seeds=[0], executor=RayExecutor(cpus_per_run=1, gpus_per_run=0), **TINY)
+    assert (elsewhere/'preds'/'instance_seed0.npz').exists()  # what the worker wrote, where the command can't see it
+    fct.test_eq(list(pd.read_csv(out/'results.csv').run), ['instance_seed0'])
+    assert RunFolder(out).preds_readable('instance_seed0') and (out/'results.md').exists()
+    assert "isn't shared with the workers" in capsys.readouterr().out
+
+
+def test_precision_is_checked_where_the_run_trains_not_where_it_is_submitted(tmp_path):
+    out = tmp_path/'cmp'  # a login node without a GPU submits fp16 runs: the workers' devices decide
+    compare('digits', out, methods=['instance'], seeds=[0], precision='fp16', executor=RayExecutor(cpus_per_run=1, gpus_per_run=0), **TINY)
+    if torch.cuda.is_available(): return
+    f = RunFolder(out).failures()['instance_seed0']
+    assert "precision 'fp16' needs a CUDA GPU" in f.message, f

@@ -117,7 +117,7 @@ def _run_row(folder, run:str) -> pd.Series:
 
 def export_run(folder, # the `RunFolder` of the comparison
                run:str, # the run to export, e.g. 'sqrt_seed1'
-               variant:str, # how it is deployed: one of `VARIANTS`
+               variant:str, # how it is deployed: one of `VARIANTS`; findings: of `FINDINGS_VARIANTS`
                fit:PosthocFit|None, # its post-hoc fit (None: the plain model)
                load:LoadSettings, # `Plan.load`: how the comparison loaded its data
                train:TrainSettings, # `Plan.train`: how it trained
@@ -146,7 +146,9 @@ def export_run(folder, # the `RunFolder` of the comparison
     tau = fit.tau if fit is not None and variant == 'post-hoc τ' else 0.
     temp = 1. if fit is None else fit.adjusted_temperature if variant == 'post-hoc τ' else fit.temperature
     th = fit.threshold if fit is not None and variant == 'threshold' else None
-    findings_th = tune_thresholds(*folder.preds(run, 'valid')) if rec.multi_label else None
+    tuned = variant == 'thresholds'  # findings: each at its threshold tuned on validation; 'plain': all at 0.5
+    findings_th = ((tune_thresholds(*folder.preds(run, 'valid')) if tuned else np.full(len(rec.classes), .5))
+                   if rec.multi_label else None)
     learn.loss_func = (DeployedFindings(learn.loss_func, torch.as_tensor(findings_th, dtype=torch.float32))
                        if rec.multi_label else DeployedLoss(learn.loss_func, log_prior(counts) if tau else None, tau,
                                                             temp, th, fit.positive if th is not None else None))

@@ -13,9 +13,11 @@ from ...metrics import PAPER_METRICS
 from ...sampling import check_labels, is_finite_real
 from ...bootstrap import resample_confusions, confusion_metric_values, draw_resample, FAST_KIND_BY_NAME
 from ...multilabel_bootstrap import METRICS as FINDINGS_PAIRABLE, resampled_metric
+from ...multilabel_metrics import GROUPS, finding_groups
 
 # %% auto #0
-__all__ = ['PAIRABLE', 'paired_differences', 'paired_interval', 'verdict', 'findings_paired_differences']
+__all__ = ['PAIRABLE', 'paired_differences', 'paired_interval', 'verdict', 'findings_paired_differences',
+           'group_paired_differences']
 
 # %% ../../../nbs/app/decide/00_paired.ipynb #931af059
 PAIRABLE = tuple(m.name for m in PAPER_METRICS if m.name in FAST_KIND_BY_NAME) # the metrics `paired_differences` takes
@@ -153,3 +155,20 @@ def findings_paired_differences(
     points, vals = resampled_metric([*probs, *ref_probs], targs, metric, n, seed)
     S = len(probs)
     return points[:S] - points[S:], (vals[:S] - vals[S:]).T
+
+# %% ../../../nbs/app/decide/00_paired.ipynb #7c94221e
+def group_paired_differences(
+    probs, # Test probabilities `(N, C)` of the method, one array per seed, on several findings per image
+    ref_probs, # Those of the reference, for the same seeds in the same order
+    targs, # Multi-hot targets `(N, C)`, the same test images for every seed
+    group:str, # 'head', 'medium' or 'tail' (`GROUPS`): the findings whose macro AP is paired
+    train_counts, # Training positives per finding, which put each finding in its group (`finding_groups`)
+    n:int=1000, # Paired bootstrap resamples of the test images, stratified by each image's rarest finding of the group
+    seed:int=0, # Seed of the resampling
+) -> tuple:
+    "`findings_paired_differences` of the macro AP over one group of findings, such as the tail's"
+    if group not in GROUPS: raise ValueError(f"group={group!r}: use one of {GROUPS}.")
+    cols = finding_groups(train_counts) == group
+    if not cols.any(): raise ValueError(f"No finding is in the {group} group: there is no {group} macro AP to pair.")
+    pick = lambda ps: [np.asarray(p)[:, cols] for p in ps]
+    return findings_paired_differences(pick(probs), pick(ref_probs), np.asarray(targs)[:, cols], 'macro_ap', n, seed)

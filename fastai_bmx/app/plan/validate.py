@@ -6,7 +6,7 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/app/plan/validate.html.md"""
 
 # %% ../../../nbs/app/plan/02_validate.ipynb #808d91c1
 from __future__ import annotations
-import numbers, os, tempfile
+import numbers, os, re, tempfile
 from pathlib import Path
 import numpy as np
 from fastcore.foundation import L
@@ -14,9 +14,9 @@ from ...checks import is_finite_real, check_precision_name
 from .methods import expand_methods, get_method  # no torch: the checks of the data import theirs as they run
 
 # %% auto #0
-__all__ = ['RULES', 'check_options', 'check_out', 'check_batch', 'check_frontier_x', 'check_rule', 'check_command', 'need_ray',
-           'check_executor', 'check_images', 'count_files', 'split_counts', 'check_classes', 'check_folds',
-           'check_task']
+__all__ = ['FRONTIER_X', 'FINDINGS_FRONTIER_X', 'RULES', 'check_options', 'check_out', 'check_batch', 'check_frontier_x',
+           'check_frontier_group', 'check_rule', 'check_command', 'need_ray', 'check_executor', 'check_images',
+           'count_files', 'split_counts', 'check_classes', 'check_folds', 'check_task']
 
 # %% ../../../nbs/app/plan/02_validate.ipynb #0aabd18c
 def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -93,12 +93,33 @@ def check_batch(bs:int, # the batch size
                          f"Use --bs {2**int(np.log2(n_train))} or less.")
 
 # %% ../../../nbs/app/plan/02_validate.ipynb #fb712953
-def check_frontier_x(frontier_x:str, # the frontier's x axis
-                    ) -> str:
-    "`frontier_x`, or a clear error unless it is 'balanced_accuracy' or 'macro_f1'"
-    if frontier_x not in ('balanced_accuracy', 'macro_f1'):
-        raise ValueError(f"frontier_x={frontier_x!r}: use balanced_accuracy or macro_f1.")
+FRONTIER_X = ('balanced_accuracy', 'macro_f1') # the frontier's x axes on one class per image, the default first
+FINDINGS_FRONTIER_X = ('tail_ap', 'medium_ap') # those on several findings per image: a group's macro AP
+
+def check_frontier_x(frontier_x:str|None, # the frontier's x axis; None: the task's default, the first of its axes
+                     multi_label:bool|None=False, # several findings per image; None: not known yet, either task's axes
+                    ) -> str|None:
+    "`frontier_x` (None: the task's default), or a clear error naming the axes the task can use"
+    axes = {None: FRONTIER_X + FINDINGS_FRONTIER_X, True: FINDINGS_FRONTIER_X, False: FRONTIER_X}[multi_label]
+    if frontier_x is None: return None if multi_label is None else axes[0]
+    if frontier_x not in axes:
+        task = {None: '', True: 'with several findings per image, ', False: 'with one class per image, '}[multi_label]
+        raise ValueError(f"frontier_x={frontier_x!r}: {task}use {', '.join(axes[:-1])} or {axes[-1]}.")
     return frontier_x
+
+# %% ../../../nbs/app/plan/02_validate.ipynb #506e4f9a
+def check_frontier_group(frontier_x:str, # the frontier's x axis, from `check_frontier_x`
+                         rec, # the `RunRecord` of the source: its training counts
+                         counts:dict, # positives per finding of valid and test, `split_counts(dls, rec)`
+                        ):
+    "Raise unless a findings frontier's group (tail_ap: the tail findings) has a finding with a test positive"
+    if frontier_x not in FINDINGS_FRONTIER_X: return
+    from fastai_bmx.multilabel_metrics import finding_groups
+    group, scored = frontier_x[:-3], np.asarray(counts['test']) > 0
+    if not (scored & (finding_groups(rec.counts) == group)).any():
+        other = next(x for x in FINDINGS_FRONTIER_X if x != frontier_x)
+        raise ValueError(f"--frontier-x {frontier_x}: no {group} finding has a test positive, so its macro AP can't "
+                         f"be measured; use --frontier-x {other}, or compare methods without --frontier.")
 
 # %% ../../../nbs/app/plan/02_validate.ipynb #4e78e1a0
 # How the recommendation may leave the reference: 'best', the best validation mean; 'one-se', only for a setting whose
@@ -122,12 +143,12 @@ def check_command(out:str|Path='bmx_compare', # the output folder
                   reference:str|None=None, # the method the others are paired against; None: the default
                   precision:str='fp32', # 'fp32', 'bf16' or 'fp16'
                   frontier:bool=False, # also sweep each family's knob
-                  frontier_x:str='balanced_accuracy', # the frontier's x axis
+                  frontier_x:str|None=None, # the frontier's x axis; None: the task's default
                   **kwargs, # `plan_compare`'s other arguments: those of `check_options` checked, the rest left to it
                  ):
     "Raise what `plan_compare` would raise first of its checks that need no torch nor data; stop at one that does"
     check_options(**{k: v for k, v in kwargs.items() if k in _OPTIONS})
-    check_frontier_x(frontier_x)
+    check_frontier_x(frontier_x, None)  # the task isn't known before the data is read
     if frontier: return  # the frontier's families are checked by `plan_compare`
     expand_methods(methods, alphas, tau=taus, q=qs)
     if reference is not None: return  # the reference is checked against the methods by `plan_compare`
@@ -160,6 +181,9 @@ def check_executor(executor:str='serial', # 'serial' (one run after the other, h
             raise ValueError(f"{flag} {v!r}: give a number >= 0, e.g. 1.")
     if cpus_per_run == 0:
         raise ValueError("--cpus-per-run 0: a run needs a CPU for its torch threads: give at least 1.")
+    if address not in (None, 'auto') and not re.fullmatch(r'(ray://)?(\[[\w:.]+\]|[^\s:/\[\]]+):\d+', str(address)):
+        raise ValueError(f"--address {address}: give auto (the cluster `ray start` started on this machine) or the "
+                         "address of a cluster's head as HOST:PORT, e.g. 10.0.0.1:6379.")
     _check_int('--max-retries', max_retries, 0,
                'how often a run whose worker died is tried again: an integer >= 0, e.g. 2')
     need_ray()
@@ -169,18 +193,18 @@ def check_images(src, # the data's `Source` (`read_source`): a folder or a CSV; 
                  workers:int|None=None, # processes that decode; default one per CPU core
                  size:int|None=None, # the side the loaders resize images to; None: the source's (`Source.image_size`)
                  in_memory:bool|None=False, # keep the pixels for the loaders; None: if they fit; False: check only
-                ) -> bool:
-    "Raise a `ValueError` naming the bad files unless every image file of `src` decodes; return if kept in memory"
+                ) -> tuple:
+    "Raise a `ValueError` naming the bad files unless every image file of `src` decodes; `(kept in memory, window)`"
     from fastai_bmx.files import decode_once
-    if not src.is_files: return False
+    if not src.is_files: return False, src.window
     files = src.files
-    in_memory, bad = decode_once(files, src.image_size(size), src.window, in_memory, workers)  # each file decoded once
+    in_memory, bad, window = decode_once(files, src.image_size(size), src.window, in_memory, workers)  # each once
     if bad:
         more = f'; and {len(bad) - 3} more' if len(bad) > 3 else ''
         shown = '; '.join(f'{p} ({r})' for p, r in list(bad.items())[:3]) + more
         where = 'remove their rows from the CSV' if src.kind == 'csv' else 'remove them from the folder'
         raise ValueError(f"{len(bad)} of {len(files)} image files can't be used: {shown}. Fix them, or {where}.")
-    return in_memory
+    return in_memory, window  # the window they decoded with: 16-bit images of fewer bits by the set's (`decode_files`)
 
 # %% ../../../nbs/app/plan/02_validate.ipynb #342d2eb3
 def count_files(data:str) -> int:

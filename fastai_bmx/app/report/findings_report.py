@@ -8,20 +8,19 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/app/report/findings_report.html.md
 from __future__ import annotations
 from pathlib import Path
 import numpy as np, pandas as pd
-from ...multilabel_metrics import (per_finding_ap, macro_ap, micro_ap, macro_auroc, finding_groups, GROUPS,
-                                           findings_calibration)
+from ...multilabel_metrics import per_finding_ap, finding_groups, GROUPS, findings_calibration
 from ..plan.methods import get_method, describe_methods, method_order
 from ..run.guard import failures_markdown
 from ..run.store import RunFolder
 from .tables import to_markdown
 from .plots import plot_class_counts, plot_beta_densities, plot_finding_ap
-from ..decide.paired import findings_paired_differences, paired_interval, verdict, FINDINGS_PAIRABLE
-from ..decide.recommend import Recommendation, recommendation_lines
+from ..decide.paired import FINDINGS_PAIRABLE
+from ..decide.recommend import recommendation_lines
+from ..decide.findings_recommend import findings_candidates, setting_runs, pair_settings, recommend_findings
 from .results import results_table, pick_reference, paired_markdown
 
 # %% auto #0
-__all__ = ['finding_ap_table', 'group_table', 'pair_runs', 'runs_by_method', 'paired_findings', 'calibration_table',
-           'recommend_findings', 'write_findings_report']
+__all__ = ['finding_ap_table', 'group_table', 'paired_findings', 'calibration_table', 'thresholds_table', 'write_findings_report']
 
 # %% ../../../nbs/app/report/05_findings_report.ipynb #7d2e6b84
 def finding_ap_table(folder:RunFolder, # an output folder of runs on findings
@@ -44,27 +43,6 @@ def group_table(res:pd.DataFrame, # recorded runs on findings, with their head_a
              **{f'{g}_ap': f'{g} ({(groups == g).sum()}, {(scorable & (groups == g)).sum()} scored)' for g in GROUPS}}
     return tbl.rename(columns=names)
 
-# %% ../../../nbs/app/report/05_findings_report.ipynb #ceaa6b62
-def pair_runs(folder:RunFolder, # an output folder of runs on findings
-              runs:dict, # method -> {(seed, fold): run name}
-              method:str, # the method
-              reference:str, # the method it is paired against
-              metric:str='macro_ap', # one of `FINDINGS_PAIRABLE`
-              n:int=1000, # paired bootstrap resamples of the images
-              split:str='test', # 'test', or 'valid' (the data's own split only: the same images in every run)
-             ) -> dict|None:
-    "`paired_interval` of `method` − `reference` on their common seeds and folds, with its verdict; None if none"
-    keys = sorted(set(runs[method]) & set(runs[reference]))
-    if not keys: return None
-    a, r = [[folder.preds(runs[x][k], split) for k in keys] for x in (method, reference)]
-    ci = paired_interval(*findings_paired_differences([p for p, _ in a], [p for p, _ in r], a[0][1], metric, n))
-    return {**ci, 'verdict': verdict(ci['lo'], ci['hi'], len(keys)), 'pairs': len(keys)}
-
-def runs_by_method(res:pd.DataFrame) -> dict:
-    "method -> {(seed, fold): run name} of the recorded runs (fold -1 for the data's own split)"
-    key = lambda r: (int(r.seed), -1 if pd.isna(r.fold) else int(r.fold))
-    return {m: {key(r): r.run for r in g.itertuples()} for m, g in res.groupby('method')}
-
 # %% ../../../nbs/app/report/05_findings_report.ipynb #92b85497
 def paired_findings(folder:RunFolder, # an output folder of runs on findings
                     res:pd.DataFrame, # its recorded runs
@@ -73,9 +51,10 @@ def paired_findings(folder:RunFolder, # an output folder of runs on findings
                     n:int=1000, # paired bootstrap resamples of the test images
                    ) -> pd.DataFrame:
     "Each method against `reference`, paired by seed and fold: Δ `metric` (points), its 95% interval and verdict"
-    runs, rows = runs_by_method(res), []
+    runs = setting_runs(res.assign(setting=res['method'], variant='thresholds', fold=res['fold'].fillna(-1)))
+    rows = []
     for m in sorted(runs, key=method_order):
-        ci = None if m == reference else pair_runs(folder, runs, m, reference, metric, n)
+        ci = None if m == reference else pair_settings(folder, runs, m, reference, metric, n)
         if ci is None: continue
         rows.append({'method': m, 'reference': reference, 'pairs': ci['pairs'], metric: 100*ci['diff'],
                      f'{metric}_lo': 100*ci['lo'], f'{metric}_hi': 100*ci['hi'], f'{metric}_verdict': ci['verdict']})
@@ -94,48 +73,23 @@ def calibration_table(folder:RunFolder, # an output folder of runs on findings
     out.insert(0, 'runs', g.size().values)
     return out.rename(columns={'ece': 'ECE per finding', 'brier': 'Brier'})
 
-# %% ../../../nbs/app/report/05_findings_report.ipynb #2cc8d8b5
-def _valid_scores(folder:RunFolder, res:pd.DataFrame, metric:str) -> pd.Series|None:
-    "Each run's validation `metric` from its saved predictions; None if a run saved none"
-    valid = [folder.preds(r, 'valid') for r in res['run']]
-    if any(v is None for v in valid): return None
-    score = dict(macro_ap=lambda p, t: macro_ap(p, t).value, micro_ap=micro_ap,
-                 macro_auroc=lambda p, t: macro_auroc(p, t).value)[metric]
-    return pd.Series([score(*v) for v in valid], index=res.index)
-
-def recommend_findings(folder:RunFolder, # an output folder of runs on findings
-                       res:pd.DataFrame, # its recorded runs
-                       metric:str, # the metric to choose on, one of `FINDINGS_PAIRABLE`
-                       reference:str, # the method the choice is paired against
-                       rule:str='best', # 'best', 'one-se' or 'evidence' (`RULES`)
-                       n:int=1000, # paired bootstrap resamples
-                      ) -> Recommendation|None:
-    "The method chosen on validation `metric`, how sure that is, and what the choice cost on test; None: no valid preds"
-    valid = _valid_scores(folder, res, metric)
-    if valid is None: return None
-    runs, res = runs_by_method(res), res.assign(valid=valid)
-    shared = set.intersection(*(set(v) for v in runs.values()))
-    on = res.apply(lambda r: (int(r.seed), -1 if pd.isna(r.fold) else int(r.fold)) in shared, axis=1)
-    ranked = res[on] if shared else res
-    g = ranked.groupby('method', sort=False)
-    vmean, tmean = g['valid'].mean(), g[metric].mean()
-    best, folds = vmean.idxmax(), bool(res['fold'].notna().any())
-    viv = None if folds or best == reference else pair_runs(folder, runs, best, reference, metric, n, 'valid')
-    beats = viv is not None and (viv['lo'] > 0 if rule == 'evidence' else viv['diff'] > viv['se'])
-    chosen = best if rule == 'best' or best == reference or folds or beats else reference
-    test_best = tmean.idxmax()
-    zero = dict(diff=0., lo=0., hi=0., se=0.)
-    mine = ranked[ranked['method'] == chosen].sort_values('valid')
-    return Recommendation(
-        setting=chosen, method=chosen, variant='plain', metric=metric, valid_mean=vmean[chosen],
-        valid_std=g['valid'].std(ddof=1)[chosen], test_mean=tmean[chosen], test_std=g[metric].std(ddof=1)[chosen],
-        runs=len(mine), reference=reference,
-        vs_reference={} if chosen == reference else pair_runs(folder, runs, chosen, reference, metric, n),
-        test_best=test_best,
-        cost=zero if chosen == test_best else pair_runs(folder, runs, chosen, test_best, metric, n),
-        median_run=mine['run'].iloc[(len(mine) - 1) // 2], left_out=tuple(res.loc[~on, 'run']) if shared else (),
-        shared=bool(shared), rule=rule, valid_vs_reference=viv,
-        valid_items=len(folder.preds(res['run'].iloc[0], 'valid')[1]))
+# %% ../../../nbs/app/report/05_findings_report.ipynb #bba365d8
+def thresholds_table(folder:RunFolder, # an output folder of runs on findings, with their validation predictions
+                     res:pd.DataFrame, # its recorded runs
+                     n:int=1000, # paired bootstrap resamples of the test images
+                    ) -> pd.DataFrame:
+    "Methods × test macro F1 (%) at 0.5 and at per-finding thresholds tuned on validation, and the paired gain"
+    cands = findings_candidates(folder, res, 'macro_f1')
+    if cands is None: return pd.DataFrame()
+    runs, rows = setting_runs(cands), []
+    pm = lambda v: f'{100*v.mean():.2f}' + (f' ± {100*v.std(ddof=1):.2f}' if len(v) > 1 else '')
+    for m, g in cands.groupby('method', sort=False):
+        ci = pair_settings(folder, runs, f'{m} + thresholds', m, 'macro_f1', n)
+        rows.append({'method': m, 'runs': len(g) // 2, 'at 0.5': pm(g[g.variant == 'plain'].test),
+                     'at tuned thresholds': pm(g[g.variant == 'thresholds'].test),
+                     'Δ [95%]': f"{100*ci['diff']:+.2f} [{100*ci['lo']:+.2f}, {100*ci['hi']:+.2f}]",
+                     'verdict': ci['verdict']})
+    return pd.DataFrame(rows).set_index('method')
 
 # %% ../../../nbs/app/report/05_findings_report.ipynb #40b10bf9
 def _settings_line(settings:dict, res:pd.DataFrame) -> str:
@@ -180,7 +134,12 @@ def write_findings_report(out:str|Path, # a `compare` output folder of runs on s
                           "on the same seeds and test images; the 95% interval counts the seed-to-seed spread and a "
                           "paired bootstrap of the test images, stratified by each image's rarest finding (1000 "
                           "resamples).", '', paired_markdown(pr), '']
+    tt = thresholds_table(folder, res)
     lines += ['## Recommendation', '', *(recommendation_lines(r) if r else ['No validation predictions saved.']), '',
+              *(['## Per-finding thresholds', '', "Test macro F1 (%) at 0.5, and at each finding's threshold tuned "
+                 "on the run's validation predictions (what `--export` deploys); the gain paired on the same runs and "
+                 "test images, 95% interval as above. `--select macro_f1` ranks both.", '', to_markdown(tt), '']
+                if len(tt) else []),
               *failures_markdown(list(folder.failures().values()), settings['lr']),
               '## Calibration', '', "Test calibration of each finding's probability, in %: its binned calibration "
               "error (15 equal-width bins), averaged over the findings, and the Brier score over every image and "

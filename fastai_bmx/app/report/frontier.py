@@ -10,16 +10,18 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from fastcore.foundation import L
 from ...metrics import paper_scores
+from ...multilabel_metrics import findings_scores, GROUPS
 from ...adjust import posthoc_adjust
 from ..plan.methods import get_method, FRONTIER_GRIDS
-from ..decide.paired import paired_differences, paired_interval, verdict
+from ..decide.paired import (paired_differences, paired_interval, verdict, findings_paired_differences,
+                                          group_paired_differences)
 from ..run.store import RunFolder
 from .plots import figure
 from .tables import to_markdown
 
 # %% auto #0
-__all__ = ['COLORS', 'frontier_families', 'pareto_mask', 'front_relation', 'frontier_points', 'front_table', 'matched_pairs',
-           'knob_label', 'plot_frontier', 'write_frontier']
+__all__ = ['COLORS', 'AXIS_NAMES', 'frontier_families', 'pareto_mask', 'front_relation', 'frontier_points', 'front_table',
+           'matched_pairs', 'knob_label', 'plot_frontier', 'write_frontier']
 
 # %% ../../../nbs/app/report/03_frontier.ipynb #ea1f086b
 _SAME_RUN = {1.: 'instance', 0.5: 'sqrt', 0.: 'class'}  # resampling settings that other methods already run
@@ -27,12 +29,13 @@ _SAME_RUN = {1.: 'instance', 0.5: 'sqrt', 0.: 'class'}  # resampling settings th
 def frontier_families(alphas=None, # α values of Balanced-MixUp; None: `FRONTIER_GRIDS['alpha']`
                       qs=None, # resampling exponents q; None: `FRONTIER_GRIDS['q']`
                       taus=None, # τ values of logit adjustment; None: `FRONTIER_GRIDS['tau']`
+                      multi_label:bool=False, # several findings per image: no logit adjustment (it has no such form)
                      ) -> dict:
     "Run names per frontier family in knob order: resampling over q, Balanced-MixUp over α, logit adjustment over τ"
     grid = lambda v, k: [float(x) for x in L(FRONTIER_GRIDS[k] if v is None else v)]
-    return {'resampling': [_SAME_RUN.get(q) or get_method(f'sample-{q:g}').run_name for q in grid(qs, 'q')],
-            'bmx': [get_method(f'bmx-{a:g}').run_name for a in grid(alphas, 'alpha')],
-            'la': [get_method(f'la-{t:g}').run_name for t in grid(taus, 'tau')]}
+    fams = {'resampling': [_SAME_RUN.get(q) or get_method(f'sample-{q:g}').run_name for q in grid(qs, 'q')],
+            'bmx': [get_method(f'bmx-{a:g}').run_name for a in grid(alphas, 'alpha')]}
+    return fams if multi_label else {**fams, 'la': [get_method(f'la-{t:g}').run_name for t in grid(taus, 'tau')]}
 
 # %% ../../../nbs/app/report/03_frontier.ipynb #e0004f2b
 def pareto_mask(xs, ys) -> np.ndarray:
@@ -55,7 +58,8 @@ def front_relation(a, # points (x, y) of family A's front
 def _setting_preds(folder:RunFolder, families:dict, taus) -> tuple:
     "{(family, setting): {(seed, fold): test probs}}, and the test targets, for every recorded run of the families"
     res, out, targs = folder.results(), {}, None
-    for family, names in {**families, 'post hoc': ['instance']}.items():
+    posthoc = {} if folder.record.multi_label else {'post hoc': ['instance']}  # logit adjustment: one class per image
+    for family, names in {**families, **posthoc}.items():
         for name in names:
             for r in res[res['method'] == name].itertuples():
                 probs, targs = folder.preds(r.run)
@@ -70,21 +74,23 @@ def _setting_preds(folder:RunFolder, families:dict, taus) -> tuple:
 def frontier_points(folder:RunFolder, # an output folder
                     families:dict, # run names per family, from `frontier_families`
                     main:str, # the main metric (y axis)
-                    x:str='balanced_accuracy', # the minority-minded metric (x axis): 'balanced_accuracy' or 'macro_f1'
+                    x:str='balanced_accuracy', # the x axis: 'balanced_accuracy' or 'macro_f1'; findings: 'tail_ap'
                     taus=None, # post-hoc τ values on the instance runs; None: `FRONTIER_GRIDS['tau']`
                    ) -> pd.DataFrame:
     "A row per setting with runs: family, runs, mean and std of `x` and `main` over seeds, and if it is on its front"
     taus = [float(t) for t in L(taus if taus is not None else FRONTIER_GRIDS['tau'])]
     preds, targs = _setting_preds(folder, families, taus)
-    rows = []
+    counts, rows = folder.record.counts, []
+    score = ((lambda p: findings_scores(p, targs, counts)) if folder.record.multi_label else
+             (lambda p: paper_scores(p, targs)))
     for (family, setting), runs in preds.items():
-        s = pd.DataFrame([paper_scores(p, targs) for p in runs.values()])
+        s = pd.DataFrame([score(p) for p in runs.values()])
         rows.append(dict(family=family, setting=setting, runs=len(s), x=s[x].mean(), x_std=s[x].std(ddof=1),
                          y=s[main].mean(), y_std=s[main].std(ddof=1)))
     pts = pd.DataFrame(rows, columns=['family', 'setting', 'runs', 'x', 'x_std', 'y', 'y_std'])
     pts['front'] = False
     for _, g in pts.groupby('family'): pts.loc[g.index, 'front'] = pareto_mask(g.x, g.y)
-    pts.attrs.update(main=main, x=x, preds=preds, targs=targs)
+    pts.attrs.update(main=main, x=x, preds=preds, targs=targs, counts=counts)
     return pts
 
 # %% ../../../nbs/app/report/03_frontier.ipynb #79b2b8b8
@@ -97,6 +103,13 @@ def front_table(pts:pd.DataFrame, # from `frontier_points`
     return pd.DataFrame({b: [relation(a, b) for a in fams] for b in fams}, index=pd.Index(fams, name='family'))
 
 # %% ../../../nbs/app/report/03_frontier.ipynb #c08ba2f0
+def _paired(a:list, b:list, targs, metric:str, counts, n:int) -> dict:
+    "`paired_interval` of runs `a` − `b` on `metric`; a group's macro AP ('tail_ap') on the group's findings alone"
+    if metric.removesuffix('_ap') in GROUPS: diffs = group_paired_differences(a, b, targs, metric[:-3], counts, n)
+    elif np.ndim(targs) == 2: diffs = findings_paired_differences(a, b, targs, metric, n)
+    else: diffs = paired_differences(a, b, targs, metric, n=n)
+    return paired_interval(*diffs)
+
 def matched_pairs(pts:pd.DataFrame, # from `frontier_points`
                   reference:str='resampling', # the family each front setting is matched in
                   n:int=1000, # paired bootstrap resamples of the test items
@@ -111,7 +124,7 @@ def matched_pairs(pts:pd.DataFrame, # from `frontier_points`
         if not keys: continue
         row = dict(family=r.family, setting=r.setting, matched=m.setting, pairs=len(keys))
         for metric in dict.fromkeys([x, main]):
-            ci = paired_interval(*paired_differences([a[k] for k in keys], [b[k] for k in keys], targs, metric, n=n))
+            ci = _paired([a[k] for k in keys], [b[k] for k in keys], targs, metric, pts.attrs['counts'], n)
             row[f'Δ {metric} [95%]'] = f"{100*ci['diff']:+.2f} [{100*ci['lo']:+.2f}, {100*ci['hi']:+.2f}]"
             row[f'{metric}: verdict'] = verdict(ci['lo'], ci['hi'], len(keys))
         rows.append(row)
@@ -119,6 +132,7 @@ def matched_pairs(pts:pd.DataFrame, # from `frontier_points`
 
 # %% ../../../nbs/app/report/03_frontier.ipynb #c4b47b18
 COLORS = {'resampling': 'tab:blue', 'bmx': 'tab:orange', 'la': 'tab:green', 'post hoc': 'tab:purple'}
+AXIS_NAMES = {'macro_ap': 'macro mAP', 'tail_ap': 'tail mAP', 'medium_ap': 'medium mAP'} # findings' axes, in words
 
 def knob_label(setting:str) -> str:
     "A frontier setting's knob value, for the plot: 'q=0.5' for sqrt, 'α=0.2' for bmx-0.2, 'τ=1' for la-1 or post hoc"
@@ -156,15 +170,24 @@ def plot_frontier(pts:pd.DataFrame, # from `frontier_points`
     out = pts[~((100*pts.x).between(lo_x, hi_x) & (100*pts.y).between(lo_y, hi_y))]
     where = lambda r: f'{r.family} {knob_label(r.setting)} ({100*r.x:.1f}, {100*r.y:.1f})'
     if len(out): title += '\noff the plot: ' + '; '.join(map(where, out.itertuples()))
-    ax.set_xlabel(f"test {pts.attrs['x'].replace('_', ' ')} (%)")
-    ax.set_ylabel(f"test {pts.attrs['main'].replace('_', ' ')} (%)")
+    name = lambda m: AXIS_NAMES.get(m) or m.replace('_', ' ')
+    ax.set_xlabel(f"test {name(pts.attrs['x'])} (%)")
+    ax.set_ylabel(f"test {name(pts.attrs['main'])} (%)")
     ax.grid(alpha=.3); ax.legend(fontsize=8); ax.set_title(title, fontsize=10)
     return fig
 
 # %% ../../../nbs/app/report/03_frontier.ipynb #b4ddfe58
+def _families_words(multi_label:bool, x:str) -> str:
+    "What the families and the x axis are, in `frontier.md`"
+    if not multi_label: return ("The post-hoc family is the instance runs with their test probabilities adjusted by "
+                                "τ·log π, with no training.")
+    return (f"{x} is the macro AP of the {x[:-3]} findings (tail: fewer than 20 training positives; medium: 20 to 99) "
+            "with a test positive. Logit adjustment has no form for several findings per image, so there is no la "
+            "or post-hoc family.")
+
 def write_frontier(out:str|Path, # a `compare` output folder
                    families:dict, # run names per family, from `frontier_families`
-                   x:str='balanced_accuracy', # the x axis: 'balanced_accuracy' or 'macro_f1'
+                   x:str='balanced_accuracy', # the x axis: 'balanced_accuracy' or 'macro_f1'; findings: 'tail_ap'
                    taus=None, # post-hoc τ values; None: `FRONTIER_GRIDS['tau']`
                   ) -> pd.DataFrame:
     "Write `frontier.png` and `frontier.md` from the folder's recorded runs; return the points"
@@ -181,8 +204,8 @@ def write_frontier(out:str|Path, # a `compare` output folder
     mp = matched_pairs(pts)
     lines = [f'# Trade-off frontier: {name}', '',
              f"Test {main} against test {x}, in %, mean ± std over seeds. A setting is on its family's front when "
-             "no other setting of the family beats it on both. The post-hoc family is the instance runs with their "
-             "test probabilities adjusted by τ·log π, with no training.", '', '![frontier](frontier.png)', '',
+             f"no other setting of the family beats it on both. {_families_words(folder.record.multi_label, x)}", '',
+             '![frontier](frontier.png)', '',
              to_markdown(tbl.set_index('family')), '',
              '## How the fronts lie', '',
              "Each row family against each column family, from the front of both together: **dominates** (only "

@@ -6,24 +6,30 @@ Docs: https://fastai-bmx.github.io/fastai_bmx/app/run/executors.html.md"""
 
 # %% ../../../nbs/app/run/04_executors.ipynb #ae047947
 from __future__ import annotations
-import warnings
+import os, socket, warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+import numpy as np
 import torch
 from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar
-from fastai.torch_core import set_seed
+from fastai.torch_core import set_seed, defaults
+from ...files import decode_once
+from ...precision import check_precision
 from ..plan.sources import LoadSettings
 from ..plan.validate import need_ray, check_executor
 from .guard import RunFailure, free_memory
 from .training import TrainSettings, train_eval
 from .table import run_name
 from .store import RunFolder
+from .cluster import CantRun, connect, cluster_nodes, run_share, runs_at_once, check_fits
+from .cluster import images_memory, ray_failure
 # torch deprecates `torch.jit.script`, which fastai.layers calls at import: keep that notice out of the CLI's output
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
 
 # %% auto #0
-__all__ = ['RunSpec', 'run_spec', 'RunOutcome', 'train_spec', 'run_line', 'record', 'Executor', 'SerialExecutor', 'RayExecutor',
-           'get_executor']
+__all__ = ['RunSpec', 'run_spec', 'RunOutcome', 'worker_share', 'train_spec', 'run_line', 'record', 'Executor', 'SerialExecutor',
+           'share_line', 'RayExecutor', 'ray_outcome', 'get_executor']
 
 # %% ../../../nbs/app/run/04_executors.ipynb #501d65d2
 @dataclass(frozen=True)
@@ -56,30 +62,47 @@ def run_spec(plan, # a checked comparison, from `plan_compare`
 # %% ../../../nbs/app/run/04_executors.ipynb #89c81a0e
 @dataclass(frozen=True)
 class RunOutcome:
-    "What one run gave: its row (its files written), or the record of its failure"
+    "What one run gave: its row and predictions (its files written), or the record of its failure"
     run:str # the run's name
     row:dict|None=None # its row of results.csv, when it finished
     failure:RunFailure|None=None # when it diverged or failed
+    preds:dict|None=None # when it finished: its predictions (`RunFolder.write_preds`' arrays), sent with its result
+    worker:str='' # the process that trained it: 'pid N on HOST'
+
+# %% ../../../nbs/app/run/04_executors.ipynb #21be9f4c
+def worker_share(spec:RunSpec, # from `run_spec`, with `threads`: the run's CPUs in a worker
+                ):
+    "Keep a worker's run to its CPUs: torch threads, loader processes from disk, and the processes decoding its images"
+    torch.set_num_threads(spec.threads)
+    defaults.cpus = spec.threads  # fastai's loaders from disk: this many processes (else up to 16, and the partner's)
+    src = spec.load.source
+    if src.is_files and spec.load.in_memory:  # decoded with the run's CPUs, not one process per core of the node
+        decode_once(src.files, src.image_size(spec.load.size), src.window, True, workers=spec.threads)
 
 # %% ../../../nbs/app/run/04_executors.ipynb #c87fe08a
 def train_spec(spec:RunSpec, # from `run_spec`
                debug:bool=False, # raise a run's error with its traceback, instead of returning its failure
               ) -> RunOutcome:
     "Train and test the run of `spec` in this process and write its files; a failure comes back as its record"
-    if spec.threads: torch.set_num_threads(spec.threads)
+    worker = f"pid {os.getpid()} on {socket.gethostname()}"
     try:
+        if spec.device == 'cuda' and not torch.cuda.is_available():
+            raise RuntimeError(f"a GPU was reserved for it, but torch {torch.__version__} in its worker ({worker}) "
+                               "sees no CUDA: install torch with CUDA there, or leave GPUs out (--gpus-per-run 0)")
+        if spec.threads: worker_share(spec)
         set_seed(spec.seed, reproducible=True)
         dls, rec = spec.load.load(spec.seed, spec.fold)
-        if spec.device: dls.to('cuda' if spec.device == 'cuda' and torch.cuda.is_available() else 'cpu')
+        if spec.device: dls.to(spec.device)
         row, preds = train_eval(dls, rec, spec.method, path=spec.path, fname=spec.run, **spec.train.kwargs())
         row = dict(run=spec.run, seed=spec.seed, fold=spec.fold, **row)
+        preds = {k: np.asarray(v) for k, v in preds.items()}
         RunFolder(spec.path).write_run(row, **preds)
     except Exception as e:  # Ctrl-C (KeyboardInterrupt) is no Exception: it still stops everything
         if debug: raise
         failure = RunFailure.from_exception(spec.run, spec.method, spec.seed, spec.fold, e)  # not raised: no retry
-    else: return RunOutcome(spec.run, row=row)
+    else: return RunOutcome(spec.run, row=row, preds=preds, worker=worker)
     free_memory()  # what the failed run held, before this process takes the next run
-    return RunOutcome(spec.run, failure=failure)
+    return RunOutcome(spec.run, failure=failure, worker=worker)
 
 # %% ../../../nbs/app/run/04_executors.ipynb #9c15c16d
 def run_line(plan, # the comparison
@@ -93,9 +116,15 @@ def run_line(plan, # the comparison
 def record(plan, # the comparison
            out:RunOutcome, # what `train_spec` returned
            debug:bool=False, # raise a failure's error, instead of recording it
-          ):
-    "Record one run's row (its files written already) or its failure, and print its line: for every executor"
-    folder, lr = plan.folder, plan.train.lr
+          ) -> bool:
+    "Record one run's row, its predictions readable here, or its failure, and print its line; whether it sent them"
+    folder, lr, sent = plan.folder, plan.train.lr, False
+    if out.failure is None and not folder.preds_readable(out.run):  # written where this process can't see
+        if out.preds is None:
+            r = out.row
+            out = RunOutcome(out.run, failure=RunFailure(r['run'], r['method'], r['seed'], r['fold'], 'failed',
+                             'FileNotFoundError', f"its predictions {folder.preds_file(out.run)} can't be read here"))
+        else: folder.write_preds(out.run, **out.preds); sent = True
     if out.failure is not None:
         if debug: raise RuntimeError(f"{out.failure.line(lr)}\n{out.failure.trace}")
         folder.discard_run(out.run)  # a dead worker's checkpoint and half-written files
@@ -103,10 +132,16 @@ def record(plan, # the comparison
         print(out.failure.line(lr), flush=True)
     elif folder.add_run(out.row): print(run_line(plan, out.run, out.row), flush=True)
     else: print(f"{out.run}: recorded already; the first result is kept", flush=True)
+    return sent
 
 # %% ../../../nbs/app/run/04_executors.ipynb #3dc6e38a
 class Executor:
     "Base of the executors: where a plan's runs train, each through `train_spec`, each recorded by `record` as it ends"
+    @contextmanager
+    def started(self, plan): # a checked comparison, from `plan_compare`
+        "Check that every run of `plan` can run here before its folder is written (else `CantRun`); hold what they need"
+        yield
+
     def run(self, plan, # a checked comparison, from `plan_compare`
             todo:dict, # run name -> (method, seed, fold): the runs to train
             debug:bool=False, # stop at the first run that fails, raising its error with its traceback
@@ -114,60 +149,96 @@ class Executor:
 
 class SerialExecutor(Executor):
     "The runs one after the other, in this process: the default"
+    @contextmanager
+    def started(self, plan): # a checked comparison, from `plan_compare`
+        "Refuse (`CantRun`) a precision this machine can't train in, before the folder is written"
+        try: check_precision(plan.train.precision)
+        except ValueError as e: raise CantRun(str(e)) from None
+        yield
+
     def run(self, plan, todo:dict, debug:bool=False):
         "Train the runs of `todo` here, recording and printing each as it ends, under a bar over runs"
         for run in progress_bar(list(todo), display=bool(todo)):
             record(plan, train_spec(run_spec(plan, *todo[run]), debug), debug)
 
+# %% ../../../nbs/app/run/04_executors.ipynb #2efbd103
+def share_line(nodes:list, # `cluster_nodes`
+               cpus:float, gpus:float=0., memory:float=0., # what one run asks: CPUs, GPUs, bytes
+               where:str='Ray', # the cluster, as the line names it
+              ) -> str:
+    "The line that opens a Ray sweep: the cluster, what each run takes of a node, and how many run at once"
+    n = max(1, int(cpus))
+    return (f"{where}: {len(nodes)} node(s), {sum(c for c, _, _ in nodes):g} CPUs, {sum(g for _, g, _ in nodes):g} "
+            f"GPUs; each run takes {cpus:g} CPUs ({n} torch threads, {n} processes decoding its images or loading "
+            f"them from disk), {gpus:g} GPUs" + (f" and {memory / 2**20:,.0f} MB for its images" if memory else '')
+            + f": {runs_at_once(nodes, cpus, gpus, memory)} at a time")
+
 # %% ../../../nbs/app/run/04_executors.ipynb #d19e0dd0
 @dataclass
 class RayExecutor(Executor):
     "Train a plan's runs as Ray tasks, retrying those whose worker dies, the command recording each as it ends"
-    address:str|None=None # a running cluster: 'auto' or its address; None: a local Ray, started and stopped here
+    address:str|None=None # a running cluster: 'auto' (the one `ray start` started) or its address; None: a local Ray
     gpus_per_run:float|None=None # GPUs per run; None: 1 where Ray sees GPUs, else 0
-    cpus_per_run:float|None=None # CPUs per run, and torch threads; None: 1, or with GPUs the CPUs per GPU
+    cpus_per_run:float|None=None # CPUs per run, and torch threads; None: 1, or with GPUs a GPU node's CPUs per GPU
     max_retries:int=2 # how often Ray retries a run whose worker died (killed, out of memory) before it failed
 
-    def __post_init__(self): check_executor('ray', self.address, self.gpus_per_run, self.cpus_per_run, self.max_retries)
+    def __post_init__(self):
+        check_executor('ray', self.address, self.gpus_per_run, self.cpus_per_run, self.max_retries)
+        self.share = None # `(cpus, gpus, memory)` of one run, while `started`
 
-    def resources(self, ray) -> tuple:
-        "`(cpus, gpus)` of one run on the cluster `ray` is connected to"
-        have = ray.cluster_resources()
-        gpus = self.gpus_per_run if self.gpus_per_run is not None else (1 if have.get('GPU', 0) else 0)
-        if self.cpus_per_run is not None: return self.cpus_per_run, gpus
-        return (max(1, int(have.get('CPU', 1) * gpus // have['GPU'])) if gpus and have.get('GPU') else 1), gpus
+    @contextmanager
+    def started(self, plan): # a checked comparison, from `plan_compare`
+        "Connect to Ray (or start one), refuse (`CantRun`) a run no node can hold, say each run's share; then stop it"
+        ray = need_ray()
+        own = connect(ray, self.address)
+        try:
+            nodes = cluster_nodes(ray)
+            cpus, gpus = run_share(nodes, self.gpus_per_run, self.cpus_per_run)
+            memory, where = images_memory(plan.load), f"the Ray cluster at {self.address}" if self.address else "Ray"
+            check_fits(nodes, cpus, gpus, memory, where)
+            print(share_line(nodes, cpus, gpus, memory, where), flush=True)
+            self.share = (cpus, gpus, memory)
+            yield
+        finally:
+            self.share = None
+            if own: ray.shutdown()
+
+# %% ../../../nbs/app/run/04_executors.ipynb #7e0d44c3
+def ray_outcome(run:str, method:str, seed:int, fold:int|None, # the run, as `todo` gives it
+                e:Exception, # what `ray.get` raised for it
+                tries:int, # how often Ray tries a run whose worker dies
+               ) -> RunOutcome:
+    "The failed outcome of a run whose task raised: its worker died on every try, or its own error, not retried"
+    error, message, died = ray_failure(e)
+    message = (f"its worker died on each of {tries} tries: {message}" if died
+               else f"{message} (raised in its Ray worker, outside the run; Ray doesn't retry it)")
+    return RunOutcome(run, failure=RunFailure(run, method, int(seed), fold, 'failed', error, message[:500]))
 
 # %% ../../../nbs/app/run/04_executors.ipynb #e5c51444
-def _died(run:str, method:str, seed:int, fold:int|None, e:Exception, tries:int) -> RunFailure:
-    "The record of a run whose worker died on every try: failed, with Ray's cause"
-    cause = ' '.join(next((l for l in str(e).splitlines() if l.strip()), '').split())
-    message = f"its worker died on each of {tries} tries: {cause}"[:500]
-    return RunFailure(run, method, int(seed), fold, 'failed', type(e).__name__, message)
-
 @patch
 def run(self:RayExecutor, plan, # a checked comparison, from `plan_compare`
         todo:dict, # run name -> (method, seed, fold): the runs to train
         debug:bool=False, # stop at the first run that fails, raising its error with its traceback
        ):
     "Train the runs of `todo` as Ray tasks, recording and printing each as it ends, under a bar over runs"
-    if not todo: return  # nothing to train: no Ray to start
-    ray = need_ray()
-    started = not ray.is_initialized()
-    if started: ray.init(address=self.address, include_dashboard=False, log_to_driver=False, logging_level='ERROR')
-    try:
-        cpus, gpus = self.resources(ray)
-        task = ray.remote(train_spec).options(num_cpus=cpus, num_gpus=gpus, max_retries=self.max_retries,
-                                              retry_exceptions=False)
-        device, threads = 'cuda' if gpus else 'cpu', max(1, int(cpus))
-        refs = {task.remote(run_spec(plan, *todo[run], threads, device, show_bar=False)): run for run in todo}
-        for ref in progress_bar(_as_done(ray, list(refs)), total=len(refs), display=bool(refs)):
-            run = refs[ref]
-            try: out = ray.get(ref)
-            except ray.exceptions.RayError as e:
-                out = RunOutcome(run, failure=_died(run, *todo[run], e, self.max_retries + 1))
-            record(plan, out, debug)
-    finally:
-        if started: ray.shutdown()
+    if not todo: return
+    if self.share is None:  # called on its own, not within `started`
+        with self.started(plan): return self.run(plan, todo, debug)
+    ray, (cpus, gpus, memory) = need_ray(), self.share
+    opts = dict(num_cpus=cpus, num_gpus=gpus, max_retries=self.max_retries, retry_exceptions=False,
+                max_calls=1 if gpus else 0)  # with a GPU, a process each: what one run held is let go with it
+    task = ray.remote(**opts, **(dict(memory=memory) if memory else {}))(train_spec)
+    device, threads = 'cuda' if gpus else 'cpu', max(1, int(cpus))
+    refs = {task.remote(run_spec(plan, *todo[run], threads, device, show_bar=False)): run for run in todo}
+    said = False
+    for ref in progress_bar(_as_done(ray, list(refs)), total=len(refs), display=bool(refs)):
+        run = refs[ref]
+        try: out = ray.get(ref)
+        except ray.exceptions.RayError as e: out = ray_outcome(run, *todo[run], e, self.max_retries + 1)
+        if record(plan, out, debug) and not said:
+            said = print(f"{plan.folder.path}: the folder isn't shared with the workers ({out.worker} wrote its "
+                         "files elsewhere): each run's predictions come with its result and are written here "
+                         "(--keep-models' checkpoints stay on the workers' machines)", flush=True) or True
 
 def _as_done(ray, refs:list):
     "The object refs of `refs` one by one, as their tasks end"

@@ -14,6 +14,7 @@ import numpy as np, pandas as pd
 from fastcore.basics import patch
 from ..plan.sources import RunRecord
 from .guard import RunFailure
+from .filelock import try_lock, unlock, hold_lock
 from .table import TABLE_KEYS, read_table
 
 # %% auto #0
@@ -49,14 +50,9 @@ class RunFolder:
 
     @contextmanager
     def lock(self):
-        "Hold the folder's write lock (a no-op without `fcntl`), so the command and `bmx-report` write in turn"
+        "Hold the folder's write lock (`hold_lock`: Unix or Windows), so the command and `bmx-report` write in turn"
         self.path.mkdir(parents=True, exist_ok=True)
-        try: import fcntl
-        except ImportError: yield; return
-        with open(self.path/'.results.lock', 'a') as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try: yield
-            finally: fcntl.flock(f, fcntl.LOCK_UN)
+        with open(self.path/'.results.lock', 'a') as f, hold_lock(f): yield
 
     def write(self, fname:str, text:str):
         "Write `text` to `fname` in the folder atomically (hold the lock when other processes may write it too)"
@@ -213,30 +209,24 @@ def recover(self:RunFolder) -> str|None:
 def driving(self:RunFolder):
     "Hold the folder for this command: a second command on it is refused (`FolderInUse`) naming the one that holds it"
     self.path.mkdir(parents=True, exist_ok=True)
-    try: import fcntl
-    except ImportError: yield; return
     with open(self.path/'.driver', 'a+') as f:  # the kernel lets go of the lock when the process ends, even killed
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not try_lock(f):
             f.seek(0); raise self._in_use(f.read()) from None
         f.seek(0); f.truncate()
         since = time.strftime('%Y-%m-%d %H:%M:%S')
         f.write(f"the bmx-compare of pid {os.getpid()} on {socket.gethostname()}, since {since}"); f.flush()
         shutil.rmtree(self.path/'.claims', ignore_errors=True)  # what older versions left to share a folder run by run
         try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
+        finally: unlock(f)
 
 @patch
 def check_free(self:RunFolder):
     "Raise `FolderInUse` if a command drives the folder now; a look that writes nothing"
-    try: import fcntl
-    except ImportError: return
     try: f = open(self.path/'.driver')
     except OSError: return  # no folder, or none driven yet (`check_out` speaks of a bad --out)
     with f:
-        try: fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError: raise self._in_use(f.read()) from None
-        fcntl.flock(f, fcntl.LOCK_UN)
+        if not try_lock(f, shared=True): raise self._in_use(f.read()) from None
+        unlock(f)
 
 @patch
 def _in_use(self:RunFolder, who:str) -> FolderInUse:
@@ -244,6 +234,15 @@ def _in_use(self:RunFolder, who:str) -> FolderInUse:
     return FolderInUse(f"{self.path} is in use by {who.strip() or 'another command'}: one command trains into a "
                        "folder at a time. Wait for it to end (or stop it), then run yours to resume; to spread runs "
                        "over several CPUs, GPUs or machines, use one command with --executor ray.")
+
+# %% ../../../nbs/app/run/03_store.ipynb #e66cba3e
+@patch
+def preds_readable(self:RunFolder, run:str) -> bool:
+    "Whether this process can open `run`'s predictions file, holding test probabilities and targets"
+    try:
+        with np.load(self.preds_file(run)) as z:
+            return {'probs', 'targs'} <= set(z.files) and len(z['probs']) == len(z['targs'])
+    except Exception: return False
 
 # %% ../../../nbs/app/run/03_store.ipynb #3169d9dd
 @patch
@@ -255,7 +254,7 @@ def repair(self:RunFolder) -> str|None:
         cols, good, bad = read_table(text, self.known)
         for line in list(good):  # a row whose predictions can't be read would break the report
             run = next(csv.reader([line]))[cols.index('run')]
-            if (f := self.preds_file(run)).exists() and not _readable(f):
+            if (f := self.preds_file(run)).exists() and not self.preds_readable(run):
                 os.replace(f, f.with_suffix('.npz.damaged')); good.remove(line)
                 bad.append((text.splitlines().index(line) + 1, line, f"its predictions {f.name} can't be read"))
         if bad:
@@ -273,9 +272,3 @@ def repair(self:RunFolder) -> str|None:
         said.append(f"failures.json was damaged: moved to {self.path/'failures.json.damaged'}; "
                     "the runs it listed will be retried")
     return '; '.join(said) or None
-
-def _readable(f:Path) -> bool:
-    "Whether a predictions file opens and holds test probabilities and targets"
-    try:
-        with np.load(f) as z: return {'probs', 'targs'} <= set(z.files) and len(z['probs']) == len(z['targs'])
-    except Exception: return False
