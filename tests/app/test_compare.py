@@ -308,10 +308,9 @@ def test_plan_compare_decodes_each_image_once(tmp_path, monkeypatch, from_disk):
     from fastai_bmx.app.compare import plan_compare
     (tmp_path/'data').mkdir()
     png_table(tmp_path/'data', labels=('a', 'b')).to_csv(tmp_path/'data'/'labels.csv', index=False)
-    opened, read = Counter(), images.read_pixels
+    opened, read = Counter(), images.read_image
     def counted(path, window=None): opened[str(path)] += 1; return read(path, window)
-    monkeypatch.setattr(images, 'read_pixels', counted)
-    monkeypatch.setattr(files, 'read_pixels', counted)
+    monkeypatch.setattr(images, 'read_image', counted)  # what `decode_files` and `read_pixels` (the loaders') call
     plan = plan_compare(str(tmp_path/'data'/'labels.csv'), tmp_path/'out', methods=['instance'], seeds=[0], bs=4, size=16,
                         arch='resnet10t', from_disk=from_disk)
     fct.test_eq((plan.load.in_memory, files.serves_from_memory(plan.load.load(0)[0])), (not from_disk,) * 2)

@@ -10,11 +10,10 @@ from collections import Counter
 import numpy as np, pandas as pd
 from ...multilabel_metrics import macro_ap, micro_ap, macro_auroc, macro_f1_at, tune_thresholds, check_multilabel
 from ...multilabel_bootstrap import rarest_finding_strata
-from ..plan.methods import method_order
 from ..plan.validate import check_rule
 from ..run.store import RunFolder
 from .paired import findings_paired_differences, paired_interval, verdict, FINDINGS_PAIRABLE
-from .recommend import Recommendation, recommendation_lines
+from .recommend import Recommendation, recommendation_lines, rank_settings
 
 # %% auto #0
 __all__ = ['FINDINGS_VARIANTS', 'crossfit_calls', 'findings_setting', 'run_scores', 'findings_candidates', 'pair_settings',
@@ -115,14 +114,6 @@ def setting_runs(cands:pd.DataFrame, # from `findings_candidates`, or any rows w
             for s, g in cands.groupby('setting')}
 
 # %% ../../../nbs/app/decide/02a_findings_recommend.ipynb #17b18be4
-def _rank(rows:pd.DataFrame) -> tuple:
-    "The settings by mean validation score, best first (of equal scores, the simpler), and the test-best setting"
-    g = rows.groupby('setting', sort=False)
-    means, first = g[['valid', 'test']].mean(), g[['method', 'variant']].first()
-    simpler = lambda s: (FINDINGS_VARIANTS.index(first.loc[s, 'variant']), method_order(first.loc[s, 'method']))
-    order = sorted(means.index, key=lambda s: (-means.loc[s, 'valid'], *simpler(s)))
-    return order, max(means.index, key=lambda s: (means.loc[s, 'test'], -order.index(s)))
-
 def _choose(on_valid, order:list, reference:str, rule:str) -> tuple:
     "`(setting, its validation interval against the reference, closest)`: what `rule` picks from `order`"
     if rule != 'best' and reference in order:  # leave the reference only for a setting validation shows better
@@ -152,7 +143,7 @@ def recommend_findings(folder:RunFolder, # an output folder of runs on findings
     on = np.array([k in shared for k in zip(cands.seed, cands.fold)])
     rows = cands[on] if shared else cands
     runs, ref = setting_runs(rows), findings_setting(reference, cands.variant.iloc[0], metric)
-    order, test_best = _rank(rows)
+    order, test_best = rank_settings(rows, FINDINGS_VARIANTS)
     pair = lambda a, b, split: pair_settings(folder, runs, a, b, metric, n, split)
     chosen, valid_ref, closest = _choose(lambda s: pair(s, ref, 'valid'), order, ref, rule)
     mine, same = rows[rows.setting == chosen], dict(diff=0., lo=0., hi=0., verdict='the same setting')
@@ -165,6 +156,6 @@ def recommend_findings(folder:RunFolder, # an output folder of runs on findings
         test_best=test_best, cost=same if chosen == test_best else pair(chosen, test_best, 'test') or {},
         median_run=mine.run.iloc[np.argsort(mine.valid.values, kind='stable')[(len(mine) - 1) // 2]],
         left_out=tuple(sorted(set(cands.run[~on]))) if shared else (), shared=bool(shared), rule=rule,
-        valid_vs_reference=valid_ref, valid_items=len(_seed_pooled([folder.preds(r, 'valid') for r, _ in
-                                                                    runs[chosen].values()], list(runs[chosen]))[1]),
-        closest=closest)
+        valid_vs_reference=valid_ref, valid_items=(items := len(_seed_pooled(
+            [folder.preds(r, 'valid') for r, _ in runs[chosen].values()], list(runs[chosen]))[1])), closest=closest,
+        folds_items=0 if (rows.fold >= 0).any() else (folder.record.n_items or 0) + items)

@@ -17,8 +17,8 @@ from .posthoc import VARIANTS, PosthocFit, fit_posthoc, posthoc_predictions, cro
 from ..run.store import RunFolder
 
 # %% auto #0
-__all__ = ['fit_folder', 'setting_name', 'valid_decisions', 'candidate_scores', 'Candidates', 'Recommendation', 'recommend',
-           'recommendation_lines']
+__all__ = ['SMALL_VALID', 'fit_folder', 'setting_name', 'valid_decisions', 'candidate_scores', 'Candidates', 'Recommendation',
+           'rank_settings', 'recommend', 'recommendation_lines']
 
 # %% ../../../nbs/app/decide/02_recommend.ipynb #a1a9c803
 def fit_folder(folder:RunFolder, # an output folder
@@ -157,6 +157,7 @@ class Recommendation:
     valid_vs_reference:dict|None=None # `paired_interval` of setting − reference on validation; None: not paired
     valid_items:int=0 # validation items the choice rests on (pooled over the folds of a seed)
     closest:tuple=() # reference kept: the `(setting, validation interval)`s that came closest to beating it
+    folds_items:int=0 # train+valid items `--folds` would score out of fold (0: folds already, or not known)
 
 # %% ../../../nbs/app/decide/02_recommend.ipynb #5a310248
 def _beats(iv:dict|None, rule:str) -> bool:
@@ -172,14 +173,6 @@ def _on_shared_runs(cands:pd.DataFrame) -> tuple:
     keep = np.array([k in keys for k in zip(cands.seed, cands.fold)])
     return cands[keep], tuple(sorted(set(cands.run[~keep]))), True
 
-def _rank(rows:pd.DataFrame) -> tuple:
-    "The settings by mean validation score, best first (of equal scores, the simpler), and the test-best setting"
-    g = rows.groupby('setting', sort=False)
-    means, first = g[['valid', 'test']].mean(), g[['method', 'variant']].first()
-    simpler = lambda s: (VARIANTS.index(first.loc[s, 'variant']), method_order(first.loc[s, 'method']))
-    order = sorted(means.index, key=lambda s: (-means.loc[s, 'valid'], *simpler(s)))
-    return order, max(means.index, key=lambda s: (means.loc[s, 'test'], -order.index(s)))
-
 def _choose(cands:Candidates, order:list, reference:str, rule:str) -> tuple:
     "`(setting, its validation interval against the reference, closest)`: what `rule` picks from `order`"
     if rule != 'best' and reference in order:  # leave the reference only for a setting that validation shows better
@@ -192,6 +185,17 @@ def _choose(cands:Candidates, order:list, reference:str, rule:str) -> tuple:
     if chosen != reference: return chosen, cands.on_valid(chosen, reference) if reference in order else None, ()
     nearest = ((s, cands.on_valid(s, reference)) for s in order[1:6])  # the reference validated best: the next ones
     return chosen, None, tuple((s, v) for s, v in nearest if v and v['hi'] > v['lo'])[:2]
+
+# %% ../../../nbs/app/decide/02_recommend.ipynb #614a950e
+def rank_settings(rows:pd.DataFrame, # candidate rows: setting, method, variant, valid and test scores
+                  variants=VARIANTS, # the variants, simplest first: of equal validation scores, the simpler ranks first
+                 ) -> tuple:
+    "The settings by mean validation score, best first (of equal scores, the simpler), and the test-best setting"
+    g = rows.groupby('setting', sort=False)
+    means, first = g[['valid', 'test']].mean(), g[['method', 'variant']].first()
+    simpler = lambda s: (variants.index(first.loc[s, 'variant']), method_order(first.loc[s, 'method']))
+    order = sorted(means.index, key=lambda s: (-means.loc[s, 'valid'], *simpler(s)))
+    return order, max(means.index, key=lambda s: (means.loc[s, 'test'], -order.index(s)))
 
 # %% ../../../nbs/app/decide/02_recommend.ipynb #e6b25027
 def recommend(folder:RunFolder, # an output folder with recorded runs
@@ -208,7 +212,7 @@ def recommend(folder:RunFolder, # an output folder with recorded runs
     decisions = valid_decisions(folder, metric, fits, out_of_fold)
     rows, left_out, shared = _on_shared_runs(candidate_scores(folder, metric, fits, decisions))
     cands = Candidates(folder, metric, fits, decisions, folder.record.counts, rows)
-    order, test_best = _rank(rows)
+    order, test_best = rank_settings(rows)
     chosen, valid_ref, closest = _choose(cands, order, reference, rule)
     rows = cands.of(chosen)
     same = dict(diff=0., lo=0., hi=0., verdict='the same setting')
@@ -221,20 +225,29 @@ def recommend(folder:RunFolder, # an output folder with recorded runs
         test_best=test_best, cost=same if chosen == test_best else cands.on_test(chosen, test_best) or {},
         median_run=rows.iloc[np.argsort(rows.valid.values, kind='stable')[(len(rows) - 1) // 2]].run,
         left_out=left_out, shared=shared, rule=rule, valid_vs_reference=valid_ref,
-        valid_items=cands.valid_items(chosen), closest=closest)
+        valid_items=cands.valid_items(chosen), closest=closest,
+        folds_items=0 if (rows.fold >= 0).any() else int(sum(folder.record.counts)) + cands.valid_items(chosen))
 
 # %% ../../../nbs/app/decide/02_recommend.ipynb #c6760f46
 def _pm(m:float, s:float) -> str: return f'{100*m:.2f}' + ('' if np.isnan(s) else f' ± {100*s:.2f}')
 def _ci(d:dict) -> str: return f"{100*d['diff']:+.2f} [{100*d['lo']:+.2f}, {100*d['hi']:+.2f}]" if d else 'not paired'
 
 _RULE_WORDS = {'one-se': 'by more than one standard error', 'evidence': 'beyond the noise (a 95% interval above 0)'}
+SMALL_VALID = 1000 # fewer validation items and a lead in the noise: the line names `--folds 5` (see the simulation)
+
+def _folds_hint(r:Recommendation) -> str:
+    "Where validation is too small to decide: the fix, `--folds 5`, with the items it would score ('' otherwise)"
+    if not r.folds_items or not 0 < r.valid_items < SMALL_VALID: return ''
+    return (f" To decide, --folds 5 (in a new --out) would score all {r.folds_items:,} train and valid items out of "
+            f"fold, not {r.valid_items:,}.")
 
 def _how_sure(r:Recommendation) -> list:
     "What the choice rests on: its validation lead over the reference, or, if the reference is kept, what came closest"
     on = f"({r.valid_items} validation items, {r.runs} run{'s' * (r.runs > 1)})"
     closest = '; closest: ' + '; '.join(f'{s} {_ci(v)}' for s, v in r.closest) if r.closest else ''
     if r.setting == r.reference and r.rule != 'best':
-        return [f"No setting beat {r.reference} on validation {_RULE_WORDS[r.rule]}, so it is kept {on}{closest}."]
+        return [f"No setting beat {r.reference} on validation {_RULE_WORDS[r.rule]}, so it is kept {on}{closest}."
+                + _folds_hint(r)]
     if r.setting == r.reference:
         return [f"No setting's mean validation {r.metric} beat {r.reference}'s {on}{closest}."] if r.valid_items else []
     if r.valid_vs_reference is None: return []
@@ -243,7 +256,7 @@ def _how_sure(r:Recommendation) -> list:
     rule = (f" Rule: {r.rule}; --rule evidence keeps {r.reference} unless validation shows better beyond the noise."
             if r.rule == 'best' else '')
     return [f"On validation it beat {r.reference} by {_ci(v)} {on}: within the noise, so validation can't tell it from "
-            f"{r.reference}.{rule}"]
+            f"{r.reference}.{rule}{_folds_hint(r)}"]
 
 def recommendation_lines(r:Recommendation) -> list:
     "The recommendation in words: the `Recommended:` line, what choosing on validation cost, and any runs left out"
