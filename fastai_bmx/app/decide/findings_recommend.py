@@ -101,7 +101,7 @@ def pair_settings(folder:RunFolder, # an output folder of runs on findings
     keys = sorted(set(runs[a]) & set(runs[b]))
     if not keys: return None
     def scores(setting:str) -> tuple:
-        ss = [run_scores(folder, *runs[setting][k][:1], split, runs[setting][k][1], metric) for k in keys]
+        ss = [run_scores(folder, run, split, variant, metric) for run, variant in (runs[setting][k] for k in keys)]
         return _seed_pooled(ss, keys) if split == 'valid' else ([p for p, _ in ss], ss[0][1])
     (sa, targs), (sb, _) = scores(a), scores(b)
     ci = paired_interval(*findings_paired_differences(sa, sb, targs, metric, n))
