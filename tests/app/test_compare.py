@@ -257,8 +257,8 @@ def test_folds_depend_on_the_split_seed_not_the_training_seed(tmp_path):
 def test_a_second_command_on_a_folder_is_refused_and_the_first_finishes(tmp_path):
     "One command at a time trains into a folder: a second is refused in one line naming the first, which goes on; then it resumes"
     out, exe = tmp_path/'cmp', str(Path(sys.executable).parent/'bmx-compare')
-    cmd = [exe, '--out', str(out), '--methods', 'instance', 'focal', '--seeds', '0', '--epochs', '1',
-           '--arch', 'resnet10t', '--bs', '32', '--quiet', '--threads', '1']
+    cmd = [exe, '--out', str(out), '--methods', 'instance', 'focal', '--seeds', '0', '--epochs', '4',
+           '--arch', 'resnet10t', '--bs', '32', '--quiet', '--threads', '1']  # 4 epochs: still training as the second starts
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not ((out/'.driver').exists() and f'pid {first.pid} ' in (out/'.driver').read_text()):  # it holds the folder
