@@ -80,35 +80,37 @@ class Killed(Method):
     def cbs(self, rec): return [_CountTries(self.name), _KillMidEpoch(once=False)]
 
 
-class _RecordDevices(Callback):
-    "Append the GPUs Ray gave this process (CUDA_VISIBLE_DEVICES) and the model's device to OUT/devices, a line a run"
+class _RecordLine(Callback):
+    "Append a line about this run, `line(learn)`, to OUT/`fname` as its training starts"
+    def __init__(self, fname:str, line): self.fname, self.line = fname, line
     def before_train(self):
         if self.epoch: return
-        with open(Path(self.learn.path)/'devices', 'a') as f:
-            f.write(f"{os.environ.get('CUDA_VISIBLE_DEVICES')} {next(self.learn.model.parameters()).device.type}\n")
+        with open(Path(self.learn.path)/self.fname, 'a') as f: f.write(self.line(self.learn) + '\n')
+
+
+def _devices(learn) -> str:
+    "The GPUs Ray gave this process (CUDA_VISIBLE_DEVICES) and the model's device"
+    return f"{os.environ.get('CUDA_VISIBLE_DEVICES')} {next(learn.model.parameters()).device.type}"
+
+
+def _share(learn) -> str:
+    "The torch threads and the training loader's processes of this run"
+    import torch
+    return f"{torch.get_num_threads()} {learn.dls.train.num_workers}"
 
 
 @register
 class SeesDevices(Method):
-    "Instance sampling, recording which GPUs its run was given and where its model trained"
+    "Instance sampling, recording which GPUs its run was given and where its model trained (OUT/devices)"
     name, default = 'seesdevices', False
-    def cbs(self, rec): return [_RecordDevices()]
-
-
-class _RecordShare(Callback):
-    "Append the torch threads and the training loader's processes of this run to OUT/share, a line a run"
-    def before_train(self):
-        if self.epoch: return
-        import torch
-        with open(Path(self.learn.path)/'share', 'a') as f:
-            f.write(f"{torch.get_num_threads()} {self.learn.dls.train.num_workers}\n")
+    def cbs(self, rec): return [_RecordLine('devices', _devices)]
 
 
 @register
 class SeesShare(Method):
-    "Instance sampling, recording its torch threads and loader processes: a worker's share of its node"
+    "Instance sampling, recording its torch threads and loader processes: a worker's share of its node (OUT/share)"
     name, default = 'seesshare', False
-    def cbs(self, rec): return [_RecordShare()]
+    def cbs(self, rec): return [_RecordLine('share', _share)]
 
 
 def ray_worker_setup():
